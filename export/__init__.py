@@ -1,0 +1,1 @@
+"""stmap.export: ONNX export with verified parity, TensorRT engines."""

@@ -1,0 +1,1 @@
+"""stmap.runtime: the streaming pipeline that maps whole rasters."""

@@ -1,0 +1,308 @@
+"""The model bundle: the contract between train, export and runtime.
+
+A directory (or a zip of one) holding ``manifest.json`` and ``weights.safetensors``,
+plus whatever export adds (``model.onnx``, TensorRT engines). The manifest carries
+everything needed to reproduce training-time preprocessing at inference, and the
+SHA-256 of every file; loading verifies them and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stmap.errors import BundleError, OutputExistsError, WeightsError
+from stmap.model.preprocess import Preprocessing
+from stmap.model.segmenter import DamageSegmenter, SegmenterConfig
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+DEFAULT = "default"
+MAX_ZIP_MEMBER_BYTES = 8 << 30  # refuse zip members (or bombs) beyond 8 GiB uncompressed
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Architecture(_Strict):
+    decoder_channels: int = Field(256, gt=0)
+    decoder_blocks: int = Field(4, gt=0)
+    projection_dim: int = Field(50, gt=0)
+
+
+class Normalization(_Strict):
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class Manifest(_Strict):
+    """Typed, validated manifest; unknown keys are refused."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str
+    backbone: str
+    backbone_weights: str = Field(description="where the backbone's weights came from")
+    architecture: Architecture = Architecture()
+    tile_size: int = Field(128, gt=0)
+    gsd_m: float = Field(0.5, gt=0)
+    bands: tuple[str, ...] = ("red", "green", "blue")
+    input_scaling: dict[str, float] = Field(
+        default_factory=lambda: {"uint8": 255.0, "uint16": 4095.0},
+        description="raw value that maps to 1.0, per input dtype",
+    )
+    normalization: Normalization
+    num_classes: Literal[1] = 1
+    threshold: float = Field(0.5, gt=0, lt=1)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    exports: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict, description="file name → SHA-256")
+
+    def segmenter_config(self) -> SegmenterConfig:
+        return SegmenterConfig(
+            backbone=self.backbone, tile_size=self.tile_size, **self.architecture.model_dump()
+        )
+
+    def preprocessing(self, dtype: str = "uint8") -> Preprocessing:
+        if dtype not in self.input_scaling:
+            raise BundleError(
+                f"the model has no scaling for {dtype} input (it knows "
+                f"{', '.join(self.input_scaling)}); convert the raster to one of those"
+            )
+        return Preprocessing(
+            mean=self.normalization.mean,
+            std=self.normalization.std,
+            value_max=self.input_scaling[dtype],
+        )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_bundle_path() -> Path:
+    """The demo bundle shipped inside the package."""
+    return Path(str(resources.files("stmap") / "data" / "demo_bundle"))
+
+
+class Bundle:
+    """A verified bundle on disk: its manifest and the files the manifest lists."""
+
+    def __init__(self, root: Path, manifest: Manifest, source: Path):
+        self.root = root
+        self.manifest = manifest
+        self.source = source  # what the user named (a zip or a directory)
+
+    @property
+    def is_default(self) -> bool:
+        return self.source.resolve() == default_bundle_path().resolve()
+
+    def path_of(self, name: str) -> Path:
+        if name not in self.manifest.files:
+            raise BundleError(f"{self.source}: the bundle has no {name}")
+        return self.root / name
+
+    def load_segmenter(self) -> DamageSegmenter:
+        """The model with its trained weights, on the CPU, in eval mode."""
+        from safetensors.torch import load_file
+
+        from stmap.model.weights import load_strict
+
+        model = DamageSegmenter(self.manifest.segmenter_config())
+        try:
+            state = load_file(str(self.path_of(WEIGHTS)))
+        except WeightsError:
+            raise
+        except Exception as exc:
+            raise BundleError(f"{self.source}: cannot read {WEIGHTS} ({exc})") from exc
+        load_strict(model, state, f"{self.source}/{WEIGHTS}")
+        return model.eval()
+
+    def hash(self) -> str:
+        """One digest of the model: its weights' hash and the preprocessing it runs with."""
+        payload = json.dumps(
+            {
+                "weights": self.manifest.files.get(WEIGHTS),
+                "config": self.manifest.model_dump(
+                    include={
+                        "backbone",
+                        "architecture",
+                        "tile_size",
+                        "gsd_m",
+                        "bands",
+                        "input_scaling",
+                        "normalization",
+                    }
+                ),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def resolve_bundle_path(path: str | os.PathLike[str]) -> Path:
+    """``default`` names the shipped bundle; anything else is a path."""
+    return default_bundle_path() if str(path) == DEFAULT else Path(path)
+
+
+def read_manifest(root: Path, source: Path | None = None) -> Manifest:
+    source = source or root
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{source}: not a model bundle (no {MANIFEST})")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{source}: {MANIFEST} is corrupted or truncated ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{source}: {MANIFEST} must hold a JSON object")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{source}: bundle format version {version!r} is not supported by this stmap "
+            f"(it reads version {FORMAT_VERSION}); upgrade stmap or re-export the bundle"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{source}: invalid manifest field {where!r}: {first['msg']}") from exc
+
+
+def verify_files(root: Path, manifest: Manifest, source: Path) -> None:
+    if WEIGHTS not in manifest.files:
+        raise BundleError(f"{source}: the manifest lists no {WEIGHTS}")
+    for name, expected in manifest.files.items():
+        if Path(name).name != name:
+            raise BundleError(f"{source}: manifest file name {name!r} must be a plain name")
+        path = root / name
+        if not path.is_file() or path.is_symlink():
+            raise BundleError(f"{source}: {name} is missing from the bundle")
+        if sha256_of(path) != expected:
+            raise BundleError(
+                f"{source}: {name} does not match its SHA-256 in the manifest "
+                "(corrupted, truncated or changed after export)"
+            )
+
+
+def open_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Open and verify a bundle directory or ``.zip``; ``default`` is the shipped one."""
+    source = resolve_bundle_path(path)
+    if not source.exists():
+        raise BundleError(f"{source}: model bundle not found")
+    root = _extract_zip(source) if source.is_file() else source
+    manifest = read_manifest(root, source)
+    verify_files(root, manifest, source)
+    return Bundle(root, manifest, source)
+
+
+def _extract_zip(source: Path) -> Path:
+    """Unpack a zipped bundle into a private temporary directory, refusing anything unsafe."""
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BundleError(f"{source}: neither a bundle directory nor a valid zip ({exc})") from exc
+    with archive:
+        members = archive.infolist()
+        total = 0
+        for info in members:
+            name = info.filename
+            parts = Path(name).parts
+            if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
+                raise BundleError(f"{source}: unsafe path {name!r} in the zip")
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise BundleError(f"{source}: symbolic link {name!r} in the zip is refused")
+            total += info.file_size
+            if total > MAX_ZIP_MEMBER_BYTES:
+                raise BundleError(f"{source}: the zip expands beyond 8 GiB; refused")
+        target = Path(tempfile.mkdtemp(prefix="stmap-bundle-"))
+        try:
+            archive.extractall(target)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            raise BundleError(f"{source}: the zip is corrupted ({exc})") from exc
+    entries = [p for p in target.iterdir()]
+    if not (target / MANIFEST).exists() and len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return target
+
+
+def write_bundle(
+    directory: str | os.PathLike[str],
+    model: DamageSegmenter,
+    manifest: Manifest,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` and ``manifest`` as a bundle, atomically (temporary dir, then rename)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    if directory.exists() and not overwrite:
+        raise OutputExistsError(f"{directory}: exists; choose another path or allow overwriting")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS), metadata={"format": "pt"})
+        _finish_manifest(staging, manifest, [WEIGHTS])
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def add_files(bundle: Bundle, files: Mapping[str, Path], exports: Mapping[str, Any]) -> Manifest:
+    """Move ``files`` into ``bundle`` and record them (hashes, ``exports``) in its manifest.
+
+    The manifest is replaced last and atomically, so a failure leaves the bundle as it was
+    (files not yet listed in the manifest are ignored by readers).
+    """
+    for name, path in files.items():
+        os.replace(path, bundle.root / name)
+    names = [*bundle.manifest.files, *files]
+    merged = {**bundle.manifest.exports, **exports}
+    manifest = bundle.manifest.model_copy(update={"exports": merged})
+    bundle.manifest = _finish_manifest(bundle.root, manifest, names)
+    return bundle.manifest
+
+
+def _finish_manifest(root: Path, manifest: Manifest, names: list[str]) -> Manifest:
+    hashes = {name: sha256_of(root / name) for name in dict.fromkeys(names)}
+    final = manifest.model_copy(update={"files": hashes})
+    tmp = root / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(final.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, root / MANIFEST)
+    return final
+
+
+def manifest_for(config: SegmenterConfig, **fields: Any) -> Manifest:
+    """A manifest matching ``config``; ``fields`` fill the rest (name, normalisation, ...)."""
+    architecture = {k: v for k, v in asdict(config).items() if k not in ("backbone", "tile_size")}
+    return Manifest(
+        backbone=config.backbone,
+        tile_size=config.tile_size,
+        architecture=Architecture(**architecture),
+        **fields,
+    )

@@ -1,0 +1,1 @@
+"""The only code in stmap that opens files: rasters, vectors, tiles and writers."""

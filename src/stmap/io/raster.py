@@ -1,0 +1,104 @@
+"""Open rasters and describe them: size, bands, CRS, GSD in metres, blocks and masks."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine
+
+from stmap.errors import RasterError
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What infer needs to know about an input raster before reading a pixel."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    gsd_m: float | None  # mean pixel size in metres (geodesic for geographic CRSs)
+    block_shape: tuple[int, int]  # (rows, cols) of band 1's internal blocks
+    nodata: float | None
+    has_alpha: bool
+    has_mask: bool  # an internal or sidecar per-dataset mask
+    compression: str | None
+    overviews: tuple[int, ...]
+    driver: str
+
+    @property
+    def is_georeferenced(self) -> bool:
+        return self.crs is not None and not self.transform.is_identity
+
+    @property
+    def is_north_up(self) -> bool:
+        return self.transform.b == 0 and self.transform.d == 0 and self.transform.e < 0
+
+
+def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
+    """Open a GDAL-readable path, turning GDAL's errors into one that names the file."""
+    text = os.fspath(path)
+    if not text.startswith("/vsi") and not os.path.exists(text):
+        raise RasterError(f"{text}: file not found")
+    try:
+        return rasterio.open(text)
+    except RasterioIOError as exc:
+        raise RasterError(f"{text}: not a readable raster ({exc})") from exc
+
+
+def describe_raster(path: str | os.PathLike[str]) -> RasterInfo:
+    with open_raster(path) as ds:
+        from rasterio.enums import ColorInterp, MaskFlags
+
+        flags = ds.mask_flag_enums[0] if ds.count else []
+        return RasterInfo(
+            path=os.fspath(path),
+            width=ds.width,
+            height=ds.height,
+            count=ds.count,
+            dtype=ds.dtypes[0],
+            crs=ds.crs,
+            transform=ds.transform,
+            gsd_m=ground_sample_distance(ds.crs, ds.transform, ds.width, ds.height),
+            block_shape=tuple(ds.block_shapes[0]),
+            nodata=ds.nodata,
+            has_alpha=ColorInterp.alpha in ds.colorinterp,
+            has_mask=MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags,
+            compression=ds.compression.value if ds.compression else None,
+            overviews=tuple(ds.overviews(1)) if ds.count else (),
+            driver=ds.driver,
+        )
+
+
+def ground_sample_distance(
+    crs: CRS | None, transform: Affine, width: int, height: int
+) -> float | None:
+    """Mean pixel size in metres at the raster's centre; None without georeferencing.
+
+    Projected CRSs use their linear unit; geographic CRSs (degrees) measure the
+    geodesic length of one pixel step on the CRS's ellipsoid.
+    """
+    if crs is None or transform.is_identity:
+        return None
+    col_step = math.hypot(transform.a, transform.d)
+    row_step = math.hypot(transform.b, transform.e)
+    if crs.is_projected:
+        factor = crs.linear_units_factor[1]
+        return (col_step + row_step) / 2 * factor
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    lon, lat = transform * (width / 2, height / 2)
+    lon_e, lat_e = transform * (width / 2 + 1, height / 2)
+    lon_s, lat_s = transform * (width / 2, height / 2 + 1)
+    dx = geod.inv(lon, lat, lon_e, lat_e)[2]
+    dy = geod.inv(lon, lat, lon_s, lat_s)[2]
+    return (dx + dy) / 2

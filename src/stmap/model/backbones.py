@@ -1,0 +1,163 @@
+"""Backbone registry: a name picks a feature extractor returning a (B, D, h, w) map.
+
+Foundation models come from timm (DINOv3 ViT-S/B/L with their published weight
+tags); ``tiny`` is a small CNN that trains from scratch on a CPU, for the demo
+bundle and the tests. Adding a backbone touches only this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stmap.errors import InputError
+
+SAT_MEAN = (0.430, 0.411, 0.296)
+SAT_STD = (0.213, 0.156, 0.143)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the rest of stmap needs to know about a backbone before building it."""
+
+    name: str
+    embed_dim: int
+    patch_size: int  # output stride: features are (tile / patch_size)² per tile
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    frozen: bool  # foundation models stay frozen; `tiny` trains from scratch
+    timm_name: str | None = None
+    description: str = ""
+
+
+_REGISTRY: dict[str, tuple[BackboneSpec, Callable[[BackboneSpec, int], nn.Module]]] = {}
+
+
+def register_backbone(spec: BackboneSpec, factory: Callable[[BackboneSpec, int], nn.Module]):
+    """Add a backbone under ``spec.name``; ``factory(spec, tile_size)`` builds it."""
+    _REGISTRY[spec.name] = (spec, factory)
+
+
+def backbone_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+ALIASES = {
+    "dinov3-vits16": "vit_small_patch16_dinov3.lvd1689m",
+    "dinov3-vitb16": "vit_base_patch16_dinov3.lvd1689m",
+    "dinov3-vitl16": "vit_large_patch16_dinov3.lvd1689m",
+    "dinov3-vitl16-sat": "vit_large_patch16_dinov3.sat493m",
+}
+
+
+def resolve_name(name: str) -> str:
+    """Accept short aliases (``dinov3-vitl16-sat``) next to registered names."""
+    return ALIASES.get(name, name)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[resolve_name(name)][0]
+    except KeyError:
+        raise InputError(
+            f"unknown backbone {name!r}; known backbones: {', '.join(backbone_names())}"
+        ) from None
+
+
+def create_backbone(name: str, tile_size: int) -> nn.Module:
+    """Build the backbone ``name`` with random weights for ``tile_size`` px tiles."""
+    spec = get_spec(name)
+    if tile_size % spec.patch_size:
+        raise InputError(
+            f"tile size {tile_size} is not a multiple of {name}'s patch size {spec.patch_size}"
+        )
+    return _REGISTRY[spec.name][1](spec, tile_size)
+
+
+class TimmViTBackbone(nn.Module):
+    """Patch tokens of a timm ViT after the final LayerNorm, as a (B, D, h, w) map.
+
+    Class and register tokens are dropped; tokens are reshaped row-major, as the
+    method takes them from the last block.
+    """
+
+    def __init__(self, timm_name: str, tile_size: int):
+        super().__init__()
+        import timm
+
+        self.vit = timm.create_model(timm_name, pretrained=False, img_size=tile_size, num_classes=0)
+        self.grid = tile_size // self.vit.patch_embed.patch_size[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised float → (B, D, H/16, W/16)."""
+        tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens :]
+        b, n, d = tokens.shape
+        return tokens.transpose(1, 2).reshape(b, d, self.grid, n // self.grid)
+
+
+class TinyBackbone(nn.Module):
+    """Four stride-2 conv stages (output stride 16): fast enough to train on a CPU."""
+
+    def __init__(self, embed_dim: int = 64, widths: tuple[int, ...] = (16, 32, 48)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c_out in (*widths, embed_dim):
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c_out
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised float → (B, D, H/16, W/16)."""
+        return self.body(x)
+
+
+def _timm_factory(spec: BackboneSpec, tile_size: int) -> nn.Module:
+    assert spec.timm_name is not None
+    return TimmViTBackbone(spec.timm_name, tile_size)
+
+
+for _timm_name, _dim, _mean, _std, _what in [
+    ("vit_small_patch16_dinov3.lvd1689m", 384, IMAGENET_MEAN, IMAGENET_STD, "DINOv3 ViT-S/16, web"),
+    ("vit_base_patch16_dinov3.lvd1689m", 768, IMAGENET_MEAN, IMAGENET_STD, "DINOv3 ViT-B/16, web"),
+    ("vit_large_patch16_dinov3.lvd1689m", 1024, IMAGENET_MEAN, IMAGENET_STD, "DINOv3 ViT-L/16 web"),
+    ("vit_large_patch16_dinov3.sat493m", 1024, SAT_MEAN, SAT_STD, "DINOv3 ViT-L/16 SAT"),
+]:
+    register_backbone(
+        BackboneSpec(
+            name=_timm_name,
+            embed_dim=_dim,
+            patch_size=16,
+            mean=_mean,
+            std=_std,
+            frozen=True,
+            timm_name=_timm_name,
+            description=_what,
+        ),
+        _timm_factory,
+    )
+
+register_backbone(
+    BackboneSpec(
+        name="tiny",
+        embed_dim=64,
+        patch_size=16,
+        mean=SAT_MEAN,
+        std=SAT_STD,
+        frozen=False,
+        description="small CNN, output stride 16, trains from scratch (demo, tests)",
+    ),
+    lambda spec, tile_size: TinyBackbone(spec.embed_dim),
+)

@@ -1,0 +1,53 @@
+"""The trained decoder and the frozen projection head of Smart Transfer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Decoder(nn.Module):
+    """Four blocks of conv3×3 (no bias) → BN → ReLU → ×2 nearest upsampling, then 1×1 → logit.
+
+    The method uses 256 channels (D→256 at 8², 256→256 at 16², 32², 64²); ``tiny``
+    uses fewer so the demo runs on a CPU. The map after the last upsampling is
+    the *decoder feature* the DPT loss works on.
+    """
+
+    def __init__(self, in_channels: int, channels: int = 256, num_blocks: int = 4):
+        super().__init__()
+        blocks = []
+        c_in = in_channels
+        for _ in range(num_blocks):
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, channels, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(channels),
+                    nn.ReLU(inplace=True),
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                )
+            )
+            c_in = channels
+        self.blocks = nn.Sequential(*blocks)
+        self.classifier = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D, h, w) → logits (B, 1, 16h, 16w) and decoder feature (B, C, 16h, 16w)."""
+        feature = self.blocks(features)
+        return self.classifier(feature), feature
+
+
+class ProjectionHead(nn.Module):
+    """Frozen, randomly initialised 1×1 conv D→50: the pixel embedding of the PC loss.
+
+    It is never trained, but it is saved with the model so that prototypes and the
+    adapted model see the same projection (the reference forgets to save it).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 50):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, 1)
+        self.requires_grad_(False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features)

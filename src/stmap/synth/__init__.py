@@ -1,0 +1,1 @@
+"""Synthetic post-earthquake cities (in progress)."""

@@ -1,0 +1,1 @@
+"""stmap.train: reproduce Smart Transfer — datasets, losses, LoRA, protocols, reports."""
