@@ -63,9 +63,7 @@ class LazyGroup(click.Group):
 
 
 def _write_traceback() -> str:
-    with tempfile.NamedTemporaryFile(
-        "w", prefix="stmap-crash-", suffix=".log", delete=False
-    ) as f:
+    with tempfile.NamedTemporaryFile("w", prefix="stmap-crash-", suffix=".log", delete=False) as f:
         f.write(f"stmap {__version__}\n{' '.join(sys.argv)}\n\n")
         traceback.print_exc(file=f)
         return f.name

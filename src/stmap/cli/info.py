@@ -14,26 +14,27 @@ from stmap.cli.options import emit_json, json_option
 
 
 @click.command("info")
-@click.argument("path")
+@click.argument("path", required=False)
 @click.option("--model", default="default", show_default=True, help="Bundle for raster advice.")
+@click.option("--system", is_flag=True, help="Describe this machine: GPUs, backends, versions.")
 @json_option
-def info(path: str, model: str, as_json: bool) -> None:
-    """Describe a model bundle (manifest, verified hashes) or a raster.
+def info(path: str | None, model: str, system: bool, as_json: bool) -> None:
+    """Describe a model bundle (manifest, verified hashes), a raster, or this machine.
 
     \b
     Examples:
       stmap info default
       stmap info city.tif
+      stmap info --system
     """
     from stmap.bundle import DEFAULT, MANIFEST
 
-    candidate = Path(path)
-    is_bundle = (
-        path == DEFAULT
-        or (candidate / MANIFEST).exists()
-        or candidate.suffix.lower() == ".zip"
-    )
-    report = bundle_report(path) if is_bundle else raster_report(path, model)
+    if system or path is None:
+        report = system_report()
+    elif path == DEFAULT or (Path(path) / MANIFEST).exists() or path.lower().endswith(".zip"):
+        report = bundle_report(path)
+    else:
+        report = raster_report(path, model)
     if as_json:
         emit_json(report)
     else:
@@ -79,6 +80,37 @@ def raster_report(path: str, model: str) -> dict[str, Any]:
         "model_grid_px": list(model_px) if resample else [raster.width, raster.height],
         "model_tiles": math.ceil(model_px[0] / manifest.tile_size)
         * math.ceil(model_px[1] / manifest.tile_size),
+    }
+
+
+def system_report() -> dict[str, Any]:
+    """Versions, GPUs and which optional backends can be imported here."""
+    import platform
+    from importlib.util import find_spec
+
+    import rasterio
+    import torch
+
+    from stmap import __version__
+
+    gpus = [
+        {
+            "name": torch.cuda.get_device_name(i),
+            "capability": ".".join(map(str, torch.cuda.get_device_capability(i))),
+        }
+        for i in range(torch.cuda.device_count())
+    ]
+    optional = ("onnxruntime", "tensorrt", "ray")
+    return {
+        "kind": "system",
+        "stmap": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpus": gpus,
+        "rasterio": rasterio.__version__,
+        "gdal": rasterio.__gdal_version__,
+        "installed_backends": ["torch", *(name for name in optional if find_spec(name))],
     }
 
 

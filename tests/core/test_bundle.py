@@ -1,0 +1,165 @@
+"""The model bundle: write, read, verify; corrupt bundles are refused with a message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import pytest
+import torch
+
+from stmap.bundle import (
+    MANIFEST,
+    WEIGHTS,
+    add_files,
+    default_bundle_path,
+    open_bundle,
+    sha256_of,
+    write_bundle,
+)
+from stmap.errors import BundleError, OutputExistsError
+from tests.conftest import make_tiny_bundle
+
+
+def test_round_trip_gives_the_same_model(tmp_path):
+    path = make_tiny_bundle(tmp_path / "b", seed=3, threshold=0.4, gsd_m=0.3)
+    bundle = open_bundle(path)
+    m = bundle.manifest
+    assert (m.format_version, m.backbone, m.tile_size, m.threshold, m.gsd_m) == (
+        1,
+        "tiny",
+        128,
+        0.4,
+        0.3,
+    )
+    assert m.bands == ("red", "green", "blue")
+    assert m.files[WEIGHTS] == sha256_of(path / WEIGHTS)
+    torch.manual_seed(3)
+    from stmap.model import DamageSegmenter
+
+    expected = DamageSegmenter(m.segmenter_config()).eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.load_segmenter()(x), expected(x))
+
+
+def test_preprocessing_follows_the_manifest(tiny_bundle):
+    m = open_bundle(tiny_bundle).manifest
+    assert m.preprocessing("uint8").value_max == 255.0
+    assert m.preprocessing("uint16").value_max == 4095.0
+    with pytest.raises(BundleError, match="no scaling for float32"):
+        m.preprocessing("float32")
+
+
+def test_existing_bundle_is_not_overwritten(tmp_path):
+    path = make_tiny_bundle(tmp_path / "b")
+    with pytest.raises(OutputExistsError, match="exists"):
+        make_tiny_bundle(path)
+
+
+def test_missing_bundle(tmp_path):
+    with pytest.raises(BundleError, match="nope: model bundle not found"):
+        open_bundle(tmp_path / "nope")
+
+
+def test_directory_without_manifest(tmp_path):
+    with pytest.raises(BundleError, match="not a model bundle"):
+        open_bundle(tmp_path)
+
+
+def test_truncated_weights_fail_the_hash_check(tmp_path):
+    path = make_tiny_bundle(tmp_path / "b")
+    data = (path / WEIGHTS).read_bytes()
+    (path / WEIGHTS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="weights.safetensors does not match its SHA-256"):
+        open_bundle(path)
+
+
+def test_truncated_manifest(tmp_path):
+    path = make_tiny_bundle(tmp_path / "b")
+    text = (path / MANIFEST).read_text()
+    (path / MANIFEST).write_text(text[: len(text) // 2])
+    with pytest.raises(BundleError, match="manifest.json is corrupted or truncated"):
+        open_bundle(path)
+
+
+def test_unknown_manifest_key_and_newer_format(tmp_path):
+    path = make_tiny_bundle(tmp_path / "b")
+    raw = json.loads((path / MANIFEST).read_text())
+    (path / MANIFEST).write_text(json.dumps({**raw, "surprise": 1}))
+    with pytest.raises(BundleError, match="invalid manifest field 'surprise'"):
+        open_bundle(path)
+    (path / MANIFEST).write_text(json.dumps({**raw, "format_version": 9}))
+    with pytest.raises(BundleError, match="format version 9 is not supported"):
+        open_bundle(path)
+
+
+def test_manifest_file_names_cannot_escape_the_bundle(tmp_path):
+    path = make_tiny_bundle(tmp_path / "b")
+    raw = json.loads((path / MANIFEST).read_text())
+    raw["files"]["../../etc/passwd"] = "0" * 64
+    (path / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="must be a plain name"):
+        open_bundle(path)
+
+
+def test_zipped_bundle_opens(tmp_path):
+    path = make_tiny_bundle(tmp_path / "b")
+    archive = shutil.make_archive(str(tmp_path / "bundle"), "zip", root_dir=tmp_path, base_dir="b")
+    bundle = open_bundle(archive)
+    assert bundle.manifest.name == "tiny-test"
+    assert bundle.hash() == open_bundle(path).hash()
+
+
+@pytest.mark.parametrize("member", ["../evil.txt", "/abs.txt"])
+def test_zip_with_unsafe_paths_is_refused(tmp_path, member):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(member, "x")
+    with pytest.raises(BundleError, match="unsafe path"):
+        open_bundle(archive)
+
+
+def test_not_a_zip(tmp_path):
+    path = tmp_path / "fake.zip"
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(BundleError, match="neither a bundle directory nor a valid zip"):
+        open_bundle(path)
+
+
+def test_add_files_records_hashes_and_exports(tmp_path):
+    path = make_tiny_bundle(tmp_path / "b")
+    bundle = open_bundle(path)
+    extra = tmp_path / "model.onnx.tmp"
+    extra.write_bytes(b"onnx bytes")
+    add_files(bundle, {"model.onnx": extra}, {"onnx": {"max_abs_diff": 1e-5}})
+    reopened = open_bundle(path)
+    assert reopened.manifest.files["model.onnx"] == sha256_of(path / "model.onnx")
+    assert reopened.manifest.exports["onnx"]["max_abs_diff"] == 1e-5
+
+
+def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
+    import stmap.bundle as bundle_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(bundle_module, "_finish_manifest", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        make_tiny_bundle(tmp_path / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_bundle_path_is_inside_the_package():
+    assert default_bundle_path().parts[-3:] == ("stmap", "data", "demo_bundle")
+
+
+def test_write_bundle_refuses_a_file_path(tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("user data")
+    from stmap.model import DamageSegmenter, SegmenterConfig
+
+    with pytest.raises(OutputExistsError):
+        write_bundle(target, DamageSegmenter(SegmenterConfig(backbone="tiny")), None)
+    assert target.read_text() == "user data"
