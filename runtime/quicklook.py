@@ -1,0 +1,128 @@
+"""A downsampled RGB view of a scene with the damage drawn over it, as a PNG.
+
+Image and probabilities are read decimated (`out_shape`, averaging), so GDAL uses
+the files' overviews when they have them and never holds the full-resolution
+raster. The image is stretched per band (2-98 %) and slightly desaturated so the
+overlay stands out: damage (prob > threshold) is a half-transparent red fill with
+a solid bright-red outline; pixels without imagery are flat dark grey and
+pixels without a prediction are dimmed to grey.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
+
+from stmap.errors import RasterError
+from stmap.io.raster import open_raster
+
+from .vectorize import damage_cutoff
+
+DAMAGE_FILL = np.array([235, 25, 35], dtype=np.float64)  # red, drawn at FILL_ALPHA
+FILL_ALPHA = 0.55
+DAMAGE_EDGE = np.array([255, 235, 60], dtype=np.float64)  # yellow outline
+NO_IMAGE = 40  # grey level where the image has no data
+DESATURATE = 0.6  # share of grey mixed into the image, so only damage is vivid
+
+
+def quicklook_shape(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """(rows, cols) of a view whose longer side is at most max_size, same aspect."""
+    scale = max(width, height) / max_size
+    if scale <= 1:
+        return height, width
+    return max(1, round(height / scale)), max(1, round(width / scale))
+
+
+def write_quicklook(
+    image_path: str | os.PathLike[str],
+    prob_path: str | os.PathLike[str],
+    out_png: str | os.PathLike[str],
+    *,
+    threshold: float,
+    bands: Sequence[int] = (1, 2, 3),
+    max_size: int = 2048,
+) -> Path:
+    """Write a PNG of `image_path` with the damage of `prob_path` drawn over it.
+
+    image_path: the input scene; `bands` (1-based) are shown as RGB, or as grey
+        when one band is given.
+    prob_path: uint8 probability × 255 (nodata 255) covering the same extent.
+    threshold: damage is drawn where prob / 255 > threshold.
+    max_size: the longer side of the PNG in pixels (never upsampled).
+    The PNG appears at `out_png` only once complete. Returns its path.
+    """
+    with open_raster(image_path) as img, open_raster(prob_path) as prob_ds:
+        if max(bands) > img.count or min(bands) < 1:
+            raise RasterError(
+                f"{img.name}: has {img.count} band(s), cannot show bands {list(bands)}"
+            )
+        shape = quicklook_shape(img.width, img.height, max_size)
+        image = img.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.average)
+        has_image = img.dataset_mask(out_shape=shape) > 0
+        prob = prob_ds.read(1, out_shape=shape, resampling=Resampling.average, masked=True)
+    rgb = render_quicklook(image, has_image, prob, damage_cutoff(threshold))
+    target = Path(out_png)
+    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:12]}.tmp.png")
+    try:
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(
+                tmp, "w", driver="PNG", width=shape[1], height=shape[0], count=3, dtype="uint8"
+            ) as dst:
+                dst.write(rgb)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def render_quicklook(
+    image: np.ndarray, has_image: np.ndarray, prob: np.ma.MaskedArray, cutoff: int
+) -> np.ndarray:
+    """Compose the quicklook.
+
+    image: (B, H, W) any numeric dtype, B = 3 (RGB) or 1 (grey).
+    has_image: (H, W) bool, False where the image has no data.
+    prob: (H, W) uint8 masked array, masked where there is no prediction.
+    cutoff: damage where prob > cutoff.
+    Returns (3, H, W) uint8 RGB.
+    """
+    stretched = np.stack([stretch(band, has_image) for band in image])
+    if len(stretched) == 1:
+        stretched = np.repeat(stretched, 3, axis=0)
+    grey = stretched.mean(axis=0)
+    out = (1 - DESATURATE) * stretched + DESATURATE * grey
+    no_pred = np.ma.getmaskarray(prob) & has_image
+    out[:, no_pred] = 0.35 * grey[no_pred] + 50  # dimmed: still readable, clearly out
+    damaged = (np.ma.filled(prob, 0) > cutoff) & has_image
+    edge = _outline(damaged)
+    fill = damaged & ~edge
+    out[:, fill] = (1 - FILL_ALPHA) * out[:, fill] + FILL_ALPHA * DAMAGE_FILL[:, None]
+    out[:, edge] = DAMAGE_EDGE[:, None]
+    out[:, ~has_image] = NO_IMAGE
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(H, W) band -> float64 in [0, 255], its valid pixels' 2-98 % range to full scale."""
+    values = band[valid]
+    if values.size == 0:
+        return np.zeros(band.shape)
+    low, high = np.percentile(values, [2, 98])
+    span = max(float(high - low), 1e-6)
+    return np.clip((band.astype(np.float64) - low) / span, 0, 1) * 255
+
+
+def _outline(region: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels of `region` with a 4-neighbour outside it (image edge inside)."""
+    padded = np.pad(region, 1, mode="edge")
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return region & ~interior

@@ -1,0 +1,300 @@
+"""Damaged areas as polygons, built block by block from the finished damage rasters.
+
+Connectivity: 4 (edge neighbours), for the polygons and for joining pieces across
+block edges alike, as `rasterio.features.shapes` does by default; two damaged
+pixels that meet only at a corner belong to different polygons.
+
+Each block is polygonised in pixel coordinates (integers, exact), so pieces of one
+region cut by block edges share their vertices exactly and `shapely.union_all`
+glues them without slivers; coordinates go through the raster's transform once, at
+the end. Pieces are joined when their pixels are 4-neighbours across a block edge
+(read from the label strips along the edges, not from geometry tests), and a group
+is finished as soon as no member touches the row of blocks still to come, so only
+the pieces along one row of block edges wait in memory. Vertices on straight
+edges are dropped and rings normalised, so the polygons are the same for every
+block size, vertex for vertex.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio.features
+import shapely
+from pyproj import CRS, Geod
+from rasterio.crs import CRS as RioCRS
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from stmap.errors import RasterError
+from stmap.io.raster import open_raster
+from stmap.io.vectors import VectorTable, crs_string
+
+NODATA = 255
+CONNECTIVITY = 4
+
+
+def damage_cutoff(threshold: float) -> int:
+    """The largest uint8 probability that is not damage: damaged <=> prob > cutoff.
+
+    prob / 255 > threshold holds for integer prob exactly when prob > floor(threshold
+    * 255); the tiny epsilon keeps 0.2 * 255 = 51.000000000000007 at 51.
+    """
+    return int(np.floor(threshold * 255 + 1e-9))
+
+
+def damage_mask(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, W) uint8 damage mask from (H, W) uint8 probability × 255 (nodata 255).
+
+    1 where prob / 255 > threshold, 0 elsewhere, 255 where prob is nodata.
+    """
+    mask = (prob > damage_cutoff(threshold)).astype(np.uint8)
+    mask[prob == NODATA] = NODATA
+    return mask
+
+
+def damage_polygons(
+    mask_path: str | os.PathLike[str],
+    prob_path: str | os.PathLike[str],
+    *,
+    block_size: int = 2048,
+    min_area_m2: float = 0.0,
+) -> VectorTable:
+    """Polygons of the damaged regions (value 1) of a uint8 damage mask.
+
+    mask_path: single-band uint8 raster, 1 damaged, 0 not, 255 nodata.
+    prob_path: single-band uint8 probability × 255 on the same grid (nodata 255).
+    Returns Polygons in the mask's CRS, top-left first, with float64 attributes
+    `area_m2` (geodesic on the CRS's ellipsoid for a geographic CRS, planar area ×
+    unit factor² for a projected one, NaN without CRS) and `mean_prob` (mean of
+    prob / 255 over the polygon's pixels, nodata excluded; NaN if none), keeping
+    those with area_m2 >= min_area_m2. Working memory: one block of each raster
+    plus the pieces along one row of block edges, whatever the raster size.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    with open_raster(mask_path) as mask_ds, open_raster(prob_path) as prob_ds:
+        _check_same_grid(mask_ds, prob_ds)
+        pixel_polys, sums, counts = _polygonise(mask_ds, prob_ds, block_size)
+        crs, transform = mask_ds.crs, mask_ds.transform
+
+    bounds = shapely.bounds(pixel_polys).reshape(-1, 4)
+    order = np.lexsort((bounds[:, 0], bounds[:, 1]))  # top row first, then left
+    pixel_polys, sums, counts = pixel_polys[order], sums[order], counts[order]
+    area = pixel_area_m2(pixel_polys, crs, transform)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = sums / counts / 255.0
+    keep = ~(area < min_area_m2)
+    return VectorTable(
+        geometries=apply_affine(pixel_polys[keep], transform),
+        attributes={"area_m2": area[keep], "mean_prob": mean_prob[keep]},
+        crs=crs_string(crs) if crs is not None else None,
+        fid_name=None,
+    )
+
+
+def _check_same_grid(mask_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader) -> None:
+    """Raise RasterError unless the two rasters share size, transform and CRS."""
+    if (mask_ds.width, mask_ds.height, mask_ds.transform, mask_ds.crs) != (
+        prob_ds.width,
+        prob_ds.height,
+        prob_ds.transform,
+        prob_ds.crs,
+    ):
+        raise RasterError(
+            f"{prob_ds.name}: not on the grid of {mask_ds.name} "
+            "(size, transform and CRS must match)"
+        )
+
+
+def block_windows(width: int, height: int, block_size: int) -> Iterator[list[Window]]:
+    """Rows of square block windows covering a width × height raster, top to bottom."""
+    for row in range(0, height, block_size):
+        h = min(block_size, height - row)
+        yield [
+            Window(col, row, min(block_size, width - col), h) for col in range(0, width, block_size)
+        ]
+
+
+@dataclass
+class _Pieces:
+    """Pieces of damaged regions cut by block edges, waiting for their neighbours.
+
+    A union-find over piece ids: `groups` maps each root to its member ids and
+    `data` each id to (geometry in pixel coordinates, prob sum, pixel count).
+    """
+
+    data: dict[int, tuple[shapely.Geometry, float, float]] = field(default_factory=dict)
+    parent: dict[int, int] = field(default_factory=dict)
+    groups: dict[int, list[int]] = field(default_factory=dict)
+
+    def add(self, gid: int, piece: tuple[shapely.Geometry, float, float]) -> None:
+        self.data[gid] = piece
+        self.parent[gid] = gid
+        self.groups[gid] = [gid]
+
+    def find(self, gid: int) -> int:
+        while self.parent[gid] != gid:
+            self.parent[gid] = self.parent[self.parent[gid]]
+            gid = self.parent[gid]
+        return gid
+
+    def join(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+            self.groups[ra].extend(self.groups.pop(rb))
+
+    def pop_finished(self, live: Iterable[int]) -> list[tuple[shapely.Geometry, float, float]]:
+        """Merge and forget every group none of whose pieces is in `live`."""
+        keep = {self.find(g) for g in live}
+        merged = []
+        for root in [r for r in self.groups if r not in keep]:
+            members = self.groups.pop(root)
+            parts = [self.data.pop(g) for g in members]
+            for g in members:
+                del self.parent[g]
+            geoms = [p[0] for p in parts]
+            geom = geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
+            merged.append((geom, sum(p[1] for p in parts), sum(p[2] for p in parts)))
+        return merged
+
+
+def _polygonise(
+    mask_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader, block_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Damaged regions in pixel coordinates with their prob sums and pixel counts.
+
+    Returns (N,) Polygons (x = column, y = row, integer vertices), (N,) float64 sum
+    of prob over their valid prob pixels and (N,) float64 count of those pixels.
+    """
+    width, height = mask_ds.width, mask_ds.height
+    done: list[tuple[shapely.Geometry, float, float]] = []
+    pending = _Pieces()
+    above = np.zeros(width, dtype=np.int64)  # piece ids along the previous block row's bottom
+    next_id = 1
+    for windows in block_windows(width, height, block_size):
+        below = np.zeros(width, dtype=np.int64)
+        left = np.zeros(0, dtype=np.int64)  # piece ids along the previous block's right edge
+        for win in windows:
+            c0, r0, w, h = win.col_off, win.row_off, win.width, win.height
+            pieces, labels = _block_pieces(mask_ds, prob_ds, win)
+            # Piece ids along the block's left, top, right and bottom edges.
+            west, north, east, south = (
+                np.where(edge > 0, edge.astype(np.int64) + (next_id - 1), 0)
+                for edge in (labels[:, 0], labels[0], labels[:, -1], labels[-1])
+            )
+            shared = [  # the edges this block shares with another block
+                west if c0 > 0 else None,
+                north if r0 > 0 else None,
+                east if c0 + w < width else None,
+                south if r0 + h < height else None,
+            ]
+            on_edge = set(np.concatenate([e for e in shared if e is not None] + [[0]]).tolist())
+            for gid, piece in enumerate(pieces, start=next_id):
+                if gid in on_edge:
+                    pending.add(gid, piece)
+                else:
+                    done.append(piece)
+            next_id += len(pieces)
+            # 4-neighbours across the left and top edges belong to one region.
+            across = [np.zeros((0, 2), dtype=np.int64)]
+            if c0 > 0:
+                across.append(np.column_stack([left, west]))
+            if r0 > 0:
+                across.append(np.column_stack([above[c0 : c0 + w], north]))
+            pairs = np.concatenate(across)
+            for a, b in np.unique(pairs[(pairs > 0).all(axis=1)], axis=0).tolist():
+                pending.join(a, b)
+            left = east
+            below[c0 : c0 + w] = south
+        last_row = windows[0].row_off + windows[0].height == height
+        done.extend(pending.pop_finished([] if last_row else np.unique(below[below > 0]).tolist()))
+        above = below
+    geoms = np.array([p[0] for p in done], dtype=object)
+    # Drop vertices on straight edges (including those left at block edges), then
+    # normalise ring order and start, so every block size gives the same polygons.
+    geoms = shapely.normalize(shapely.simplify(geoms, 0.0))
+    sums = np.array([p[1] for p in done], dtype=np.float64)
+    counts = np.array([p[2] for p in done], dtype=np.float64)
+    return geoms, sums, counts
+
+
+def _block_pieces(
+    mask_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader, win: Window
+) -> tuple[list[tuple[shapely.Geometry, float, float]], np.ndarray]:
+    """The damaged regions of one block and the (h, w) int32 raster of their numbers.
+
+    Returns N pieces (Polygon in global pixel coordinates, prob sum, valid prob
+    pixel count) and their 1-based numbers per pixel (0 where not damaged).
+    """
+    damaged = mask_ds.read(1, window=win) == 1
+    if not damaged.any():
+        return [], np.zeros(damaged.shape, dtype=np.int32)
+    polys, labels = _label_block(damaged, win.col_off, win.row_off)
+    prob = prob_ds.read(1, window=win)
+    valid = prob != NODATA
+    psum = np.bincount(labels[valid], weights=prob[valid], minlength=len(polys) + 1)
+    pcount = np.bincount(labels[valid], minlength=len(polys) + 1)
+    pieces = [(g, float(psum[k]), float(pcount[k])) for k, g in enumerate(polys, start=1)]
+    return pieces, labels
+
+
+def _label_block(
+    damaged: np.ndarray, col_off: int, row_off: int
+) -> tuple[list[shapely.Geometry], np.ndarray]:
+    """Polygonise one block's damaged pixels and label each pixel with its polygon.
+
+    damaged: (h, w) bool. Returns the N Polygons in global pixel coordinates and an
+    (h, w) int32 raster of 1-based polygon numbers (0 = not damaged). Rasterising
+    the polygons back (pixel centres, edges on pixel borders) reproduces exactly
+    the 4-connected components that `shapes` traced.
+    """
+    offset = Affine.translation(col_off, row_off)
+    pieces = [
+        shapely.geometry.shape(geom)
+        for geom, _ in rasterio.features.shapes(
+            damaged.view(np.uint8),
+            mask=damaged,
+            connectivity=CONNECTIVITY,
+            transform=offset,
+        )
+    ]
+    labels = rasterio.features.rasterize(
+        zip(pieces, range(1, len(pieces) + 1), strict=True),
+        out_shape=damaged.shape,
+        transform=offset,
+        fill=0,
+        all_touched=False,
+        dtype=np.int32,
+    )
+    return pieces, labels
+
+
+def apply_affine(geoms: np.ndarray, transform: Affine) -> np.ndarray:
+    """(N,) geometries through an affine transform.
+
+    `transform` maps pixel (column, row) to CRS coordinates; `~transform` the reverse.
+    """
+    a, b, c, d, e, f = transform[:6]
+    matrix = np.array([[a, d], [b, e]])
+    return shapely.transform(geoms, lambda xy: xy @ matrix + (c, f))
+
+
+def pixel_area_m2(pixel_geoms: np.ndarray, crs: RioCRS | None, transform: Affine) -> np.ndarray:
+    """(N,) float64 areas in m² of (N,) polygons given in pixel coordinates.
+
+    Projected CRS: pixel-space area × |det(transform)| × (metres per unit)².
+    Geographic CRS: geodesic area on the CRS's ellipsoid. No CRS: NaN.
+    """
+    if crs is None:
+        return np.full(len(pixel_geoms), np.nan)
+    if crs.is_projected:
+        unit = crs.linear_units_factor[1]
+        return shapely.area(pixel_geoms) * abs(transform.determinant) * unit**2
+    geod: Geod = CRS.from_user_input(crs).get_geod()
+    world = shapely.orient_polygons(apply_affine(pixel_geoms, transform))
+    return np.array([geod.geometry_area_perimeter(g)[0] for g in world], dtype=np.float64)

@@ -1,0 +1,240 @@
+"""building_damage: per-footprint statistics by hand, against a brute-force reference,
+and independent of the block size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.transform import Affine
+from stmap.runtime.buildings import (
+    buffer_metres,
+    building_damage,
+    damaged_fraction_histogram,
+    max_per_label,
+    overlap_layers,
+)
+from stmap.runtime.vectorize import apply_affine
+
+from stmap.errors import InputError
+from stmap.io.vectors import VectorTable
+
+UTM = "EPSG:32637"
+T = Affine(0.5, 0, 500000, 0, -0.5, 4000000)  # 0.5 m pixels
+
+
+def write_prob(path: Path, prob: np.ndarray, transform: Affine = T, crs: str = UTM) -> Path:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=prob.shape[1],
+        height=prob.shape[0],
+        count=1,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        nodata=255,
+    ) as ds:
+        ds.write(prob, 1)
+    return path
+
+
+def world(geoms: list[shapely.Geometry], transform: Affine = T) -> np.ndarray:
+    """Geometries drawn in pixel coordinates (x = column, y = row) -> CRS coordinates."""
+    return apply_affine(np.array(geoms, dtype=object), transform)
+
+
+@pytest.fixture
+def prob_path(tmp_path: Path) -> Path:
+    """20 x 20: top-left quarter 200 with a nodata hole, bottom-right quarter 100."""
+    prob = np.zeros((20, 20), dtype=np.uint8)
+    prob[0:10, 0:10] = 200
+    prob[5:10, 5:10] = 255
+    prob[10:20, 10:20] = 100
+    return write_prob(tmp_path / "prob.tif", prob)
+
+
+def hand_table() -> VectorTable:
+    geoms = world(
+        [
+            shapely.box(0, 0, 10, 10),  # 100 px: 25 nodata, 75 at 200
+            shapely.box(5, 5, 15, 15),  # 100 px: 25 nodata, 50 at 0, 25 at 100
+            shapely.box(18, 18, 22, 22),  # 16 px: 4 at 100, 12 outside the raster
+            shapely.box(3.2, 3.2, 3.4, 3.4),  # no pixel centre: takes pixel (3, 3) = 200
+            shapely.box(30, 30, 31, 31),  # wholly outside
+        ]
+    )
+    return VectorTable(
+        geoms,
+        {"fid": np.arange(1, 6), "name": np.array(list("abcde"), dtype=object)},
+        crs=UTM,
+        fid_name="fid",
+    )
+
+
+def test_statistics_and_labels_by_hand(prob_path: Path):
+    out = building_damage(prob_path, hand_table(), threshold=0.5)
+    nan = np.nan
+    assert list(out.attributes) == [
+        "fid",
+        "name",
+        "damaged_fraction",
+        "mean_prob",
+        "max_prob",
+        "unknown_fraction",
+        "label",
+    ]
+    assert out.fid_name == "fid" and out.crs == UTM
+    a = out.attributes
+    np.testing.assert_array_equal(a["damaged_fraction"], [1.0, 0.0, 0.0, 1.0, nan])
+    np.testing.assert_allclose(
+        a["mean_prob"], [200 / 255, 25 * 100 / 75 / 255, 100 / 255, 200 / 255, nan]
+    )
+    np.testing.assert_allclose(a["max_prob"], [200 / 255, 100 / 255, 100 / 255, 200 / 255, nan])
+    np.testing.assert_array_equal(a["unknown_fraction"], [0.25, 0.25, 0.75, 0.0, 1.0])
+    assert a["label"].tolist() == ["damaged", "undamaged", "unknown", "damaged", "unknown"]
+
+
+def test_label_fraction_and_unknown_limit_are_keywords(prob_path: Path):
+    out = building_damage(
+        prob_path, hand_table(), threshold=0.3, label_fraction=0.2, unknown_limit=0.8
+    )
+    # Footprint 2 (index 1): 25 of 75 valid pixels are 100 > 0.3 * 255.
+    assert out.attributes["damaged_fraction"][1] == pytest.approx(1 / 3)
+    assert out.attributes["label"].tolist() == [
+        "damaged",
+        "damaged",
+        "damaged",
+        "damaged",
+        "unknown",
+    ]
+
+
+def test_same_result_for_every_block_size(prob_path: Path):
+    table = hand_table()
+    reference = building_damage(prob_path, table, threshold=0.5, buffers_m=(0, 1), block_size=1024)
+    for block_size in (8, 3):
+        out = building_damage(
+            prob_path, table, threshold=0.5, buffers_m=(0, 1), block_size=block_size
+        )
+        for name, values in reference.attributes.items():
+            np.testing.assert_array_equal(out.attributes[name], values, err_msg=name)
+
+
+def reference_stats(prob: np.ndarray, pixel_geoms: np.ndarray, cutoff: int) -> dict:
+    """Brute force: test every pixel centre of a padded grid against every geometry."""
+    pad = 12
+    rows, cols = np.mgrid[-pad : prob.shape[0] + pad, -pad : prob.shape[1] + pad]
+    padded = np.full(rows.shape, 255, dtype=np.int64)
+    padded[pad:-pad, pad:-pad] = prob
+    out = {k: [] for k in ("damaged_fraction", "mean_prob", "max_prob", "unknown_fraction")}
+    for geom in pixel_geoms:
+        inside = shapely.contains_xy(geom, cols + 0.5, rows + 0.5)
+        values = padded[inside]
+        valid = values[values != 255]
+        some = valid.size > 0
+        out["damaged_fraction"].append((valid > cutoff).mean() if some else np.nan)
+        out["mean_prob"].append(valid.mean() / 255 if some else np.nan)
+        out["max_prob"].append(valid.max() / 255 if some else np.nan)
+        out["unknown_fraction"].append(1 - valid.size / values.size)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def test_random_overlapping_footprints_match_brute_force(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    prob = rng.integers(0, 256, (37, 29)).astype(np.uint8)
+    prob[rng.random(prob.shape) < 0.1] = 255
+    path = write_prob(tmp_path / "prob.tif", prob)
+    # Rotated rectangles overlapping each other and the raster's edges.
+    centres = rng.uniform(-3, 32, (60, 2))
+    pixel_geoms = np.array(
+        [
+            shapely.affinity.rotate(
+                shapely.box(x - w, y - h, x + w, y + h), rng.uniform(0, 90), origin="center"
+            )
+            for (x, y), (w, h) in zip(centres, rng.uniform(1.3, 5, (60, 2)), strict=True)
+        ],
+        dtype=object,
+    )
+    table = VectorTable(world(list(pixel_geoms)), {}, crs=UTM)
+    assert overlap_layers(pixel_geoms).max() > 0  # the case under test: real overlaps
+    out = building_damage(path, table, threshold=0.4, buffers_m=(0, 1.5), block_size=8)
+
+    expected = reference_stats(prob, pixel_geoms, cutoff=102)
+    for name, values in expected.items():
+        np.testing.assert_allclose(out.attributes[name], values, err_msg=name)
+    buffered = apply_affine(buffer_metres(table.geometries, 1.5, UTM, "test"), ~T)
+    np.testing.assert_allclose(
+        out.attributes["damaged_fraction_b1.5m"],
+        reference_stats(prob, buffered, cutoff=102)["damaged_fraction"],
+    )
+
+
+def test_buffer_columns_look_around_the_footprint(tmp_path: Path):
+    prob = np.full((40, 40), 250, dtype=np.uint8)  # damage all around ...
+    prob[15:25, 15:25] = 10  # ... but not on the building
+    path = write_prob(tmp_path / "prob.tif", prob)
+    table = VectorTable(world([shapely.box(16, 16, 24, 24)]), {}, crs=UTM)
+    out = building_damage(path, table, threshold=0.5, buffers_m=(0, 2, 5, 2))
+    a = out.attributes
+    assert [k for k in a if k.startswith("damaged_fraction")] == [
+        "damaged_fraction",
+        "damaged_fraction_b2m",
+        "damaged_fraction_b5m",
+    ]
+    assert a["damaged_fraction"][0] == 0.0
+    assert 0 < a["damaged_fraction_b2m"][0] < a["damaged_fraction_b5m"][0] < 1
+    assert a["label"][0] == "undamaged"
+
+
+def test_footprints_in_lonlat_are_reprojected_to_the_raster(prob_path: Path):
+    table = hand_table().to_crs("EPSG:4326")
+    out = building_damage(prob_path, table, threshold=0.5)
+    np.testing.assert_array_equal(out.attributes["unknown_fraction"], [0.25, 0.25, 0.75, 0, 1])
+    assert out.crs == UTM
+
+
+def test_geographic_raster_buffers_in_metres(tmp_path: Path):
+    step = 1e-5  # about 0.9 m x 1.1 m
+    transform = Affine(step, 0, 37.0, 0, -step, 37.2)
+    prob = np.full((60, 60), 250, dtype=np.uint8)
+    prob[20:40, 20:40] = 0
+    path = write_prob(tmp_path / "prob.tif", prob, transform, "EPSG:4326")
+    table = VectorTable(world([shapely.box(22, 22, 38, 38)], transform), {}, crs="EPSG:4326")
+    out = building_damage(path, table, threshold=0.5, buffers_m=(0, 4))
+    assert out.attributes["damaged_fraction"][0] == 0.0
+    # A 4 m ring is about 4 pixels wide: 2 clean pixels then damage.
+    assert 0.2 < out.attributes["damaged_fraction_b4m"][0] < 0.6
+
+
+def test_histogram_and_bad_buffers(prob_path: Path):
+    out = building_damage(prob_path, hand_table(), threshold=0.5)
+    histogram = damaged_fraction_histogram(out, bins=4)
+    assert histogram == {
+        "edges": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "counts": [2, 0, 0, 2],
+        "missing": 1,
+    }
+    with pytest.raises(InputError, match="buffers must be >= 0"):
+        building_damage(prob_path, hand_table(), threshold=0.5, buffers_m=(-1,))
+
+
+def test_no_footprints_give_an_empty_table_with_every_column(prob_path: Path):
+    empty = hand_table().take([])
+    out = building_damage(prob_path, empty, threshold=0.5, buffers_m=(0, 10))
+    assert len(out) == 0
+    assert list(out.attributes)[:3] == ["fid", "name", "damaged_fraction"]
+    assert "damaged_fraction_b10m" in out.attributes
+
+
+def test_max_per_label_matches_maximum_at():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 40, 5000)
+    values = rng.integers(0, 256, 5000).astype(np.uint8)
+    expected = np.full(50, -1)
+    np.maximum.at(expected, labels, values.astype(int))
+    np.testing.assert_array_equal(max_per_label(labels, values, 50), expected)
