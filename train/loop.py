@@ -1,0 +1,338 @@
+"""The training loop of Smart Transfer, and the few-shot LoRA adaptation.
+
+One fold: fit the PC prototypes (eval mode, fp32), then ``epochs`` passes of AdamW
+over shuffled batches of the training split — fp16 autocast with a GradScaler on
+CUDA, plain fp32 on the CPU, gradients clipped to a global norm — each followed by
+an fp32 evaluation on the validation split; the epoch with the strictly best mIoU
+is kept. With a frozen backbone only the decoder learns, so a feature cache can
+stand in for the backbone (``Inputs``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from stmap.errors import DeviceError, InputError
+from stmap.model import DamageSegmenter, Normalize, TrainOutput
+from stmap.train.config import TrainConfig
+from stmap.train.datasets import TileData
+from stmap.train.features import FeatureCache
+from stmap.train.lora import apply_lora, lora_parameters
+from stmap.train.losses import total_loss
+from stmap.train.metrics import ConfusionCounts, scores
+from stmap.train.prototypes import fit_prototypes, sample_pixel_embeddings
+
+log = logging.getLogger(__name__)
+PROTOTYPES_PER_CLASS = 32
+SAMPLES_PER_CLASS = 512
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA device if any, else the CPU; a missing GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r}: no CUDA GPU here; use --set device=cpu")
+    return torch.device(name)
+
+
+def make_deterministic(device: torch.device) -> None:
+    """Deterministic kernels (seeded runs repeat exactly on the CPU)."""
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def enable_rope_jitter(backbone: torch.nn.Module) -> None:
+    """Turn on DINOv3's RoPE rescaling (one log-uniform factor in [0.5, 2] per forward in
+    train mode), the augmentation the reference gets by leaving its backbone in train mode."""
+    ropes = [m for m in backbone.modules() if hasattr(m, "rescale_coords")]
+    if not ropes:
+        raise InputError("backbone_rope_jitter: true needs a DINOv3 backbone (it has RoPE)")
+    for rope in ropes:
+        rope.rescale_coords, rope.aug_active = 2.0, True
+
+
+def reinitialise(model: DamageSegmenter, seed: int) -> None:
+    """Draw fresh weights for everything but a frozen backbone, from ``seed`` (42 + fold)."""
+    torch.manual_seed(seed)
+    parts = [model.decoder, model.projection]
+    if not model.backbone_frozen:
+        parts.append(model.backbone)
+    for part in parts:
+        for module in part.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+
+def trained_state(model: DamageSegmenter) -> dict[str, torch.Tensor]:
+    """A copy of what a fold changes: decoder, projection head, and the backbone if it trains."""
+    return {
+        key: value.detach().clone()
+        for key, value in model.state_dict().items()
+        if not (model.backbone_frozen and key.startswith("backbone."))
+    }
+
+
+class Inputs:
+    """Tile positions → what the model and the losses need, on the device.
+
+    Features come from the feature cache when there is one, else from the backbone.
+    """
+
+    def __init__(
+        self,
+        data: TileData,
+        normalize: Normalize,
+        device: torch.device,
+        cache: FeatureCache | None = None,
+    ):
+        self.data = data
+        self.normalize = normalize.to(device)
+        self.device = device
+        self.cache = cache
+
+    def features(self, model: DamageSegmenter, index: torch.Tensor) -> torch.Tensor:
+        """(B,) positions → (B, D, h, w) backbone features."""
+        if self.cache is not None:
+            return self.cache(index)
+        return model.features(self.normalize(self.data.images[index].to(self.device)))
+
+    def outputs(self, model: DamageSegmenter, index: torch.Tensor) -> TrainOutput:
+        """(B,) positions → TrainOutput(logits (B, 1, S, S), embedding, decoder feature)."""
+        return model.forward_from_features(self.features(model, index))
+
+    def labels(self, index: torch.Tensor) -> torch.Tensor:
+        """(B,) positions → (B, 1, S, S) float32 labels, 1 = damaged."""
+        return self.data.labels[index].to(self.device).unsqueeze(1).float()
+
+    def buildings(self, index: torch.Tensor) -> torch.Tensor:
+        """(B,) positions → (B, 1, S, S) float32 building masks."""
+        return self.data.buildings[index].to(self.device).unsqueeze(1).float()
+
+    def without_cache(self) -> Inputs:
+        return Inputs(self.data, self.normalize, self.device, None)
+
+
+@torch.no_grad()
+def predict(
+    model: DamageSegmenter, inputs: Inputs, index: torch.Tensor, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Eval mode, fp32: yields (positions (B,), logits (B, 1, S, S)) batch by batch."""
+    model.eval()
+    for batch in index.split(batch_size):
+        yield batch, inputs.outputs(model, batch).logits.float()
+
+
+def evaluate(
+    model: DamageSegmenter,
+    inputs: Inputs,
+    index: torch.Tensor,
+    batch_size: int,
+    threshold: float = 0.5,
+) -> dict[str, ConfusionCounts]:
+    """Confusion counts per region over the tiles at ``index``, pooled at S² pixels."""
+    counts: dict[str, ConfusionCounts] = {}
+    regions = inputs.data.regions
+    for batch, logits in predict(model, inputs, index, batch_size):
+        labels = inputs.labels(batch)
+        batch_regions = [regions[i] for i in batch.tolist()]
+        for region in dict.fromkeys(batch_regions):
+            rows = torch.tensor([r == region for r in batch_regions], device=logits.device)
+            counts.setdefault(region, ConfusionCounts()).update(
+                logits[rows], labels[rows], threshold
+            )
+    return counts
+
+
+def pooled_miou(counts: dict[str, ConfusionCounts]) -> float:
+    return scores(sum(counts.values(), ConfusionCounts()))["miou"]
+
+
+@torch.no_grad()
+def fit_pc_prototypes(
+    model: DamageSegmenter,
+    inputs: Inputs,
+    index: torch.Tensor,
+    batch_size: int,
+    seed: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PC prototypes of the tiles at ``index``: eval mode, fp32, 32 per class.
+
+    Returns prototypes (K, E) and prototype_labels (K,), on the device.
+    """
+    model.eval()
+    vectors, labels = [], []
+    for batch in index.split(batch_size):
+        embedding = model.projection(inputs.features(model, batch).float())
+        v, y = sample_pixel_embeddings(
+            embedding, inputs.labels(batch), SAMPLES_PER_CLASS, generator
+        )
+        vectors.append(v)
+        labels.append(y)
+    prototypes, prototype_labels = fit_prototypes(
+        torch.cat(vectors), torch.cat(labels), PROTOTYPES_PER_CLASS, seed
+    )
+    return prototypes.to(inputs.device), prototype_labels.to(inputs.device)
+
+
+@dataclass
+class FoldResult:
+    """The selected epoch of one fold: its validation counts and trained tensors."""
+
+    best_epoch: int
+    val_counts: dict[str, ConfusionCounts]
+    state: dict[str, torch.Tensor]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_fold(
+    model: DamageSegmenter,
+    inputs: Inputs,
+    train: torch.Tensor,
+    val: torch.Tensor,
+    config: TrainConfig,
+    fold: int,
+) -> FoldResult:
+    """Train ``model`` on the tiles at ``train``; leave it at the epoch best on ``val``.
+
+    train, val: (N,) int64 tile positions. Seeds: ``config.seed + fold`` for the
+    shuffling, pixel sampling, k-means and DPT draws.
+    """
+    device = inputs.device
+    cuda = device.type == "cuda"  # fp16 autocast + loss scaling on the GPU only
+    generator = torch.Generator().manual_seed(config.seed + fold)
+    prototypes = (None, None)
+    if config.lambda_pc:
+        prototypes = fit_pc_prototypes(
+            model, inputs, train, config.batch_size, config.seed + fold, generator
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=cuda)
+
+    best_miou, best = -math.inf, None
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        if config.backbone_rope_jitter:
+            model.backbone.train()  # the reference's hidden RoPE rescaling, on request
+        sums: dict[str, float] = defaultdict(float)
+        for index in train[torch.randperm(len(train), generator=generator)].split(
+            config.batch_size
+        ):
+            with torch.autocast(device.type, torch.float16, enabled=cuda):
+                out = inputs.outputs(model, index)
+            loss, parts = total_loss(
+                out,
+                inputs.labels(index),
+                inputs.buildings(index),
+                *prototypes,
+                config.lambda_pc,
+                config.lambda_dpt,
+                generator,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            for name, value in parts.items():
+                sums[name] += value * len(index)
+
+        counts = evaluate(model, inputs, val, config.batch_size)
+        miou = pooled_miou(counts)
+        history.append(
+            {
+                "epoch": epoch,
+                **{f"loss_{name}": total / len(train) for name, total in sums.items()},
+                "val_miou": miou,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        log.info(
+            "fold %d epoch %d/%d: loss %.4f, val mIoU %.4f (%.1f s)",
+            fold,
+            epoch,
+            config.epochs,
+            history[-1]["loss_total"],
+            miou,
+            history[-1]["seconds"],
+        )
+        if miou > best_miou:  # strict improvement: ties keep the earlier epoch
+            best_miou, best = miou, FoldResult(epoch, counts, trained_state(model))
+    assert best is not None
+    model.load_state_dict(best.state, strict=False)
+    best.history = history
+    return best
+
+
+def adapt_fewshot(
+    source: DamageSegmenter,
+    inputs: Inputs,
+    shots: torch.Tensor,
+    config: TrainConfig,
+    fold: int,
+) -> DamageSegmenter:
+    """A copy of ``source`` adapted to the tiles at ``shots`` with LoRA on the backbone.
+
+    LoRA (rank, α from the config) on every qkv, proj, fc1 and fc2 linear layer; only
+    the LoRA factors train, the decoder stays frozen with BatchNorm in eval; all shots
+    form one batch, one AdamW step per epoch, fp32, clipped; PC (prototypes of the
+    shots through the model's own projection head) and DPT stay on. The LoRA layers
+    are left in place (``merge_lora`` folds them in).
+    """
+    model = copy.deepcopy(source)
+    wrapped = apply_lora(model.backbone, config.lora_rank, config.lora_alpha)
+    if not wrapped:
+        raise InputError(
+            f"few-shot LoRA needs a ViT backbone with qkv/proj/fc1/fc2 layers; "
+            f"{config.backbone!r} has none"
+        )
+    model.decoder.requires_grad_(False)
+    inputs = inputs.without_cache()  # the backbone changes, so features are recomputed
+    generator = torch.Generator().manual_seed(config.seed + fold)
+    lambda_pc = config.lambda_pc
+    prototypes = (None, None)
+    if lambda_pc and not bool(inputs.data.labels[shots].any()):
+        log.warning("fold %d: the %d shot(s) hold no damage; PC is off for them", fold, len(shots))
+        lambda_pc = 0.0
+    elif lambda_pc:
+        prototypes = fit_pc_prototypes(
+            model, inputs, shots, config.batch_size, config.seed + fold, generator
+        )
+    params = lora_parameters(model.backbone)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.fewshot_lr, weight_decay=config.fewshot_weight_decay
+    )
+    for _ in range(config.fewshot_epochs):
+        model.eval()  # decoder BatchNorm frozen; the backbone too unless RoPE jitter is asked
+        if config.backbone_rope_jitter:
+            model.backbone.train()
+        loss, _ = total_loss(
+            inputs.outputs(model, shots),
+            inputs.labels(shots),
+            inputs.buildings(shots),
+            *prototypes,
+            lambda_pc,
+            config.lambda_dpt,
+            generator,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+    return model.eval()
