@@ -86,19 +86,32 @@ def ground_sample_distance(
     Projected CRSs use their linear unit; geographic CRSs (degrees) measure the
     geodesic length of one pixel step on the CRS's ellipsoid.
     """
+    size = ground_pixel_size(crs, transform, width, height)
+    return None if size is None else (size[0] + size[1]) / 2
+
+
+def ground_pixel_size(
+    crs: CRS | None, transform: Affine, width: int, height: int
+) -> tuple[float, float] | None:
+    """(along a row, along a column): the ground length in metres of one pixel step.
+
+    The first is the step from one column to the next, the second from one row to
+    the next, measured at the raster's centre (geodesic for geographic CRSs); None
+    without georeferencing.
+    """
     if crs is None or transform.is_identity:
         return None
     col_step = math.hypot(transform.a, transform.d)
     row_step = math.hypot(transform.b, transform.e)
     if crs.is_projected:
         factor = crs.linear_units_factor[1]
-        return (col_step + row_step) / 2 * factor
+        return col_step * factor, row_step * factor
     from pyproj import Geod
 
     geod = Geod(ellps="WGS84")
-    lon, lat = transform * (width / 2, height / 2)
-    lon_e, lat_e = transform * (width / 2 + 1, height / 2)
-    lon_s, lat_s = transform * (width / 2, height / 2 + 1)
+    lon, lat = transform @ (width / 2, height / 2)
+    lon_e, lat_e = transform @ (width / 2 + 1, height / 2)
+    lon_s, lat_s = transform @ (width / 2, height / 2 + 1)
     dx = geod.inv(lon, lat, lon_e, lat_e)[2]
     dy = geod.inv(lon, lat, lon_s, lat_s)[2]
-    return (dx + dy) / 2
+    return dx, dy

@@ -1,0 +1,194 @@
+"""One small interface over every inference backend, and a registry that picks by name.
+
+A backend turns a batch of raw tiles into damage probabilities on one device; the
+pipeline never knows which backend runs (Polygraphy's ``BaseRunner`` in spirit).
+Preprocessing (scaling by the input dtype, normalisation) runs inside the backend,
+on the device, exactly as the bundle's manifest prescribes.
+
+Adding a backend touches one place: a module that calls ``register_backend`` at
+import time, listed in ``MODULES`` so that it is imported only when asked for.
+Its factory raises ``DeviceError`` or ``MissingDependencyError`` (with the install
+hint) when it cannot run here; ``auto`` then tries the next one in ``AUTO_ORDER``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from stmap.bundle import Bundle
+from stmap.errors import DeviceError, InputError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+# Built-in backends by name → the module that registers them when imported.
+MODULES = {
+    "torch": "stmap.runtime.backends.torch_backend",
+    "onnxruntime": "stmap.runtime.backends.onnxruntime_backend",
+    "tensorrt": "stmap.runtime.backends.tensorrt_backend",
+}
+INSTALL_HINTS = {
+    "onnxruntime": "pip install 'stmap[onnx]' (CPU) or 'stmap[gpu]' (CUDA), then "
+    "`stmap export BUNDLE --format onnx`",
+    "tensorrt": "pip install 'stmap[tensorrt]' on a CUDA machine, then "
+    "`stmap export BUNDLE --format tensorrt`",
+}
+AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")  # fastest first; each refuses if it can't
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs the model on batches of tiles on one device.
+
+    name: the registry name ("torch", ...).
+    device: where ``infer`` takes and returns tensors.
+    precision: the arithmetic it runs in: "fp32", "fp16" or "bf16".
+    """
+
+    name: str
+    device: torch.device
+    precision: str
+
+    def infer(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, T) raw pixels (uint8, or int32 holding uint16 values) on ``device``
+        → (N, 1, T, T) float32 damage probabilities on ``device``."""
+        ...
+
+    def max_batch(self) -> int:
+        """The largest batch worth trying; ``--batch-size auto`` starts here."""
+        ...
+
+
+BackendFactory = Callable[[Bundle, torch.device, str, str], Backend]
+_FACTORIES: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make ``factory(bundle, device, precision, input_dtype)`` available as ``name``."""
+    _FACTORIES[name] = factory
+
+
+def backend_names() -> list[str]:
+    return list(MODULES)
+
+
+def create_backend(
+    name: str, bundle: Bundle, device: torch.device, precision: str, input_dtype: str
+) -> Backend:
+    """The backend ``name`` (or the first of ``AUTO_ORDER`` that runs here, for "auto").
+
+    precision: "fp32", "fp16" or "bf16" (see ``resolve_precision``).
+    input_dtype: the rasters' dtype ("uint8", "uint16"): it picks the manifest's scaling.
+    """
+    if name != "auto":
+        return _factory(name)(bundle, device, precision, input_dtype)
+    refusals = []
+    for candidate in AUTO_ORDER:
+        try:
+            return _factory(candidate)(bundle, device, precision, input_dtype)
+        except (DeviceError, MissingDependencyError) as exc:
+            refusals.append(f"{candidate}: {exc}")
+            log.debug("backend %s not used: %s", candidate, exc)
+    raise DeviceError("no inference backend can run here:\n  " + "\n  ".join(refusals))
+
+
+def _factory(name: str) -> BackendFactory:
+    if name not in _FACTORIES:
+        if name not in MODULES:
+            raise InputError(
+                f"--backend {name}: unknown backend; choose one of auto, {', '.join(MODULES)}"
+            )
+        try:
+            importlib.import_module(MODULES[name])
+        except ModuleNotFoundError as exc:
+            if exc.name != MODULES[name]:
+                raise
+        if name not in _FACTORIES:
+            raise DeviceError(
+                f"--backend {name}: not available in this version of stmap"
+                + (f"; it will need: {INSTALL_HINTS[name]}" if name in INSTALL_HINTS else "")
+            )
+    return _FACTORIES[name]
+
+
+def resolve_device(spec: str) -> torch.device:
+    """ "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N", checked to exist."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise InputError(f"--device {spec}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise InputError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"--device {spec}: CUDA is not available here (no NVIDIA GPU or driver, or a "
+            "CPU-only PyTorch); use --device cpu or auto"
+        )
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
+
+
+def resolve_precision(spec: str, device: torch.device) -> str:
+    """ "auto": bf16 on CUDA GPUs that support it, else fp16 on CUDA, fp32 on the CPU."""
+    if spec == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if spec not in PRECISIONS:
+        raise InputError(f"--precision {spec}: expected auto, {', '.join(PRECISIONS)}")
+    return spec
+
+
+class Batcher:
+    """Feeds any number of tiles to a backend in batches.
+
+    With a fixed batch size an out-of-memory error is the user's to fix; with
+    ``auto`` (``batch_size=None``) the batch starts at the backend's ``max_batch``
+    and halves on every CUDA out-of-memory error, and the failed batch is retried.
+    """
+
+    def __init__(self, backend: Backend, batch_size: int | None):
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"--batch-size {batch_size}: must be a positive integer or auto")
+        self.backend = backend
+        self.auto = batch_size is None
+        self.size = batch_size or backend.max_batch()
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(N, C, T, T) tiles on the backend's device → (N, 1, T, T) float32 probabilities."""
+        n, _, h, w = tiles.shape
+        out = torch.empty((n, 1, h, w), dtype=torch.float32, device=tiles.device)
+        start = 0
+        while start < n:
+            stop = min(start + self.size, n)
+            try:
+                out[start:stop] = self.backend.infer(tiles[start:stop])
+            except torch.cuda.OutOfMemoryError:
+                self._back_off()
+                continue
+            start = stop
+        return out
+
+    def _back_off(self) -> None:
+        if not self.auto or self.size == 1:
+            raise DeviceError(
+                f"out of memory on {self.backend.device} at batch size {self.size}; "
+                "use a smaller --batch-size (or auto), or a larger device"
+            ) from None
+        if self.backend.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.size //= 2
+        log.info("out of memory: batch size reduced to %d", self.size)

@@ -1,0 +1,84 @@
+"""The PyTorch backend: the bundle's ``InferenceModel`` in eager mode or compiled.
+
+On CUDA it runs under autocast (bf16 or fp16) in channels-last layout and, by
+default, through ``torch.compile``; on the CPU in fp32 unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from stmap.bundle import Bundle
+from stmap.model import InferenceModel
+from stmap.runtime.backends.base import register_backend
+
+log = logging.getLogger(__name__)
+
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_BATCH = {"cuda": 256, "cpu": 32}
+BATCH_QUANTUM = 8  # eager batches are padded to a multiple of this
+
+
+class TorchBackend:
+    """``InferenceModel`` on one device; see ``Backend`` for the contract."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: torch.device,
+        precision: str,
+        input_dtype: str,
+        *,
+        compile_model: bool | None = None,
+    ):
+        self.device = device
+        self.precision = precision
+        model = InferenceModel(bundle.load_segmenter(), bundle.manifest.preprocessing(input_dtype))
+        # channels-last lets cuDNN / oneDNN pick their fastest convolution kernels.
+        self.model = model.eval().to(device, memory_format=torch.channels_last)
+        self.compiled = device.type == "cuda" if compile_model is None else compile_model
+        self._forward = torch.compile(self.model, dynamic=False) if self.compiled else self.model
+        self._static_batch = 0
+
+    def max_batch(self) -> int:
+        return MAX_BATCH.get(self.device.type, MAX_BATCH["cpu"])
+
+    @torch.inference_mode()
+    def infer(self, tiles: torch.Tensor) -> torch.Tensor:
+        n = len(tiles)
+        # Kernels are chosen (oneDNN, cuDNN) or compiled per batch shape, a cost paid
+        # again for every new shape: short batches are padded to a few sizes, to the
+        # one size a compiled graph is specialised to.
+        self._static_batch = max(self._static_batch, n)
+        quantum = self._static_batch if self.compiled else BATCH_QUANTUM
+        padded = -(-n // quantum) * quantum
+        if padded > n:
+            pad = tiles.new_zeros((padded - n, *tiles.shape[1:]))
+            tiles = torch.cat([tiles, pad])
+        with torch.autocast(
+            self.device.type,
+            dtype=_AUTOCAST.get(self.precision, torch.float32),
+            enabled=self.precision in _AUTOCAST,
+        ):
+            probs = self._run(tiles.contiguous(memory_format=torch.channels_last))
+        return probs[:n].float()
+
+    def _run(self, tiles: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._forward(tiles)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            if not self.compiled:
+                raise
+            # torch.compile needs a working compiler tool chain; eager always runs.
+            log.warning("torch.compile failed (%s); running the model eagerly", exc)
+            self.compiled, self._forward = False, self.model
+            return self._forward(tiles)
+
+
+register_backend("torch", TorchBackend)

@@ -1,0 +1,334 @@
+"""One global tile grid over a raster, and the blocks that stream through it.
+
+Pure geometry, no IO: frozen value objects in the manner of rasterio's ``Window``.
+
+Tiles. The model sees T × T tiles on one grid fixed by the raster alone: stride
+S = T − O for an overlap of O pixels, tile k of an axis spanning
+[k·S − pad, k·S − pad + T) with pad = O // 2, and as many tiles as it takes to
+cover every pixel. Pixels the tiles need beyond the raster's edge are mirrored
+back into it (``reflect_index``), so a tile's input, and hence its prediction,
+is a function of the raster and never of how the work is cut up.
+
+Blocks. Work streams in blocks of output pixels, aligned to the 512-px tiling of
+the output GeoTIFFs so that every write fills whole tiles. A block needs the
+model-grid pixels of its ``region`` (the block itself, or the neighbourhood that
+bilinear resampling reads when the model runs on another grid); every tile of the
+global grid that touches the region contributes, and their union is the block's
+``read`` window (region + halo). Neighbouring blocks compute the tiles they share
+twice; in exchange, no block waits for another and the result is the same for any
+block size.
+
+Resampling. When the input's ground sample distance differs from the model's, the
+model runs on a virtual grid with the same origin and model-sized pixels,
+``scale`` = input pixel size / model pixel size model pixels per input pixel (per
+axis). An output pixel's probability is the bilinear interpolation, at its centre,
+of the model-grid probabilities (``bilinear_taps``), clamped at the edges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from stmap.errors import InputError
+
+COG_TILE = 512  # output GeoTIFF tile size: blocks are multiples of it
+DEFAULT_BLOCK = 2048
+MAX_AUTO_BLOCK = 8192
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rectangle of pixels, ``row_off``/``col_off`` possibly negative or past the raster."""
+
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+    @property
+    def row_stop(self) -> int:
+        return self.row_off + self.height
+
+    @property
+    def col_stop(self) -> int:
+        return self.col_off + self.width
+
+    @property
+    def size(self) -> int:
+        return self.height * self.width
+
+    def clip(self, height: int, width: int) -> Window:
+        """The part inside a ``height`` × ``width`` raster (empty windows have size 0)."""
+        r0, c0 = max(self.row_off, 0), max(self.col_off, 0)
+        r1, c1 = min(self.row_stop, height), min(self.col_stop, width)
+        return Window(r0, c0, max(r1 - r0, 0), max(c1 - c0, 0))
+
+    def relative_to(self, outer: Window) -> tuple[slice, slice]:
+        """(rows, cols) slices of this window inside an array holding ``outer``."""
+        r, c = self.row_off - outer.row_off, self.col_off - outer.col_off
+        return slice(r, r + self.height), slice(c, c + self.width)
+
+
+@dataclass(frozen=True)
+class AxisTiles:
+    """The tiles of one axis: tile k spans [k·stride − pad, k·stride − pad + tile)."""
+
+    size: int
+    tile: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.tile < 1:
+            raise ValueError(f"size and tile must be positive, got {self.size}, {self.tile}")
+        check_overlap(self.overlap, self.tile)
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    @property
+    def pad(self) -> int:
+        return self.overlap // 2
+
+    @property
+    def count(self) -> int:
+        """Tiles needed so that the last one reaches the last pixel."""
+        return max(0, math.ceil((self.size + self.pad - self.tile) / self.stride)) + 1
+
+    def origin(self, k: int) -> int:
+        return k * self.stride - self.pad
+
+    def intersecting(self, start: int, stop: int) -> range:
+        """Indices of the tiles that hold at least one pixel of [start, stop)."""
+        first = (start + self.pad - self.tile) // self.stride + 1
+        last = -(-(stop + self.pad) // self.stride) - 1
+        return range(max(first, 0), min(last, self.count - 1) + 1)
+
+    def span(self, tiles: range) -> tuple[int, int]:
+        """[start, stop) of the pixels that ``tiles`` cover together."""
+        return self.origin(tiles.start), self.origin(tiles.stop - 1) + self.tile
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The global tile grid of a ``height`` × ``width`` (model-grid) raster."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+
+    @cached_property
+    def rows(self) -> AxisTiles:
+        return AxisTiles(self.height, self.tile, self.overlap)
+
+    @cached_property
+    def cols(self) -> AxisTiles:
+        return AxisTiles(self.width, self.tile, self.overlap)
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    @property
+    def count(self) -> int:
+        return self.rows.count * self.cols.count
+
+
+@dataclass(frozen=True)
+class Block:
+    """One unit of streaming work.
+
+    out: output pixels (on the input raster's grid), inside the raster.
+    region: model-grid pixels whose probabilities ``out`` needs (``out`` itself
+        when the model runs on the input grid).
+    tile_rows, tile_cols: global indices of the tiles that touch ``region``.
+    read: model-grid pixels those tiles cover; may reach past the raster's edges.
+    source: the model-grid pixels inside the raster that ``read`` mirrors from.
+    """
+
+    index: int
+    out: Window
+    region: Window
+    tile_rows: range
+    tile_cols: range
+    read: Window
+    source: Window
+
+    @property
+    def tiles_shape(self) -> tuple[int, int]:
+        return len(self.tile_rows), len(self.tile_cols)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Square blocks of ``block_size`` output pixels, row-major, over the global grid.
+
+    height, width: the output (input raster) size.
+    grid: the tile grid on the model grid (the input grid when ``scale`` is 1, 1).
+    scale: (rows, cols) model pixels per output pixel.
+    """
+
+    height: int
+    width: int
+    block_size: int
+    grid: TileGrid
+    scale: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.scale == (1.0, 1.0) and (self.grid.height, self.grid.width) != (
+            self.height,
+            self.width,
+        ):
+            raise ValueError("without resampling the tile grid must match the output size")
+
+    @property
+    def resampled(self) -> bool:
+        return self.scale != (1.0, 1.0)
+
+    @property
+    def block_rows(self) -> int:
+        return -(-self.height // self.block_size)
+
+    @property
+    def block_cols(self) -> int:
+        return -(-self.width // self.block_size)
+
+    def __len__(self) -> int:
+        return self.block_rows * self.block_cols
+
+    def __iter__(self) -> Iterator[Block]:
+        return (self.block(i) for i in range(len(self)))
+
+    def block(self, index: int) -> Block:
+        if not 0 <= index < len(self):
+            raise IndexError(f"block {index} of {len(self)}")
+        r, c = divmod(index, self.block_cols)
+        b = self.block_size
+        out = Window(r * b, c * b, min(b, self.height - r * b), min(b, self.width - c * b))
+        r0, r1 = model_span(out.row_off, out.row_stop, self.scale[0], self.grid.height)
+        c0, c1 = model_span(out.col_off, out.col_stop, self.scale[1], self.grid.width)
+        tile_rows = self.grid.rows.intersecting(r0, r1)
+        tile_cols = self.grid.cols.intersecting(c0, c1)
+        (rr0, rr1), (rc0, rc1) = self.grid.rows.span(tile_rows), self.grid.cols.span(tile_cols)
+        (sr0, sr1), (sc0, sc1) = (
+            mirrored_span(rr0, rr1, self.grid.height),
+            mirrored_span(rc0, rc1, self.grid.width),
+        )
+        return Block(
+            index=index,
+            out=out,
+            region=Window(r0, c0, r1 - r0, c1 - c0),
+            tile_rows=tile_rows,
+            tile_cols=tile_cols,
+            read=Window(rr0, rc0, rr1 - rr0, rc1 - rc0),
+            source=Window(sr0, sc0, sr1 - sr0, sc1 - sc0),
+        )
+
+    def below(self, index: int) -> int | None:
+        """The block under block ``index``, if any."""
+        below = index + self.block_cols
+        return below if below < len(self) else None
+
+    def right(self, index: int) -> int | None:
+        """The block to the right of block ``index``, if any."""
+        return index + 1 if (index + 1) % self.block_cols else None
+
+    def max_source_pixels(self) -> int:
+        """The largest ``source`` window of any block, in pixels: the size of a read buffer."""
+        return max(block.source.size for block in self)
+
+
+def shared_count(first: range, second: range) -> int:
+    """How many tile indices two ranges of tiles have in common."""
+    return max(0, min(first.stop, second.stop) - max(first.start, second.start))
+
+
+def model_span(start: int, stop: int, scale: float, model_size: int) -> tuple[int, int]:
+    """Model-grid pixels [lo, hi) that output pixels [start, stop) interpolate from."""
+    if scale == 1.0:
+        return start, stop
+    lo = math.floor((start + 0.5) * scale - 0.5)
+    hi = math.floor((stop - 0.5) * scale - 0.5) + 2
+    return min(max(lo, 0), model_size - 1), min(max(hi, 1), model_size)
+
+
+def bilinear_taps(
+    start: int, stop: int, scale: float, model_size: int, region_start: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where output pixels [start, stop) of one axis sample the model grid.
+
+    Output pixel i's centre lies at model coordinate (i + 0.5)·scale; it takes the
+    two model pixels around it, clamped to the raster (edge values repeat). Returns
+    (stop − start,) int64 indices ``lo``, ``hi`` relative to ``region_start`` and
+    float32 weights ``frac`` of ``hi``: value = (1 − frac)·p[lo] + frac·p[hi].
+    """
+    v = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale - 0.5
+    below = np.floor(v)
+    frac = (v - below).astype(np.float32)
+    lo = np.clip(below.astype(np.int64), 0, model_size - 1)
+    hi = np.clip(below.astype(np.int64) + 1, 0, model_size - 1)
+    return lo - region_start, hi - region_start, frac
+
+
+def reflect_index(start: int, stop: int, size: int) -> np.ndarray:
+    """(stop − start,) int64 raster indices of pixels [start, stop) mirrored into [0, size).
+
+    Mirroring excludes the edge pixel (numpy's ``reflect``) and repeats as often as
+    needed, so it is defined for any window and any raster size ≥ 1.
+    """
+    x = np.arange(start, stop, dtype=np.int64)
+    if size == 1:
+        return np.zeros_like(x)
+    period = 2 * (size - 1)
+    x = np.mod(x, period)
+    return np.where(x < size, x, period - x)
+
+
+def mirrored_span(start: int, stop: int, size: int) -> tuple[int, int]:
+    """[lo, hi) of the raster pixels that ``reflect_index(start, stop, size)`` takes."""
+    if start >= 0 and stop <= size:
+        return start, stop
+    index = reflect_index(start, stop, size)
+    return int(index.min()), int(index.max()) + 1
+
+
+def model_grid_size(height: int, width: int, scale: tuple[float, float]) -> tuple[int, int]:
+    """(rows, cols) of the model grid covering a ``height`` × ``width`` raster."""
+    if scale == (1.0, 1.0):
+        return height, width
+    return max(1, math.ceil(height * scale[0])), max(1, math.ceil(width * scale[1]))
+
+
+def check_overlap(overlap: int, tile: int) -> int:
+    """``overlap`` if tiles of ``tile`` px can overlap by it, else InputError."""
+    if not 0 <= overlap < tile:
+        raise InputError(f"--overlap {overlap}: must be at least 0 and below the tile size {tile}")
+    return overlap
+
+
+def choose_block_size(requested: int | None, input_block: tuple[int, int]) -> int:
+    """The block edge in output pixels: ``requested``, or one that suits the input's tiling.
+
+    Blocks are multiples of the 512-px output tiling. Without a request: 2048, or
+    the input's own square internal tile when that is larger (up to 8192), so a
+    block read never splits an input tile.
+    """
+    if requested is not None:
+        if requested < COG_TILE or requested % COG_TILE:
+            raise InputError(
+                f"--block-size {requested}: must be a positive multiple of {COG_TILE} "
+                "(the tile size of the output GeoTIFFs)"
+            )
+        return requested
+    rows, cols = input_block
+    if rows == cols and rows % COG_TILE == 0:
+        return min(max(DEFAULT_BLOCK, rows), MAX_AUTO_BLOCK)
+    return DEFAULT_BLOCK

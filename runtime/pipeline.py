@@ -1,0 +1,429 @@
+"""The hot path: reader threads → device stage → writer thread, through bounded queues.
+
+    readers (threads)             device stage (this thread)              writer (thread)
+    validity mask; blocks with    one host→device copy of raw pixels      partial GeoTIFFs,
+    no valid pixel stop here  ─▶  mirror edges, cut tiles (strided view) ─▶ checkpoints and
+    pixels into (pinned) host     batched forward, blend, resample,        the journal
+    buffers from a fixed pool     uint8, one device→host copy
+
+Python touches blocks, never tiles. The tiles a block shares with the blocks below
+and to its right are handed over (``SharedTiles``) rather than computed twice.
+Memory is bounded by the buffer pool and the queue depths, whatever the raster's
+size. The same code runs on CPU and CUDA: the only differences are pinned host
+buffers and the synchronisations that make the per-stage timers honest on an
+asynchronous device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from stmap.io.blocks import BlockReader, ReadSpec
+from stmap.io.writers import NODATA, BlockWriter
+from stmap.runtime.backends.base import Batcher
+from stmap.runtime.blend import Blender, interpolate
+from stmap.runtime.grid import Block, BlockPlan, bilinear_taps, reflect_index, shared_count
+from stmap.runtime.journal import Journal
+
+log = logging.getLogger(__name__)
+
+PROB, DAMAGE = "prob", "damage"  # the two layers the writer receives, in this order
+_DONE = object()  # end-of-stream marker on a queue
+_POLL_S = 0.2  # how often a blocked thread looks up to see whether it should stop
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent in each stage, summed over blocks (and over reader threads)."""
+
+    read: float = 0.0
+    transfer: float = 0.0
+    compute: float = 0.0
+    blend: float = 0.0
+    write: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            setattr(self, stage, getattr(self, stage) + seconds)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            k: round(getattr(self, k), 4) for k in ("read", "transfer", "compute", "blend", "write")
+        }
+
+
+@dataclass
+class PipelineResult:
+    blocks: int
+    resumed_blocks: int
+    tiles: int  # tiles run through the model in this run
+    pixels: int
+    valid_pixels: int
+    skipped_pixels: int
+    damaged_pixels: int
+    seconds: float
+    times: StageTimes
+
+
+@dataclass
+class _Loaded:
+    """A block read from disk: pixels (C, h, w) in a pool buffer; None: no valid pixel."""
+
+    block: Block
+    pixels: torch.Tensor | None
+    valid: np.ndarray | None  # (h, w) bool on the output grid; None when all are valid
+    buffer: torch.Tensor | None
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class SharedTiles:
+    """Predictions of the tiles that neighbouring blocks share, handed from one to the next.
+
+    Blocks are independent units of work, but the tiles along a block's edge belong
+    to its neighbour too: computing them twice would cost (block + tile) / block in
+    compute, 12 % at 2048-px blocks. In row-major order the block above and the block
+    to the left come first; each block leaves its last rows of tiles for the block
+    below and its last columns for the block to its right, if those are still to
+    come. Memory: one strip of tiles per block of the current block row. A block
+    that arrives before its neighbour (several readers) just computes them itself.
+    """
+
+    def __init__(self, plan: BlockPlan, device: torch.device):
+        self.plan, self.device = plan, device
+        self._pending: set[int] = set()
+        self._strips: dict[tuple[int, str], torch.Tensor] = {}
+
+    def expect(self, index: int) -> None:
+        self._pending.add(index)
+
+    def take(self, block: Block) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k, nw, T, T) tiles shared with the block above, (nh, k', T, T) with the left."""
+        self._pending.discard(block.index)
+        (nh, nw), t = block.tiles_shape, self.plan.grid.tile
+        empty = torch.empty((0, nw, t, t), device=self.device)
+        top = self._strips.pop((block.index, "top"), empty)
+        left = self._strips.pop(
+            (block.index, "left"), torch.empty((nh, 0, t, t), device=self.device)
+        )
+        return top, left
+
+    def give(self, block: Block, probs: torch.Tensor) -> None:
+        """Keep the edges of (nh, nw, T, T) ``probs`` for the neighbours still to come."""
+        below, right = self.plan.below(block.index), self.plan.right(block.index)
+        if below in self._pending:
+            k = shared_count(block.tile_rows, self.plan.block(below).tile_rows)
+            if k:  # a copy, so that the block's whole probs tensor can be freed
+                self._strips[(below, "top")] = probs[-k:].clone()
+        if right in self._pending:
+            k = shared_count(block.tile_cols, self.plan.block(right).tile_cols)
+            if k:
+                self._strips[(right, "left")] = probs[:, -k:].clone()
+
+
+def cut_tiles(window: torch.Tensor, tile: int, stride: int) -> torch.Tensor:
+    """(C, H, W) → (N, C, T, T) tiles in row-major order, in channels-last memory.
+
+    ``unfold`` makes the tiles strided views of the window; one copy lays them out.
+    H and W are (n − 1)·stride + tile, so no pixel is left over.
+    """
+    c = window.shape[0]
+    views = window.unfold(1, tile, stride).unfold(2, tile, stride)  # (C, nh, nw, T, T)
+    return views.permute(1, 2, 3, 4, 0).reshape(-1, tile, tile, c).permute(0, 3, 1, 2)
+
+
+class Pipeline:
+    """Maps the blocks of one plan not yet in the journal, writing them as they finish.
+
+    cutoff: damaged ⇔ uint8 probability > cutoff (``vectorize.damage_cutoff``).
+    workers: reader threads; queue_depth: blocks waiting between two stages.
+    checkpoint_s: the least time between two checkpoints of the partial rasters.
+    progress: called from the writer thread with the output pixels of each block.
+    """
+
+    def __init__(
+        self,
+        plan: BlockPlan,
+        spec: ReadSpec,
+        batcher: Batcher,
+        writer: BlockWriter,
+        journal: Journal,
+        *,
+        cutoff: int,
+        workers: int = 1,
+        queue_depth: int = 2,
+        checkpoint_s: float = 1.0,
+        progress: Callable[[int], None] | None = None,
+    ):
+        self.plan, self.spec, self.batcher = plan, spec, batcher
+        self.writer, self.journal = writer, journal
+        self.cutoff, self.workers, self.checkpoint_s = cutoff, workers, checkpoint_s
+        self.progress = progress or (lambda pixels: None)
+        self.device = batcher.backend.device
+        self.blender = Blender(plan.grid, self.device)
+        self.shared = SharedTiles(plan, self.device)
+        self.tiles = 0  # tiles run through the model
+        self.times = StageTimes()
+        self._stop = threading.Event()
+        self._loaded: queue.Queue = queue.Queue(maxsize=queue_depth)
+        self._finished: queue.Queue = queue.Queue(maxsize=queue_depth)
+        self._writer_error: BaseException | None = None
+        pin = self.device.type == "cuda"  # pinned pages make the host→device copy asynchronous
+        dtype = torch.from_numpy(np.empty(0, spec.dtype)).dtype
+        size = len(spec.bands) * plan.max_source_pixels()
+        self._pool: queue.Queue = queue.Queue()
+        for _ in range(queue_depth + workers + 1):
+            self._pool.put(torch.empty(size, dtype=dtype, pin_memory=pin))
+
+    @property
+    def output_failed(self) -> bool:
+        """Whether the run stopped because the outputs could not be written."""
+        return self._writer_error is not None
+
+    def run(self) -> PipelineResult:
+        start = time.perf_counter()
+        todo: queue.Queue = queue.Queue()
+        for block in self.plan:
+            if block.index not in self.journal.blocks:
+                todo.put(block)
+                self.shared.expect(block.index)
+        resumed = len(self.plan) - todo.qsize()
+        if resumed:
+            self.progress(sum(self.plan.block(i).out.size for i in self.journal.blocks))
+        threads = [threading.Thread(target=self._write, name="stmap-writer", daemon=True)]
+        threads += [
+            threading.Thread(target=self._read, args=(todo,), name=f"stmap-reader-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self._compute()
+        finally:
+            self._stop.set()
+            self._put(self._finished, _DONE, wait_for_writer=True)
+            for thread in threads:
+                thread.join()
+        if self._writer_error is not None:
+            raise self._writer_error
+        return self._result(resumed, time.perf_counter() - start)
+
+    # -- reader threads ------------------------------------------------------------
+
+    def _read(self, todo: queue.Queue) -> None:
+        try:
+            with BlockReader(self.spec) as reader:
+                while not self._stop.is_set():
+                    try:
+                        block = todo.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not self._put(self._loaded, self._load(reader, block)):
+                        return
+        except BaseException as exc:  # handed to the device stage, which raises it
+            self._put(self._loaded, _Failed(exc))
+            return
+        self._put(self._loaded, _DONE)
+
+    def _load(self, reader: BlockReader, block: Block) -> _Loaded:
+        t0 = time.perf_counter()
+        out = block.out
+        valid = reader.read_valid(out.row_off, out.col_off, out.height, out.width)
+        if valid is not None and not valid.any():
+            self.times.add("read", time.perf_counter() - t0)
+            return _Loaded(block, None, None, None)  # no valid pixel: never reaches the model
+        if valid is not None and valid.all():
+            valid = None
+        buffer = self._take_buffer()
+        src = block.source
+        pixels = buffer[: len(self.spec.bands) * src.size].view(-1, src.height, src.width)
+        # rasterio decodes straight into the (pinned) buffer: no extra host copy.
+        reader.read_pixels(src.row_off, src.col_off, src.height, src.width, out=pixels.numpy())
+        self.times.add("read", time.perf_counter() - t0)
+        return _Loaded(block, pixels, valid, buffer)
+
+    def _take_buffer(self) -> torch.Tensor:
+        while True:
+            try:
+                return self._pool.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise InterruptedError("stopping") from None
+
+    # -- device stage ----------------------------------------------------------------
+
+    def _compute(self) -> None:
+        readers = self.workers
+        while readers:
+            item = self._get(self._loaded)
+            if item is _DONE:
+                readers -= 1
+                continue
+            if isinstance(item, _Failed):
+                raise item.error
+            if item.pixels is None:
+                self.shared.take(item.block)  # drop what its neighbours left for it
+                layers = None
+            else:
+                layers = self._predict(item)
+                self._pool.put(item.buffer)
+            if not self._put(self._finished, (item.block, layers), wait_for_writer=True):
+                break
+
+    def _predict(self, item: _Loaded) -> np.ndarray:
+        """One block through the model: (2, h, w) uint8 probability × 255 and damage."""
+        block, grid = item.block, self.plan.grid
+        t, s = grid.tile, grid.stride
+        (nh, nw), (top, left) = block.tiles_shape, self.shared.take(block)
+        t0 = time.perf_counter()
+        x = item.pixels.to(self.device, non_blocking=True)  # the one host→device copy
+        if x.dtype == torch.uint16:
+            x = x.int()  # few kernels take uint16; int32 holds it exactly
+        x = self._mirror(x, block)
+        # The tiles shared with the blocks above and to the left come from them; the
+        # model runs on the rest, a rectangle at the bottom right of the tile grid.
+        kr, kc = len(top), left.shape[1]
+        probs = torch.empty((nh, nw, t, t), dtype=torch.float32, device=self.device)
+        probs[:kr], probs[:, :kc] = top, left
+        rest = cut_tiles(x[:, kr * s :, kc * s :], t, s) if kr < nh and kc < nw else None
+        t1 = self._clock()
+        if rest is not None:
+            probs[kr:, kc:] = self.batcher(rest).view(nh - kr, nw - kc, t, t)
+            self.tiles += len(rest)
+        t2 = self._clock()
+        self.shared.give(block, probs)
+        prob = self.blender(probs.view(nh * nw, 1, t, t), block)
+        if self.plan.resampled:
+            prob = interpolate(prob, *self._taps(block))
+        # 255 is nodata, so probability 1.0 is stored as 254 (in place: no new buffers).
+        prob8 = prob.mul_(255).round_().clamp_(0, NODATA - 1).to(torch.uint8)
+        damage = (prob8 > self.cutoff).to(torch.uint8)
+        layers = torch.stack([prob8, damage])
+        if item.valid is not None:
+            invalid = ~torch.from_numpy(item.valid).to(self.device, non_blocking=True)
+            layers[:, invalid] = NODATA
+        t3 = self._clock()
+        out = layers.cpu().numpy()  # the one device→host copy
+        t4 = time.perf_counter()
+        self.times.add("transfer", (t1 - t0) + (t4 - t3))
+        self.times.add("compute", t2 - t1)
+        self.times.add("blend", t3 - t2)
+        return out
+
+    def _mirror(self, x: torch.Tensor, block: Block) -> torch.Tensor:
+        """(C, source) → (C, read): pixels past the raster's edges mirrored back into it."""
+        if block.read == block.source:
+            return x
+        grid, read, src = self.plan.grid, block.read, block.source
+        rows = reflect_index(read.row_off, read.row_stop, grid.height) - src.row_off
+        cols = reflect_index(read.col_off, read.col_stop, grid.width) - src.col_off
+        x = x.index_select(1, torch.from_numpy(rows).to(x.device))
+        return x.index_select(2, torch.from_numpy(cols).to(x.device))
+
+    def _taps(self, block: Block):
+        (sy, sx), grid, out, region = self.plan.scale, self.plan.grid, block.out, block.region
+        return (
+            bilinear_taps(out.row_off, out.row_stop, sy, grid.height, region.row_off),
+            bilinear_taps(out.col_off, out.col_stop, sx, grid.width, region.col_off),
+        )
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels are asynchronous: time their end
+        return time.perf_counter()
+
+    # -- writer thread -----------------------------------------------------------------
+
+    def _write(self) -> None:
+        pending: dict[int, tuple[int, int]] = {}
+        last = time.perf_counter()
+        try:
+            while (item := self._finished.get()) is not _DONE:
+                block, layers = item
+                t0 = time.perf_counter()
+                pending[block.index] = self._write_block(block, layers)
+                if time.perf_counter() - last >= self.checkpoint_s:
+                    self._checkpoint(pending)
+                    last = time.perf_counter()
+                self.times.add("write", time.perf_counter() - t0)
+                self.progress(block.out.size)
+            self._checkpoint(pending)
+        except BaseException as exc:
+            self._writer_error = exc
+            self._stop.set()
+            # Keep the blocks written before the failure, if the disk still lets us.
+            with contextlib.suppress(Exception):
+                self._checkpoint(pending)
+
+    def _write_block(self, block: Block, layers: np.ndarray | None) -> tuple[int, int]:
+        """Write one block; returns its (valid, damaged) pixel counts."""
+        if layers is None:
+            return 0, 0  # sparse partial rasters read as nodata where nothing is written
+        out = block.out
+        self.writer.write(PROB, out.row_off, out.col_off, layers[0])
+        self.writer.write(DAMAGE, out.row_off, out.col_off, layers[1])
+        valid = int(np.count_nonzero(layers[0] != NODATA))
+        return valid, int(np.count_nonzero(layers[1] == 1))
+
+    def _checkpoint(self, pending: dict[int, tuple[int, int]]) -> None:
+        if not pending:
+            return
+        self.writer.checkpoint()  # the partial rasters hold these blocks durably ...
+        self.journal.record(pending)  # ... before the journal says so
+        pending.clear()
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def _put(self, q: queue.Queue, item: object, *, wait_for_writer: bool = False) -> bool:
+        """Put ``item`` on ``q`` unless the run stops first; False when it stopped.
+
+        Readers stop when the run stops; the device stage, feeding the writer, stops
+        only when the writer failed, so that finished blocks are still written.
+        """
+        while True:
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                stopping = (
+                    self._writer_error is not None if wait_for_writer else self._stop.is_set()
+                )
+                if stopping:
+                    return False
+
+    def _get(self, q: queue.Queue) -> object:
+        while True:
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self._writer_error is not None:
+                    raise self._writer_error from None
+
+    def _result(self, resumed: int, seconds: float) -> PipelineResult:
+        stats = self.journal.blocks
+        pixels = sum(b.out.size for b in self.plan)
+        skipped = sum(self.plan.block(i).out.size for i, (valid, _) in stats.items() if not valid)
+        return PipelineResult(
+            blocks=len(self.plan),
+            resumed_blocks=resumed,
+            tiles=self.tiles,
+            pixels=pixels,
+            valid_pixels=sum(v for v, _ in stats.values()),
+            skipped_pixels=skipped,
+            damaged_pixels=sum(d for _, d in stats.values()),
+            seconds=seconds,
+            times=self.times,
+        )
