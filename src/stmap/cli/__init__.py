@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("stmap.cli.synth:synth", "Make a synthetic, georeferenced post-earthquake city."),
     "infer": ("stmap.cli.infer:infer", "Map building damage over whole rasters."),
     "info": ("stmap.cli.info:info", "Describe a model bundle or a raster."),
+    "export": ("stmap.cli.export:export", "Add verified ONNX models and TensorRT engines."),
+    "train": ("stmap.cli.train:train", "Train Smart Transfer under a protocol."),
+    "evaluate": ("stmap.cli.evaluate:evaluate", "Score a model bundle per region on tiles."),
 }
 
 
