@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("stmap.cli.export:export", "Add verified ONNX models and TensorRT engines."),
     "train": ("stmap.cli.train:train", "Train Smart Transfer under a protocol."),
     "evaluate": ("stmap.cli.evaluate:evaluate", "Score a model bundle per region on tiles."),
+    "bench": ("stmap.cli.bench:bench", "Measure model-only and end-to-end throughput."),
 }
 
 

@@ -1,0 +1,132 @@
+"""``stmap bench``: parse the options, then one library call (``stmap.runtime.bench``)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from stmap.cli.infer import BatchSize
+from stmap.cli.options import emit_json, json_option, model_option, quiet_option
+
+
+@click.command("bench")
+@model_option
+@click.option(
+    "--backbone",
+    default=None,
+    metavar="NAME",
+    help="Instead of --model: a random-weight model of this registered backbone "
+    "(tile 128, decoder 256 channels), e.g. vit_large_patch16_dinov3.sat493m.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="Inference backend; auto picks the fastest one available.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 (or fp16) on CUDA, fp32 on the CPU.",
+)
+@click.option(
+    "--batch-size",
+    type=BatchSize(),
+    default="auto",
+    show_default=True,
+    help="Tiles per forward pass; auto halves it on out-of-memory.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Side of the synthetic city mapped end to end, in pixels.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Timed repeats of the model-only loop (their median is reported).",
+)
+@json_option
+@quiet_option
+def bench(
+    model: str,
+    backbone: str | None,
+    backend: str,
+    device: str,
+    precision: str,
+    batch_size: int | None,
+    size: int,
+    repeats: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Measure model-only and end-to-end throughput on this machine, in one run.
+
+    Model-only: resident uint8 tiles through the backend; end-to-end: `stmap infer`
+    on a synthetic city; efficiency is their ratio. Also: per-stage times, peak
+    memory, FLOPs per tile against the measured matrix-multiply rate, km²/hour.
+
+    \b
+    Examples:
+      stmap bench --size 2048
+      stmap bench --backbone vit_large_patch16_dinov3.sat493m --device cuda --json
+    """
+    from stmap.runtime.bench import BenchOptions, run_bench
+
+    result = run_bench(
+        BenchOptions(
+            model=model,
+            backbone=backbone,
+            backend=backend,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            size=size,
+            repeats=repeats,
+        )
+    )
+    if as_json:
+        emit_json(result)
+    elif not quiet:
+        _print_table(result)
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    """The headline figures as a rich table on stderr (stdout stays for --json)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"stmap bench: {result['backbone']} · {result['backend']} · "
+        f"{result['device']} ({result['device_name']}) · {result['precision']} · "
+        f"batch {result['batch_size']} · {result['size']}² px"
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("model-only Mpx/s (stride² per tile)", result["model_mpx_per_s"]),
+        ("model-only Mpx/s (tile² per tile)", result["model_tile_mpx_per_s"]),
+        ("model-only tiles/s", result["model_tiles_per_s"]),
+        ("end-to-end Mpx/s", result["end_to_end_mpx_per_s"]),
+        ("efficiency (end-to-end / model-only)", result["efficiency"]),
+        ("km²/hour end-to-end", result["km2_per_hour"]),
+        *((f"stage {k} s", v) for k, v in result["stages"].items()),
+        ("peak RSS MiB", result["peak_rss_mb"]),
+        ("peak device MiB", result["peak_device_mb"]),
+        ("GFLOP per tile", round(result["flops_per_tile"] / 1e9, 3)),
+        ("matmul TFLOP/s (measured)", result["matmul_tflops"]),
+        ("fraction of ceiling", result["fraction_of_ceiling"]),
+    ]
+    for name, value in rows:
+        table.add_row(name, "–" if value is None else str(value))
+    Console(file=sys.stderr).print(table)

@@ -1,0 +1,133 @@
+"""``stmap bench``: every figure present and sane on a tiny run; FLOPs counted right.
+
+No timed assertions: speeds vary with the machine and its load; only their signs,
+their consistency with each other and the exact FLOP counts are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+
+from stmap.cli import main
+from stmap.runtime.bench import BenchOptions, count_flops_per_tile, km2_per_hour, run_bench
+
+FIELDS = {
+    "model_mpx_per_s",
+    "end_to_end_mpx_per_s",
+    "efficiency",
+    "device",
+    "backend",
+    "precision",
+    "backbone",
+    "tile",
+    "batch_size",
+    "stages",
+    "peak_rss_mb",
+    "flops_per_tile",
+    "matmul_tflops",
+    "fraction_of_ceiling",
+    "km2_per_hour",
+    "versions",
+    "commit",
+}
+
+
+@pytest.fixture(scope="module")
+def result(tiny_bundle: Path) -> dict[str, Any]:
+    options = BenchOptions(
+        model=str(tiny_bundle), device="cpu", batch_size=4, size=256, repeats=1, min_repeat_s=0.01
+    )
+    return run_bench(options)
+
+
+def test_tiny_run_reports_every_field(result: dict[str, Any]) -> None:
+    assert result.keys() >= FIELDS
+    for name in ("model_mpx_per_s", "end_to_end_mpx_per_s", "efficiency", "peak_rss_mb"):
+        assert result[name] > 0, name
+    for name in ("matmul_tflops", "fraction_of_ceiling", "km2_per_hour", "flops_per_tile"):
+        assert result[name] > 0, name
+    assert result["device"] == "cpu"
+    assert result["backend"] == "torch"
+    assert result["precision"] == "fp32"
+    assert result["backbone"] == "tiny"
+    assert (result["tile"], result["batch_size"], result["size"]) == (128, 4, 256)
+    assert set(result["stages"]) >= {"read", "transfer", "compute", "blend", "write"}
+    assert {"torch", "stmap", "gdal"} <= result["versions"].keys()
+    assert result["peak_device_mb"] is None  # CPU: no device memory to report
+    json.dumps(result)  # JSON-ready as it is
+
+
+def test_tiny_run_figures_agree_with_each_other(result: dict[str, Any]) -> None:
+    tile, stride = result["tile"], result["stride"]
+    assert stride == tile - result["overlap"]
+    tile_ratio = result["model_tile_mpx_per_s"] / result["model_mpx_per_s"]
+    assert tile_ratio == pytest.approx((tile / stride) ** 2, rel=1e-3)
+    assert result["efficiency"] == pytest.approx(
+        result["end_to_end_mpx_per_s"] / result["model_mpx_per_s"], rel=1e-3
+    )
+    assert result["km2_per_hour"] == pytest.approx(
+        result["end_to_end_mpx_per_s"] * 0.25 * 3600, rel=1e-3
+    )
+
+
+def test_flop_count_of_a_known_convolution() -> None:
+    cin, cout, k, side = 3, 8, 3, 32
+
+    class Conv(nn.Module):  # takes uint8 tiles, as the inference model does
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(cin, cout, k, padding=1)
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.conv(pixels.float())
+
+    assert count_flops_per_tile(Conv(), side) == 2 * cin * cout * k**2 * side**2
+
+
+def test_flop_count_includes_attention() -> None:
+    """The fused CPU attention kernel has no FLOP formula: it must still be counted."""
+    heads, tokens, dim = 2, 16, 8
+
+    class Attention(nn.Module):
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            q = pixels.float().reshape(1, heads, tokens, dim)
+            return F.scaled_dot_product_attention(q, q, q)
+
+    side = int(math.sqrt(heads * tokens * dim))  # 1 channel, side² = heads·tokens·dim
+    flops = count_flops_per_tile(Attention(), side, channels=1)
+    assert flops == 4 * heads * tokens**2 * dim  # QKᵀ and (softmax)V, 2 FLOPs per MAC
+
+
+def test_km2_per_hour() -> None:
+    assert km2_per_hour(1.0, 0.5) == pytest.approx(900.0)  # 1e6 px × 0.25 m² per second
+
+
+def test_cli_json_parses(tiny_bundle: Path) -> None:
+    args = ["bench", "--model", str(tiny_bundle), "--device", "cpu", "--size", "256"]
+    args += ["--batch-size", "4", "--repeats", "1", "--json"]
+    outcome = CliRunner().invoke(main, args)
+    assert outcome.exit_code == 0, outcome.output
+    assert json.loads(outcome.stdout).keys() >= FIELDS
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cli_cuda_without_cuda_is_bad_usage() -> None:
+    outcome = CliRunner().invoke(main, ["bench", "--device", "cuda", "--size", "256"])
+    assert outcome.exit_code == 2
+    assert "CUDA is not available" in outcome.output
+
+
+def test_cli_backbone_and_model_together_are_bad_usage(tiny_bundle: Path) -> None:
+    args = ["bench", "--model", str(tiny_bundle), "--backbone", "tiny", "--device", "cpu"]
+    outcome = CliRunner().invoke(main, args)
+    assert outcome.exit_code == 2
+    assert "--backbone and --model" in outcome.output
