@@ -10,6 +10,9 @@ import pytest
 import rasterio
 import shapely
 from rasterio.transform import Affine
+
+from stmap.errors import InputError
+from stmap.io.vectors import VectorTable
 from stmap.runtime.buildings import (
     buffer_metres,
     building_damage,
@@ -18,9 +21,6 @@ from stmap.runtime.buildings import (
     overlap_layers,
 )
 from stmap.runtime.vectorize import apply_affine
-
-from stmap.errors import InputError
-from stmap.io.vectors import VectorTable
 
 UTM = "EPSG:32637"
 T = Affine(0.5, 0, 500000, 0, -0.5, 4000000)  # 0.5 m pixels

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import Affine
-from stmap.runtime.quicklook import quicklook_shape, render_quicklook, write_quicklook
 
 from stmap.errors import RasterError
+from stmap.runtime.quicklook import quicklook_shape, render_quicklook, write_quicklook
 
 # The PNG carries no georeferencing; reading it back says so.
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")

@@ -10,10 +10,10 @@ import rasterio
 import shapely
 from pyproj import Geod
 from rasterio.transform import Affine
-from stmap.runtime.vectorize import damage_cutoff, damage_mask, damage_polygons
 
 from stmap.errors import RasterError
 from stmap.io.vectors import read_vector, write_vector
+from stmap.runtime.vectorize import damage_cutoff, damage_mask, damage_polygons
 
 UTM = "EPSG:32637"
 UTM_TRANSFORM = Affine(0.5, 0, 500000, 0, -0.5, 4000000)  # 0.5 m pixels

@@ -7,6 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+from stmap.model import create_backbone
 from stmap.train.lora import (
     LoRALinear,
     apply_lora,
@@ -14,9 +17,6 @@ from stmap.train.lora import (
     lora_state_dict,
     merge_lora,
 )
-from torch import nn
-
-from stmap.model import create_backbone
 
 
 class Block(nn.Module):

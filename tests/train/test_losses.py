@@ -7,6 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from stmap.errors import InputError
+from stmap.model import DamageSegmenter, SegmenterConfig
 from stmap.train.losses import (
     assign_prototypes,
     dpt_loss,
@@ -16,9 +19,6 @@ from stmap.train.losses import (
     pc_loss,
     total_loss,
 )
-
-from stmap.errors import InputError
-from stmap.model import DamageSegmenter, SegmenterConfig
 
 
 def np_focal(x: np.ndarray, t: np.ndarray, alpha: float = 0.7, gamma: float = 2.0) -> float:

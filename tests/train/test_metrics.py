@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stmap.train.metrics import ConfusionCounts, aggregate_folds, aggregate_regions, scores
 
 from stmap.errors import InputError
+from stmap.train.metrics import ConfusionCounts, aggregate_folds, aggregate_regions, scores
 
 
 def test_update_counts_logits_by_hand():

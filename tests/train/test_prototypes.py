@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from stmap.train.prototypes import fit_prototypes, sample_pixel_embeddings
 
 from stmap.errors import InputError
+from stmap.train.prototypes import fit_prototypes, sample_pixel_embeddings
 
 
 def unique_embedding(b: int, h: int, w: int) -> torch.Tensor:

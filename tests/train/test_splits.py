@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.model_selection import KFold, StratifiedKFold
+
+from stmap.errors import InputError
 from stmap.train.splits import (
     REGIONS,
     canonical_region,
@@ -14,8 +16,6 @@ from stmap.train.splits import (
     region_of,
     subsample_ratio,
 )
-
-from stmap.errors import InputError
 
 
 @pytest.mark.parametrize(
