@@ -27,7 +27,6 @@ import logging
 import platform
 import resource
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ import torch
 from stmap.bundle import Normalization, manifest_for, open_bundle, write_bundle
 from stmap.errors import InputError
 from stmap.model import DamageSegmenter, InferenceModel, SegmenterConfig, get_spec
+from stmap.provenance import git_commit
 from stmap.runtime.backends.base import (
     Batcher,
     create_backend,
@@ -339,22 +339,6 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def git_commit() -> str | None:
-    """The commit of the stmap source tree this runs from, if it is a git checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
 
 
 def _device_name(device: torch.device) -> str:

@@ -9,7 +9,6 @@ out_dir/report.*    per-region scores (json, tsv, md); out_dir/overlays/*.png
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from stmap import __version__
 from stmap.bundle import Normalization, manifest_for, write_bundle
 from stmap.errors import InputError, OutputExistsError
 from stmap.model import DamageSegmenter, Normalize, Preprocessing, SegmenterConfig, get_spec
+from stmap.provenance import git_commit
 from stmap.train.config import TrainConfig
 from stmap.train.datasets import TileData, load_tile_data
 from stmap.train.features import FeatureCache, cache_applies
@@ -298,19 +298,3 @@ def provenance(
         "regions": data.region_names,
         "trained_on": sentence,
     }
-
-
-def git_commit() -> str | None:
-    """The commit of the source tree stmap runs from, when it is a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
