@@ -66,8 +66,9 @@ def build_summary(
         "valid_pixels": pipeline.valid_pixels,
         "skipped_pixels": pipeline.skipped_pixels,
         "seconds": round(seconds, 4),
-        "mpx_per_s": round(pipeline.pixels / 1e6 / seconds, 4) if seconds else None,
-        "km2_per_hour": round(area_km2 / seconds * 3600, 4) if seconds else None,
+        # 6 decimals: small test rasters run at hundredths of a Mpx/s
+        "mpx_per_s": round(pipeline.pixels / 1e6 / seconds, 6) if seconds else None,
+        "km2_per_hour": round(area_km2 / seconds * 3600, 6) if seconds else None,
         "area_km2": round(area_km2, 6),
         "damaged_pixels": pipeline.damaged_pixels,
         "damaged_area_m2": round(damaged_area_m2, 3) if math.isfinite(damaged_area_m2) else None,

@@ -26,21 +26,13 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        device: torch.device,
-        precision: str,
-        input_dtype: str,
-        *,
-        compile_model: bool | None = None,
-    ):
+    def __init__(self, bundle: Bundle, device: torch.device, precision: str, input_dtype: str):
         self.device = device
         self.precision = precision
         model = InferenceModel(bundle.load_segmenter(), bundle.manifest.preprocessing(input_dtype))
         # channels-last lets cuDNN / oneDNN pick their fastest convolution kernels.
         self.model = model.eval().to(device, memory_format=torch.channels_last)
-        self.compiled = device.type == "cuda" if compile_model is None else compile_model
+        self.compiled = device.type == "cuda"  # compiling pays off over a city's tiles
         self._forward = torch.compile(self.model, dynamic=False) if self.compiled else self.model
         self._static_batch = 0
 
