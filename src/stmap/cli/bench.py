@@ -7,8 +7,13 @@ from typing import Any
 
 import click
 
-from stmap.cli.infer import BatchSize
-from stmap.cli.options import emit_json, json_option, model_option, quiet_option
+from stmap.cli.options import (
+    emit_json,
+    execution_options,
+    json_option,
+    model_option,
+    quiet_option,
+)
 
 
 @click.command("bench")
@@ -20,28 +25,7 @@ from stmap.cli.options import emit_json, json_option, model_option, quiet_option
     help="Instead of --model: a random-weight model of this registered backbone "
     "(tile 128, decoder 256 channels), e.g. vit_large_patch16_dinov3.sat493m.",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
-    default="auto",
-    show_default=True,
-    help="Inference backend; auto picks the fastest one available.",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 (or fp16) on CUDA, fp32 on the CPU.",
-)
-@click.option(
-    "--batch-size",
-    type=BatchSize(),
-    default="auto",
-    show_default=True,
-    help="Tiles per forward pass; auto halves it on out-of-memory.",
-)
+@execution_options
 @click.option(
     "--size",
     type=click.IntRange(min=1),

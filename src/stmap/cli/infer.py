@@ -10,24 +10,13 @@ from contextlib import contextmanager
 
 import click
 
-from stmap.cli.options import emit_json, json_option, model_option, quiet_option
-
-
-class BatchSize(click.ParamType):
-    """``auto`` or a positive integer."""
-
-    name = "auto|N"
-
-    def convert(self, value, param, ctx) -> int | None:
-        if value is None or str(value).lower() == "auto":
-            return None
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
-        if number < 1:
-            self.fail(f"{value!r} is neither auto nor a positive integer", param, ctx)
-        return number
+from stmap.cli.options import (
+    emit_json,
+    execution_options,
+    json_option,
+    model_option,
+    quiet_option,
+)
 
 
 class BandList(click.ParamType):
@@ -51,28 +40,7 @@ class BandList(click.ParamType):
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", "outdir", required=True, metavar="OUTDIR", help="Output directory.")
 @model_option
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
-    default="auto",
-    show_default=True,
-    help="Inference backend; auto picks the fastest one available.",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 (or fp16) on CUDA, fp32 on the CPU.",
-)
-@click.option(
-    "--batch-size",
-    type=BatchSize(),
-    default="auto",
-    show_default=True,
-    help="Tiles per forward pass; auto halves it on out-of-memory.",
-)
+@execution_options
 @click.option(
     "--overlap",
     type=click.IntRange(min=0),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -24,3 +25,53 @@ model_option = click.option(
 def emit_json(obj: Any) -> None:
     """The one machine-readable object a command prints with --json."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+class BatchSize(click.ParamType):
+    """``auto`` or a positive integer."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx) -> int | None:
+        if value is None or str(value).lower() == "auto":
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is neither auto nor a positive integer", param, ctx)
+        return number
+
+
+def execution_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--backend, --device, --precision and --batch-size: how infer and bench run the model."""
+    options = [
+        click.option(
+            "--backend",
+            type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+            default="auto",
+            show_default=True,
+            help="Inference backend; auto picks the fastest one available.",
+        ),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+            default="auto",
+            show_default=True,
+            help="auto: bf16 (or fp16) on CUDA, fp32 on the CPU.",
+        ),
+        click.option(
+            "--batch-size",
+            type=BatchSize(),
+            default="auto",
+            show_default=True,
+            help="Tiles per forward pass; auto halves it on out-of-memory.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
