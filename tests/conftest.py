@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 
 from stmap.bundle import Normalization, manifest_for, write_bundle
 from stmap.model import DamageSegmenter, SegmenterConfig
@@ -80,6 +80,32 @@ def write_rgb_raster(
     )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
+    return path
+
+
+UTM_HALF_METRE = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)  # 0.5 m pixels
+
+
+def write_band(
+    path: Path,
+    band: np.ndarray,
+    transform: Affine = UTM_HALF_METRE,
+    crs: str = "EPSG:32637",
+) -> Path:
+    """A single-band uint8 GeoTIFF with nodata 255 (a probability or mask raster)."""
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=band.shape[1],
+        height=band.shape[0],
+        count=1,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        nodata=255,
+    ) as dst:
+        dst.write(band, 1)
     return path
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import shapely
 from rasterio.transform import Affine
 
@@ -21,26 +20,10 @@ from stmap.runtime.buildings import (
     overlap_layers,
 )
 from stmap.runtime.vectorize import apply_affine
+from tests.conftest import write_band
 
 UTM = "EPSG:32637"
 T = Affine(0.5, 0, 500000, 0, -0.5, 4000000)  # 0.5 m pixels
-
-
-def write_prob(path: Path, prob: np.ndarray, transform: Affine = T, crs: str = UTM) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=prob.shape[1],
-        height=prob.shape[0],
-        count=1,
-        dtype="uint8",
-        crs=crs,
-        transform=transform,
-        nodata=255,
-    ) as ds:
-        ds.write(prob, 1)
-    return path
 
 
 def world(geoms: list[shapely.Geometry], transform: Affine = T) -> np.ndarray:
@@ -55,7 +38,7 @@ def prob_path(tmp_path: Path) -> Path:
     prob[0:10, 0:10] = 200
     prob[5:10, 5:10] = 255
     prob[10:20, 10:20] = 100
-    return write_prob(tmp_path / "prob.tif", prob)
+    return write_band(tmp_path / "prob.tif", prob)
 
 
 def hand_table() -> VectorTable:
@@ -148,7 +131,7 @@ def test_random_overlapping_footprints_match_brute_force(tmp_path: Path):
     rng = np.random.default_rng(3)
     prob = rng.integers(0, 256, (37, 29)).astype(np.uint8)
     prob[rng.random(prob.shape) < 0.1] = 255
-    path = write_prob(tmp_path / "prob.tif", prob)
+    path = write_band(tmp_path / "prob.tif", prob)
     # Rotated rectangles overlapping each other and the raster's edges.
     centres = rng.uniform(-3, 32, (60, 2))
     pixel_geoms = np.array(
@@ -177,7 +160,7 @@ def test_random_overlapping_footprints_match_brute_force(tmp_path: Path):
 def test_buffer_columns_look_around_the_footprint(tmp_path: Path):
     prob = np.full((40, 40), 250, dtype=np.uint8)  # damage all around ...
     prob[15:25, 15:25] = 10  # ... but not on the building
-    path = write_prob(tmp_path / "prob.tif", prob)
+    path = write_band(tmp_path / "prob.tif", prob)
     table = VectorTable(world([shapely.box(16, 16, 24, 24)]), {}, crs=UTM)
     out = building_damage(path, table, threshold=0.5, buffers_m=(0, 2, 5, 2))
     a = out.attributes
@@ -203,7 +186,7 @@ def test_geographic_raster_buffers_in_metres(tmp_path: Path):
     transform = Affine(step, 0, 37.0, 0, -step, 37.2)
     prob = np.full((60, 60), 250, dtype=np.uint8)
     prob[20:40, 20:40] = 0
-    path = write_prob(tmp_path / "prob.tif", prob, transform, "EPSG:4326")
+    path = write_band(tmp_path / "prob.tif", prob, transform, "EPSG:4326")
     table = VectorTable(world([shapely.box(22, 22, 38, 38)], transform), {}, crs="EPSG:4326")
     out = building_damage(path, table, threshold=0.5, buffers_m=(0, 4))
     assert out.attributes["damaged_fraction"][0] == 0.0

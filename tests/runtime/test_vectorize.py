@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import shapely
 from pyproj import Geod
 from rasterio.transform import Affine
@@ -14,27 +13,10 @@ from rasterio.transform import Affine
 from stmap.errors import RasterError
 from stmap.io.vectors import read_vector, write_vector
 from stmap.runtime.vectorize import damage_cutoff, damage_mask, damage_polygons
+from tests.conftest import write_band
 
 UTM = "EPSG:32637"
 UTM_TRANSFORM = Affine(0.5, 0, 500000, 0, -0.5, 4000000)  # 0.5 m pixels
-
-
-def write_band(path: Path, band: np.ndarray, transform: Affine = UTM_TRANSFORM, crs=UTM) -> Path:
-    """A single-band uint8 GeoTIFF with nodata 255."""
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=band.shape[1],
-        height=band.shape[0],
-        count=1,
-        dtype="uint8",
-        crs=crs,
-        transform=transform,
-        nodata=255,
-    ) as ds:
-        ds.write(band, 1)
-    return path
 
 
 def pixel_box(transform: Affine, rows: slice, cols: slice) -> shapely.Polygon:
