@@ -43,9 +43,9 @@ from stmap.model import DamageSegmenter, InferenceModel, SegmenterConfig, get_sp
 from stmap.provenance import git_commit
 from stmap.runtime.backends.base import (
     Batcher,
+    check_precision,
     create_backend,
     resolve_device,
-    resolve_precision,
 )
 from stmap.runtime.grid import TileGrid
 from stmap.runtime.infer import InferOptions, run_inference
@@ -93,7 +93,7 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
     if options.backbone is not None and options.model != "default":
         raise InputError("--backbone and --model: give one of them, not both")
     device = resolve_device(options.device)
-    precision = resolve_precision(options.precision, device)
+    check_precision(options.precision)
     with tempfile.TemporaryDirectory(prefix="stmap-bench-") as tmp:
         root = Path(tmp)
         bundle_path = options.model
@@ -101,7 +101,7 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
             bundle_path = str(_random_bundle(root / "bundle", options.backbone, options.seed))
         bundle = open_bundle(bundle_path)
         manifest = bundle.manifest
-        backend = create_backend(options.backend, bundle, device, precision, "uint8")
+        backend = create_backend(options.backend, bundle, device, options.precision, "uint8")
         batcher = Batcher(backend, options.batch_size)
         tile = manifest.tile_size
 

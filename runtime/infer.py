@@ -42,9 +42,9 @@ from stmap.io.writers import (
 from stmap.runtime.backends.base import (
     Backend,
     Batcher,
+    check_precision,
     create_backend,
     resolve_device,
-    resolve_precision,
 )
 from stmap.runtime.buildings import building_damage, damaged_fraction_histogram
 from stmap.runtime.grid import (
@@ -168,14 +168,13 @@ class _Session:
     threshold: float
     overlap: int
     device: torch.device
-    precision: str
     backends: dict[str, Backend] = field(default_factory=dict)
 
     def backend(self, dtype: str) -> Backend:
         """The backend for rasters of ``dtype`` (the model's input scaling depends on it)."""
         if dtype not in self.backends:
             self.backends[dtype] = create_backend(
-                self.options.backend, self.bundle, self.device, self.precision, dtype
+                self.options.backend, self.bundle, self.device, self.options.precision, dtype
             )
         return self.backends[dtype]
 
@@ -202,14 +201,13 @@ def run_inference(
         raise InputError(f"--threshold {threshold}: must lie strictly between 0 and 1")
     overlap = manifest.tile_size // 8 if options.overlap is None else options.overlap
     check_overlap(overlap, manifest.tile_size)
+    check_precision(options.precision)
     plans = [plan_input(path, manifest, options) for path in inputs]
     outdir = Path(outdir)
     paths = [OutputPaths(outdir, plan.stem, options.footprints is not None) for plan in plans]
     _check_outputs(paths, options.restart)
     device = resolve_device(options.device)
-    session = _Session(
-        bundle, options, threshold, overlap, device, resolve_precision(options.precision, device)
-    )
+    session = _Session(bundle, options, threshold, overlap, device)
     prepare_output_dir(outdir)
     with streaming_env():
         return [

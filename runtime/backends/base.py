@@ -9,6 +9,9 @@ Adding a backend touches one place: a module that calls ``register_backend`` at
 import time, listed in ``MODULES`` so that it is imported only when asked for.
 Its factory raises ``DeviceError`` or ``MissingDependencyError`` (with the install
 hint) when it cannot run here; ``auto`` then tries the next one in ``AUTO_ORDER``.
+Precision ``auto`` is resolved per backend, from the precisions it registered: ONNX
+Runtime and TensorRT run fp16 where PyTorch runs bf16, and neither may be passed over
+just because bf16 was chosen before the backend was.
 """
 
 from __future__ import annotations
@@ -67,11 +70,18 @@ class Backend(Protocol):
 
 BackendFactory = Callable[[Bundle, torch.device, str, str], Backend]
 _FACTORIES: dict[str, BackendFactory] = {}
+_PRECISIONS: dict[str, tuple[str, ...]] = {}
 
 
-def register_backend(name: str, factory: BackendFactory) -> None:
-    """Make ``factory(bundle, device, precision, input_dtype)`` available as ``name``."""
+def register_backend(
+    name: str, factory: BackendFactory, precisions: tuple[str, ...] = PRECISIONS
+) -> None:
+    """Make ``factory(bundle, device, precision, input_dtype)`` available as ``name``.
+
+    precisions: those it can run in, in no particular order.
+    """
     _FACTORIES[name] = factory
+    _PRECISIONS[name] = precisions
 
 
 def backend_names() -> list[str]:
@@ -83,19 +93,50 @@ def create_backend(
 ) -> Backend:
     """The backend ``name`` (or the first of ``AUTO_ORDER`` that runs here, for "auto").
 
-    precision: "fp32", "fp16" or "bf16" (see ``resolve_precision``).
+    precision: "auto", "fp32", "fp16" or "bf16"; "auto" is resolved per backend
+        (``precision_candidates``) and the backend reports what it chose.
     input_dtype: the rasters' dtype ("uint8", "uint16"): it picks the manifest's scaling.
     """
+    check_precision(precision)
     if name != "auto":
-        return _factory(name)(bundle, device, precision, input_dtype)
+        return _create(name, bundle, device, precision, input_dtype, fall_back=True)
     refusals = []
     for candidate in AUTO_ORDER:
         try:
-            return _factory(candidate)(bundle, device, precision, input_dtype)
+            return _create(candidate, bundle, device, precision, input_dtype, fall_back=False)
         except (DeviceError, MissingDependencyError) as exc:
             refusals.append(f"{candidate}: {exc}")
             log.debug("backend %s not used: %s", candidate, exc)
     raise DeviceError("no inference backend can run here:\n  " + "\n  ".join(refusals))
+
+
+def _create(
+    name: str,
+    bundle: Bundle,
+    device: torch.device,
+    precision: str,
+    input_dtype: str,
+    *,
+    fall_back: bool,
+) -> Backend:
+    """Backend ``name`` in the first of its precision candidates that it can run.
+
+    fall_back: with precision "auto" on CUDA, end with fp32 (a backend the user named
+    runs even without a reduced-precision export); "auto" backends try only the fast
+    precisions, so that an fp32 engine is not preferred to PyTorch in bf16.
+    """
+    factory = _factory(name)
+    candidates = precision_candidates(precision, device, _PRECISIONS[name])
+    if fall_back and precision == "auto" and "fp32" not in candidates:
+        candidates.append("fp32")
+    if not candidates:
+        raise DeviceError(f"runs none of the reduced precisions on {device}")
+    for chosen in candidates[:-1]:
+        try:
+            return factory(bundle, device, chosen, input_dtype)
+        except DeviceError as exc:
+            log.debug("backend %s not run in %s: %s", name, chosen, exc)
+    return factory(bundle, device, candidates[-1], input_dtype)
 
 
 def _factory(name: str) -> BackendFactory:
@@ -141,15 +182,27 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def resolve_precision(spec: str, device: torch.device) -> str:
-    """ "auto": bf16 on CUDA GPUs that support it, else fp16 on CUDA, fp32 on the CPU."""
-    if spec == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if spec not in PRECISIONS:
+def check_precision(spec: str) -> None:
+    """Refuse a ``--precision`` that is not auto, fp32, fp16 or bf16."""
+    if spec != "auto" and spec not in PRECISIONS:
         raise InputError(f"--precision {spec}: expected auto, {', '.join(PRECISIONS)}")
-    return spec
+
+
+def precision_candidates(
+    spec: str, device: torch.device, supported: tuple[str, ...] = PRECISIONS
+) -> list[str]:
+    """The precisions to try for ``spec``, best first, among those a backend supports.
+
+    "auto": fp32 on the CPU (reduced precision is slower there); on CUDA bf16 where
+    the GPU has it, then fp16. An explicit precision is the only candidate.
+    """
+    check_precision(spec)
+    if spec != "auto":
+        return [spec]
+    if device.type != "cuda":
+        return ["fp32"]
+    reduced = ("bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp16",)
+    return [p for p in reduced if p in supported]
 
 
 class Batcher:

@@ -146,4 +146,4 @@ def _cuda_providers(
     return providers
 
 
-register_backend("onnxruntime", OnnxRuntimeBackend)
+register_backend("onnxruntime", OnnxRuntimeBackend, tuple(ONNX_FILES))

@@ -58,4 +58,4 @@ class TensorRTBackend:
         return self.runner(tiles)
 
 
-register_backend("tensorrt", TensorRTBackend)
+register_backend("tensorrt", TensorRTBackend, ENGINE_PRECISIONS)

@@ -12,8 +12,8 @@ from stmap.runtime.backends.base import (
     Backend,
     Batcher,
     create_backend,
+    precision_candidates,
     resolve_device,
-    resolve_precision,
 )
 from tests.runtime.infer_data import make_varied_bundle
 
@@ -109,10 +109,12 @@ def test_device_and_precision_choices():
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(InputError, match="--device tpu"):
         resolve_device("tpu")
-    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert precision_candidates("bf16", torch.device("cpu")) == ["bf16"]
+    assert precision_candidates("auto", torch.device("cpu")) == ["fp32"]
+    with pytest.raises(InputError, match="--precision fp8: expected auto, fp32, fp16, bf16"):
+        precision_candidates("fp8", torch.device("cpu"))
     if not torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cpu")
-        assert resolve_precision("auto", torch.device("cpu")) == "fp32"
         with pytest.raises(DeviceError, match="--device cuda: CUDA is not available"):
             resolve_device("cuda")
 
@@ -122,6 +124,59 @@ def test_cuda_backend_matches_the_cpu_within_half_precision(bundle):
     tiles = _tiles(8)
     cpu = create_backend("torch", bundle, torch.device("cpu"), "fp32", "uint8").infer(tiles)
     cuda = torch.device("cuda")
-    backend = create_backend("torch", bundle, cuda, resolve_precision("auto", cuda), "uint8")
+    backend = create_backend("torch", bundle, cuda, "auto", "uint8")
     probs = Batcher(backend, None)(tiles.to(cuda))
     assert (probs.cpu() - cpu).abs().max() < 0.02
+
+
+class _FakeBackend:
+    """Records the precision it was built in; refuses those it has no 'engine' for."""
+
+    def __init__(self, name: str, engines: tuple[str, ...], device, precision: str):
+        if precision not in engines:
+            raise DeviceError(f"no {precision} engine")
+        self.name, self.device, self.precision = name, device, precision
+
+    def infer(self, tiles):
+        raise AssertionError("not run in these tests")
+
+    def max_batch(self) -> int:
+        return 1
+
+
+@pytest.fixture
+def fake_cuda_backends(monkeypatch):
+    """A 'fast' backend that runs fp32/fp16 only, tried before torch, on a bf16 GPU."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(base, "AUTO_ORDER", ("fast", "torch"))
+    monkeypatch.setitem(base.MODULES, "fast", "stmap.runtime.backends.base")
+
+    def register(engines: tuple[str, ...]) -> None:
+        def factory(bundle, device, precision, dtype):
+            return _FakeBackend("fast", engines, device, precision)
+
+        base.register_backend("fast", factory, ("fp32", "fp16"))
+
+    yield register
+    base._FACTORIES.pop("fast", None)
+    base._PRECISIONS.pop("fast", None)
+
+
+def test_auto_precision_is_resolved_per_backend_so_auto_keeps_the_fast_backend(
+    bundle, fake_cuda_backends
+):
+    # Regression: "auto" once resolved to bf16 before the backend was chosen, so a
+    # backend without bf16 (ONNX Runtime, TensorRT) was always passed over on CUDA.
+    fake_cuda_backends(engines=("fp32", "fp16"))
+    backend = create_backend("auto", bundle, torch.device("cuda"), "auto", "uint8")
+    assert (backend.name, backend.precision) == ("fast", "fp16")
+
+
+def test_a_named_backend_falls_back_to_fp32_only_under_auto_precision(bundle, fake_cuda_backends):
+    fake_cuda_backends(engines=("fp32",))
+    cuda = torch.device("cuda")
+    assert create_backend("fast", bundle, cuda, "auto", "uint8").precision == "fp32"
+    with pytest.raises(DeviceError, match="no fp16 engine"):
+        create_backend("fast", bundle, cuda, "fp16", "uint8")
+    with pytest.raises(DeviceError, match="no bf16 engine"):
+        create_backend("fast", bundle, cuda, "bf16", "uint8")
