@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import rasterio
 import rasterio.shutil
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window as RioWindow
 
@@ -127,6 +128,28 @@ def write_cog(source: Path, target: Path, *, overview_resampling: str) -> Path:
         target.unlink(missing_ok=True)
         raise RasterError(f"{target}: cannot write the COG ({exc}); is the disk full?") from exc
     return target
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    """Write (3, H, W) uint8 ``rgb`` as a PNG at ``path`` atomically (temporary name, rename).
+
+    No georeferencing and no .aux.xml sidecar: a quicklook is a picture, not a raster.
+    """
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    count, height, width = rgb.shape
+    try:
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(
+                tmp, "w", driver="PNG", width=width, height=height, count=count, dtype="uint8"
+            ) as dst:
+                dst.write(rgb)
+        os.replace(tmp, path)
+    except _GDAL_ERRORS as exc:
+        raise RasterError(f"{path}: cannot write the PNG ({exc}); is the disk full?") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def write_json(path: Path, obj: Any) -> None:
