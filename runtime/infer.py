@@ -435,17 +435,14 @@ def _finalise(
 ) -> dict[str, Any]:
     """COGs, polygons, buildings and quicklook, staged for publication.
 
-    The quicklook (a decimated read of the whole input, then rendering) runs in a
-    thread beside the rest, as soon as the probability COG (with its overviews)
-    exists: each step is mostly single-threaded.
+    Every step reads the partial rasters, not the COGs, so none waits for another:
+    the COGs (GDAL, multi-threaded) and the quicklook (a decimated read of the input,
+    rendering, PNG) run in threads beside the polygons and buildings.
     """
     empty_dir(out.staging)
-    prob = write_cog(
-        out.partials[PROB],
-        out.staging / out.final("damage_prob.tif"),
-        overview_resampling="average",
-    )
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stmap-quicklook") as pool:
+    prob, damage = out.partials[PROB], out.partials[DAMAGE]
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stmap-finalise") as pool:
+        cogs = pool.submit(_write_cogs, out)
         quicklook = pool.submit(
             write_quicklook,
             plan.info.path,
@@ -453,11 +450,6 @@ def _finalise(
             out.staging / out.final("quicklook.png"),
             threshold=threshold,
             bands=plan.bands,
-        )
-        damage = write_cog(
-            out.partials[DAMAGE],
-            out.staging / out.final("damage.tif"),
-            overview_resampling="nearest",
         )
         polygons = damage_polygons(damage, prob)
         write_vector(out.staging / out.final("damage.gpkg"), polygons)
@@ -469,9 +461,19 @@ def _finalise(
         }
         if footprints is not None:
             facts["buildings"] = _buildings(plan, out, prob, footprints, threshold, warn)
+        cogs.result()
         quicklook.result()
     facts["finals"] = [*(p.name for p in sorted(out.staging.iterdir())), out.final("summary.json")]
     return facts
+
+
+def _write_cogs(out: OutputPaths) -> None:
+    for layer, name, resampling in (
+        (PROB, "damage_prob.tif", "average"),
+        (DAMAGE, "damage.tif", "nearest"),
+    ):
+        target = out.staging / out.final(name)
+        write_cog(out.partials[layer], target, overview_resampling=resampling)
 
 
 def _buildings(
