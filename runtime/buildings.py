@@ -22,6 +22,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -37,6 +38,13 @@ from stmap.io.vectors import VectorTable, crs_string, transform_geometries
 
 from .vectorize import NODATA, apply_affine, damage_cutoff
 
+LABEL_FRACTION = 0.25  # damaged_fraction from which a building is labelled "damaged"
+LABELS = ("damaged", "undamaged", "unknown")
+# Footprint identifiers, matched lower-case, besides any "*_id" column: GeoPackage and
+# Esri FIDs, OpenStreetMap (osm_id; @id and id from Overpass), Overture (id, a GERS
+# ID), Google Open Buildings (full_plus_code). Microsoft's footprints carry no ID.
+ID_COLUMNS = ("fid", "objectid", "gid", "id", "@id", "uuid", "osm_id", "osmid", "full_plus_code")
+
 
 def buffer_column(metres: float) -> str:
     """The column name for the damaged fraction within `metres` of a footprint."""
@@ -49,7 +57,7 @@ def building_damage(
     *,
     threshold: float,
     buffers_m: Sequence[float] = (0.0,),
-    label_fraction: float = 0.25,
+    label_fraction: float = LABEL_FRACTION,
     unknown_limit: float = 0.5,
     block_size: int = 2048,
 ) -> VectorTable:
@@ -66,8 +74,8 @@ def building_damage(
     unknown_limit: unknown_fraction above which a building is labelled "unknown".
 
     Returns the N footprints in the raster's CRS, in input order, with every source
-    attribute (FID first, as read; a source column with a result's name is
-    replaced) followed by float64 `damaged_fraction` (damaged / valid pixels),
+    attribute (identifiers first, see `ids_first`; a source column with a result's
+    name is replaced) followed by float64 `damaged_fraction` (damaged / valid pixels),
     `damaged_fraction_b{M}m`..., `mean_prob`, `max_prob` (prob / 255 over valid
     pixels; NaN without any), `unknown_fraction` (nodata or outside pixels / all
     pixels) and the str `label`.
@@ -95,13 +103,39 @@ def building_damage(
     columns.update(
         mean_prob=base.mean_prob, max_prob=base.max_prob, unknown_fraction=unknown, label=label
     )
-    attributes = {k: v for k, v in footprints.attributes.items() if k not in columns}
+    attributes = ids_first(
+        {k: v for k, v in footprints.attributes.items() if k not in columns}, footprints.fid_name
+    )
     return VectorTable(
         geometries=geoms,
         attributes={**attributes, **columns},
         crs=crs,
         fid_name=footprints.fid_name,
     )
+
+
+def ids_first(attributes: dict[str, np.ndarray], fid_name: str | None) -> dict[str, np.ndarray]:
+    """The columns with the footprints' identifiers first (the FID first of them).
+
+    Identifiers are the FID column, the names of ``ID_COLUMNS`` and any ``*_id``; the
+    other columns keep their source order after them.
+    """
+
+    def rank(name: str) -> int:
+        lower = name.lower()
+        return 0 if name == fid_name else 1 if lower in ID_COLUMNS or lower.endswith("_id") else 2
+
+    return {name: attributes[name] for name in sorted(attributes, key=rank)}
+
+
+def building_facts(table: VectorTable) -> dict[str, Any]:
+    """The building layer's figures for the summary: counts per label and the histogram."""
+    labels = list(table.attributes["label"])
+    return {
+        "total": len(table),
+        **{name: labels.count(name) for name in LABELS},
+        "damaged_fraction_histogram": damaged_fraction_histogram(table),
+    }
 
 
 def damaged_fraction_histogram(table: VectorTable, bins: int = 10) -> dict[str, list | int]:

@@ -275,6 +275,9 @@ def bilinear_taps(
     frac = (v - below).astype(np.float32)
     lo = np.clip(below.astype(np.int64), 0, model_size - 1)
     hi = np.clip(below.astype(np.int64) + 1, 0, model_size - 1)
+    # A tap of weight 0 must not reach past the region: at scale 1 (an axis at the
+    # model's GSD) the region has no halo and the pixel itself is the exact value.
+    hi = np.where(frac > 0, hi, lo)
     return lo - region_start, hi - region_start, frac
 
 

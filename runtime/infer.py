@@ -1,10 +1,11 @@
 """``stmap infer``: map damage over whole rasters, resumably, with atomic outputs.
 
 For each input: validate → stream its blocks through the pipeline into partial
-rasters (journalled) → finalise: COGs, damage polygons, per-building damage,
-quicklook and summary, all staged in a hidden directory and renamed into OUTDIR
-when complete. Every input is validated, and existing outputs refused, before any
-work starts. An interrupted run keeps its journal and resumes where it stopped.
+rasters (journalled) → finalise: COGs, damage polygons, per-building damage, the
+damage grid, quicklook, summary and HTML report, all staged in a hidden directory
+and renamed into OUTDIR when complete. Every input is validated, and existing
+outputs refused, before any work starts. An interrupted run keeps its journal and
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,13 @@ from rasterio.transform import Affine
 from stmap import __version__
 from stmap.bundle import Bundle, Manifest, open_bundle
 from stmap.errors import InputError, Interrupted, OutputExistsError, RasterError, VectorError
+from stmap.io.aoi import Aoi, read_aoi
 from stmap.io.blocks import ReadSpec, describe_bands, file_identity, streaming_env
+from stmap.io.footprints import read_footprints
+from stmap.io.inputs import SceneInput, expand_inputs
+from stmap.io.mosaic import Mosaic, build_mosaic
 from stmap.io.raster import RasterInfo, describe_raster, ground_pixel_size
-from stmap.io.vectors import read_vector, write_vector
+from stmap.io.vectors import VectorTable, write_vector
 from stmap.io.writers import (
     BlockWriter,
     empty_dir,
@@ -46,7 +51,8 @@ from stmap.runtime.backends.base import (
     create_backend,
     resolve_device,
 )
-from stmap.runtime.buildings import building_damage, damaged_fraction_histogram
+from stmap.runtime.buildings import building_damage, building_facts
+from stmap.runtime.density_grid import damage_grid, grid_facts
 from stmap.runtime.grid import (
     BlockPlan,
     TileGrid,
@@ -57,12 +63,16 @@ from stmap.runtime.grid import (
 from stmap.runtime.journal import Journal
 from stmap.runtime.pipeline import DAMAGE, PROB, Pipeline, PipelineResult
 from stmap.runtime.quicklook import write_quicklook
-from stmap.runtime.summary import build_summary
+from stmap.runtime.report import write_report
+from stmap.runtime.summary import build_summary, run_summary
+from stmap.runtime.tta import TTA_MODES, with_tta
 from stmap.runtime.vectorize import damage_cutoff, damage_polygons
 
 log = logging.getLogger(__name__)
 
 RESAMPLE_TOLERANCE = 0.10  # resample when the input's GSD is off the model's by more
+MAX_GRID_CELLS = 10_000_000  # per input: the grid's tallies stay within ~300 MB
+RUN_SUMMARY = "run_summary.json"  # the combined summary of a run over several inputs
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
 
@@ -84,6 +94,14 @@ class InferOptions:
     allow_ungeoreferenced: bool = False
     workers: int | None = None
     checkpoint_s: float = 1.0
+    mosaic: str | None = None  # NAME: all inputs form one virtual scene
+    asset: str = "visual"  # the STAC asset of each item
+    aoi: str | None = None  # a vector file: map only inside its polygons
+    crs: str | None = None  # the mosaic's grid: default the UTM zone of its centre
+    gsd: float | None = None  # the mosaic's pixel size in metres: default the model's
+    grid_m: float = 250.0  # side of the damage grid's cells
+    building_buffers: tuple[float, ...] = (0.0, 10.0)  # metres around each footprint
+    tta: str = "none"  # test-time augmentation: none, flip or d4
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,8 @@ class InputPlan:
     gsd_m: tuple[float, float] | None  # (along a row, along a column); None: unknown
     block_size: int
     notes: tuple[str, ...] = ()
+    aoi: Aoi | None = None  # in the raster's CRS
+    mosaic: Mosaic | None = None  # when the raster is a mosaic of the run's inputs
 
     @property
     def model_shape(self) -> tuple[int, int]:
@@ -121,7 +141,15 @@ class OutputPaths:
 
     @property
     def finals(self) -> list[str]:
-        names = ["damage_prob.tif", "damage.tif", "damage.gpkg", "quicklook.png", "summary.json"]
+        names = [
+            "damage_prob.tif",
+            "damage.tif",
+            "damage.gpkg",
+            "grid.gpkg",
+            "quicklook.png",
+            "report.html",
+            "summary.json",
+        ]
         if self.footprints:
             names.insert(3, "buildings.gpkg")
         return [self.final(name) for name in names]
@@ -160,7 +188,7 @@ class _Warnings:
 
 
 @dataclass
-class _Session:
+class Session:
     """What the inputs of one run share: the model, the options, the backends."""
 
     bundle: Bundle
@@ -173,10 +201,35 @@ class _Session:
     def backend(self, dtype: str) -> Backend:
         """The backend for rasters of ``dtype`` (the model's input scaling depends on it)."""
         if dtype not in self.backends:
-            self.backends[dtype] = create_backend(
+            backend = create_backend(
                 self.options.backend, self.bundle, self.device, self.options.precision, dtype
             )
+            self.backends[dtype] = with_tta(backend, self.options.tta)
         return self.backends[dtype]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: the model, its threshold and overlap, each input with its outputs."""
+
+    bundle: Bundle
+    options: InferOptions
+    threshold: float
+    overlap: int
+    outdir: Path
+    inputs: tuple[tuple[InputPlan, OutputPaths], ...]
+
+    def session(self) -> Session:
+        """The model on this machine's device (a Ray driver never resolves one)."""
+        device = resolve_device(self.options.device)
+        return Session(self.bundle, self.options, self.threshold, self.overlap, device)
+
+
+# Fills an input's partial rasters: (plan, out, session, progress, warn) → (result, run facts)
+Stream = Callable[
+    [InputPlan, OutputPaths, Session, ProgressFactory | None, Callable[[str], None]],
+    tuple[PipelineResult, dict[str, Any]],
+]
 
 
 def run_inference(
@@ -192,6 +245,45 @@ def run_inference(
     or outputs, before any work where they can be known in advance; Interrupted
     (exit 130) on Ctrl-C or SIGTERM, with the journal kept for resume.
     """
+    run = plan_run(inputs, outdir, options)
+    session = run.session()
+    prepare_output_dir(run.outdir)
+    with streaming_env():
+        return [map_input(plan, out, session, progress) for plan, out in run.inputs]
+
+
+def map_scenes(
+    inputs: Sequence[str],
+    outdir: str | os.PathLike[str],
+    options: InferOptions = InferOptions(),
+    *,
+    distributed: str | None = None,
+    address: str | None = None,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
+    """What ``stmap infer`` runs: every input, here or on a Ray cluster (``distributed="ray"``).
+
+    Returns the input's summary, or with several inputs the combined one, also
+    written to ``OUTDIR/run_summary.json``: a batch is judged by its totals.
+    """
+    start = time.perf_counter()
+    if distributed is None:
+        summaries = run_inference(inputs, outdir, options, progress=progress)
+    else:
+        from stmap.runtime.distributed import run_on_ray
+
+        summaries = run_on_ray(inputs, outdir, options, address=address)
+    if len(summaries) == 1:
+        return summaries[0]
+    combined = run_summary(summaries, time.perf_counter() - start)
+    write_json(Path(outdir) / RUN_SUMMARY, combined)
+    return combined
+
+
+def plan_run(
+    inputs: Sequence[str], outdir: str | os.PathLike[str], options: InferOptions
+) -> RunPlan:
+    """Validate the model, the options, every input and its outputs, before any work."""
     if not inputs:
         raise InputError("no input raster given")
     bundle = open_bundle(options.model)
@@ -202,21 +294,29 @@ def run_inference(
     overlap = manifest.tile_size // 8 if options.overlap is None else options.overlap
     check_overlap(overlap, manifest.tile_size)
     check_precision(options.precision)
-    plans = [plan_input(path, manifest, options) for path in inputs]
+    if options.mosaic is None and (options.crs is not None or options.gsd is not None):
+        raise InputError("--crs and --gsd set the grid of a mosaic: use them with --mosaic NAME")
+    scenes = expand_inputs(inputs, options.asset)
+    with streaming_env():  # remote inputs are opened with the settings they are read with
+        if options.mosaic is None:
+            plans = [plan_input(s.href, manifest, options, stem=s.id) for s in scenes]
+        else:
+            plans = [plan_mosaic(scenes, Path(outdir), manifest, options)]
+    _check_products(plans, options)
     outdir = Path(outdir)
     paths = [OutputPaths(outdir, plan.stem, options.footprints is not None) for plan in plans]
     _check_outputs(paths, options.restart)
-    device = resolve_device(options.device)
-    session = _Session(bundle, options, threshold, overlap, device)
-    prepare_output_dir(outdir)
-    with streaming_env():
-        return [
-            _map_input(plan, out, session, progress) for plan, out in zip(plans, paths, strict=True)
-        ]
+    planned = tuple(zip(plans, paths, strict=True))
+    return RunPlan(bundle, options, threshold, overlap, outdir, planned)
 
 
-def plan_input(path: str, manifest: Manifest, options: InferOptions) -> InputPlan:
-    """Validate one input against the model; every refusal names the file and the fix."""
+def plan_input(
+    path: str, manifest: Manifest, options: InferOptions, *, stem: str | None = None
+) -> InputPlan:
+    """Validate one input against the model; every refusal names the file and the fix.
+
+    stem: names its outputs (default: the file's stem).
+    """
     info = describe_raster(path)
     notes: list[str] = []
     if not info.is_georeferenced and not options.allow_ungeoreferenced:
@@ -253,7 +353,40 @@ def plan_input(path: str, manifest: Manifest, options: InferOptions) -> InputPla
             "carry the same geotransform"
         )
     block_size = choose_block_size(options.block_size, info.block_shape)
-    return InputPlan(info, _stem(path), bands, masked, scale, area, gsd, block_size, tuple(notes))
+    aoi = None
+    if options.aoi is not None:
+        if info.crs is None:
+            raise RasterError(f"--aoi {options.aoi}: {path} has no CRS to place the AOI on")
+        aoi = read_aoi(options.aoi, info.crs)
+        aoi.check_overlap(_bounds(info), path)
+    stem = stem or _stem(path)
+    return InputPlan(info, stem, bands, masked, scale, area, gsd, block_size, tuple(notes), aoi=aoi)
+
+
+def plan_mosaic(
+    scenes: Sequence[SceneInput], outdir: Path, manifest: Manifest, options: InferOptions
+) -> InputPlan:
+    """All scenes as one raster named ``options.mosaic``: a VRT in OUTDIR's work area.
+
+    The VRT is written only once the inputs, the options and the outputs are checked.
+    """
+    name = options.mosaic
+    if not name or Path(name).name != name or name.startswith("."):
+        raise InputError(f"--mosaic {name!r}: must be a plain file name, it names the outputs")
+    _check_outputs([OutputPaths(outdir, name, options.footprints is not None)], options.restart)
+    mosaic = build_mosaic(
+        scenes,
+        outdir / f".{name}.mosaic",
+        gsd_m=manifest.gsd_m if options.gsd is None else options.gsd,
+        crs=options.crs,
+        aoi=options.aoi,
+    )
+    try:
+        plan = plan_input(str(mosaic.path), manifest, options, stem=name)
+    except InputError:
+        remove(mosaic.workdir)
+        raise
+    return replace(plan, mosaic=mosaic)
 
 
 def select_bands(
@@ -290,19 +423,30 @@ def select_bands(
     return tuple(image[:need])
 
 
-def _map_input(
-    plan: InputPlan, out: OutputPaths, session: _Session, progress: ProgressFactory | None
+def map_input(
+    plan: InputPlan,
+    out: OutputPaths,
+    session: Session,
+    progress: ProgressFactory | None = None,
+    *,
+    stream: Stream | None = None,
+    elapsed_s: float = 0.0,
 ) -> dict[str, Any]:
-    """One input: the pipeline into partial rasters, then the finished outputs."""
-    start = time.perf_counter()
+    """One input: the pipeline into partial rasters, then the finished outputs.
+
+    stream: fills the partial rasters (default ``stream_blocks``; a distributed run
+        assembles them from strips mapped by other workers).
+    elapsed_s: seconds already spent on this input elsewhere (those strips).
+    """
+    start = time.perf_counter() - elapsed_s
     warn = _Warnings()
     for note in plan.notes:
         log.info("%s: %s", plan.info.path, note)
-    result, run = _stream(plan, out, session, progress, warn)
+    result, run = (stream or stream_blocks)(plan, out, session, progress, warn)
     if result.valid_pixels == 0:
         warn(f"{plan.info.path}: no valid pixel (all nodata or masked); the outputs are empty")
     t_finalise = time.perf_counter()
-    facts = _finalise(plan, out, session.threshold, session.options.footprints, warn)
+    facts = _finalise(plan, out, session.threshold, session.options, warn)
     finalise_s = time.perf_counter() - t_finalise
     damaged_area = facts["damaged_area_m2"]
     if not math.isfinite(damaged_area):  # polygons have no area without a CRS
@@ -318,34 +462,46 @@ def _map_input(
         damaged_area_m2=damaged_area,
         damaged_polygons=facts["damaged_polygons"],
         buildings=facts["buildings"],
+        grid=facts["grid"],
         outputs=[str(out.outdir / name) for name in facts["finals"]],
         warnings=warn.items,
+    )
+    write_report(
+        out.staging / out.final("report.html"), summary, out.staging / out.final("quicklook.png")
     )
     write_json(out.staging / out.final("summary.json"), summary)
     publish(out.staging, out.outdir)
     out.discard_work()
+    if plan.mosaic is not None:
+        remove(plan.mosaic.workdir)
     return summary
 
 
-def _stream(
+def stream_blocks(
     plan: InputPlan,
     out: OutputPaths,
-    session: _Session,
+    session: Session,
     progress: ProgressFactory | None,
-    warn: _Warnings,
+    warn: Callable[[str], None],
+    blocks: Collection[int] | None = None,
 ) -> tuple[PipelineResult, dict[str, Any]]:
-    """Every block not yet journalled through the pipeline into the partial rasters."""
+    """Every block not yet journalled through the pipeline into the partial rasters.
+
+    blocks: only these block indices (a strip of the scene); None: all of them.
+    """
     bundle, options, info = session.bundle, session.options, plan.info
     manifest, threshold, overlap = bundle.manifest, session.threshold, session.overlap
     backend = session.backend(info.dtype)
     identity = {
-        "input": file_identity(info),
+        "input": plan.mosaic.identity if plan.mosaic else file_identity(info),
+        **({"aoi": plan.aoi.key} if plan.aoi else {}),
         "model": bundle.hash(),
         "bands": list(plan.bands),
         "tile": manifest.tile_size,
         "overlap": overlap,
         "threshold": threshold,
         "precision": backend.precision,
+        "tta": options.tta,
         "scale": list(plan.scale),
         "stmap": __version__,
     }
@@ -382,7 +538,7 @@ def _stream(
         plan.scale,
     )
     spec = ReadSpec(
-        info.path, plan.bands, info.dtype, plan.masked, (rows, cols), plan.model_transform
+        info.path, plan.bands, info.dtype, plan.masked, (rows, cols), plan.model_transform, plan.aoi
     )
     workers = options.workers or (1 if backend.device.type == "cpu" else 4)
     batcher = Batcher(backend, options.batch_size)
@@ -398,6 +554,7 @@ def _stream(
             workers=workers,
             checkpoint_s=options.checkpoint_s,
             progress=advance,
+            blocks=blocks,
         )
         try:
             result = pipeline.run()
@@ -422,6 +579,7 @@ def _stream(
         "block_size": block_size,
         "workers": workers,
         "threshold": threshold,
+        "tta": options.tta,
     }
     return result, run
 
@@ -430,10 +588,10 @@ def _finalise(
     plan: InputPlan,
     out: OutputPaths,
     threshold: float,
-    footprints: str | None,
+    options: InferOptions,
     warn: _Warnings,
 ) -> dict[str, Any]:
-    """COGs, polygons, buildings and quicklook, staged for publication.
+    """COGs, polygons, buildings, damage grid and quicklook, staged for publication.
 
     Every step reads the partial rasters, not the COGs, so none waits for another:
     the COGs (GDAL, multi-threaded) and the quicklook (a decimated read of the input,
@@ -457,13 +615,27 @@ def _finalise(
         facts: dict[str, Any] = {
             "damaged_area_m2": float(areas.sum()) if len(polygons) else 0.0,
             "damaged_polygons": len(polygons),
-            "buildings": None,
         }
-        if footprints is not None:
-            facts["buildings"] = _buildings(plan, out, prob, footprints, threshold, warn)
+        buildings = None
+        if options.footprints is not None:
+            buildings = _buildings(plan, out, prob, options, threshold, warn)
+        facts["buildings"] = None if buildings is None else building_facts(buildings)
+        grid = damage_grid(
+            prob,
+            threshold=threshold,
+            cell_m=options.grid_m,
+            buildings=buildings,
+            gsd_m=math.sqrt(plan.pixel_area_m2),  # used when the raster has no CRS
+        )
+        write_vector(out.staging / out.final("grid.gpkg"), grid, geometry_type="Polygon")
+        facts["grid"] = grid_facts(grid, options.grid_m)
         cogs.result()
         quicklook.result()
-    facts["finals"] = [*(p.name for p in sorted(out.staging.iterdir())), out.final("summary.json")]
+    facts["finals"] = [
+        *(p.name for p in sorted(out.staging.iterdir())),
+        out.final("report.html"),
+        out.final("summary.json"),
+    ]
     return facts
 
 
@@ -480,31 +652,30 @@ def _buildings(
     plan: InputPlan,
     out: OutputPaths,
     prob: Path,
-    footprints: str,
+    options: InferOptions,
     threshold: float,
     warn: _Warnings,
-) -> dict[str, Any] | None:
+) -> VectorTable | None:
     """Per-building damage into the staging directory; a warning when it cannot be done."""
-    info = plan.info
+    info, footprints = plan.info, options.footprints
     if info.crs is None:
         warn(f"--footprints {footprints}: {info.path} has no CRS to place them on; skipped")
         return None
     try:
-        table = read_vector(footprints, crs=info.crs, bbox=_bounds(info))
+        table = read_footprints(footprints, crs=info.crs, bbox=_bounds(info))
     except (VectorError, InputError) as exc:
         warn(f"--footprints {footprints}: cannot be used ({exc}); no buildings output")
         return None
+    if plan.aoi is not None:  # nothing was mapped outside the AOI
+        table = table.take(plan.aoi.touches(table.geometries))
     if len(table) == 0:
         warn(f"--footprints {footprints}: no footprint overlaps {info.path}; no buildings output")
         return None
-    buildings = building_damage(prob, table, threshold=threshold)
+    buildings = building_damage(
+        prob, table, threshold=threshold, buffers_m=options.building_buffers
+    )
     write_vector(out.staging / out.final("buildings.gpkg"), buildings)
-    labels = list(buildings.attributes["label"])
-    return {
-        "total": len(buildings),
-        **{name: labels.count(name) for name in ("damaged", "undamaged", "unknown")},
-        "damaged_fraction_histogram": damaged_fraction_histogram(buildings),
-    }
+    return buildings
 
 
 def _open_journal(
@@ -523,6 +694,25 @@ def _open_journal(
         return journal
     out.discard_work()
     return None
+
+
+def _check_products(plans: Sequence[InputPlan], options: InferOptions) -> None:
+    """The grid, building-buffer and TTA options, refused before any work."""
+    grid_m = options.grid_m
+    if not (math.isfinite(grid_m) and grid_m > 0):
+        raise InputError(f"--grid {grid_m:g}: the cells' side must be a positive number of metres")
+    for plan in plans:
+        cells = plan.info.width * plan.info.height * plan.pixel_area_m2 / grid_m**2
+        if cells > MAX_GRID_CELLS:
+            raise InputError(
+                f"--grid {grid_m:g}: would cut {plan.info.path} into {cells:.3g} cells, more "
+                f"than {MAX_GRID_CELLS:.0e}; choose larger cells"
+            )
+    for metres in options.building_buffers:
+        if not (math.isfinite(metres) and metres >= 0):
+            raise InputError(f"--building-buffer {metres:g}: must be 0 or more metres")
+    if options.tta not in TTA_MODES:
+        raise InputError(f"--tta {options.tta}: unknown mode; choose one of {', '.join(TTA_MODES)}")
 
 
 def _check_outputs(paths: Sequence[OutputPaths], restart: bool) -> None:
@@ -579,4 +769,6 @@ def _source_facts(plan: InputPlan, band_names: Sequence[str]) -> dict[str, Any]:
         "resampled": plan.scale != (1.0, 1.0),
         "model_grid": list(plan.model_shape),
         "notes": list(plan.notes),
+        "aoi": plan.aoi.path if plan.aoi else None,
+        "mosaic": plan.mosaic.describe() if plan.mosaic else None,
     }

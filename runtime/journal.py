@@ -53,7 +53,7 @@ class Journal:
         try:
             blocks = {int(k): (int(v[0]), int(v[1])) for k, v in raw["blocks"].items()}
             return cls(path, dict(raw["identity"]), int(raw["block_size"]), blocks)
-        except (KeyError, TypeError, ValueError, IndexError):
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
             return None
 
     def check(self, identity: Mapping[str, Any]) -> None:
@@ -63,9 +63,11 @@ class Journal:
         differs = sorted(
             k for k in {*identity, *self.identity} if identity.get(k) != self.identity.get(k)
         )
+        details = "; ".join(_difference(k, self.identity.get(k), identity.get(k)) for k in differs)
         raise InputError(
             f"{self.path}: an unfinished run in this output directory was made with another "
-            f"{', '.join(differs)}; rerun with --restart to discard it, or choose another -o"
+            f"{', '.join(differs)} ({details}); rerun with --restart to discard it, "
+            "or choose another -o"
         )
 
     def record(self, blocks: Mapping[int, tuple[int, int]]) -> None:
@@ -83,3 +85,17 @@ class Journal:
                 "blocks": {str(k): list(v) for k, v in sorted(self.blocks.items())},
             },
         )
+
+
+def _difference(key: str, then: Any, now: Any) -> str:
+    """One difference in a few words: "threshold 0.5 → 0.3", "input mtime_ns, size changed"."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        changed = sorted(k for k in {*then, *now} if then.get(k) != now.get(k))
+        return f"{key} {', '.join(changed)} changed"
+    return f"{key} {_short(then)} → {_short(now)}"
+
+
+def _short(value: Any) -> str:
+    """A value as the user knows it; hashes cut to their first 12 digits."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 24 else text[:12] + "…"

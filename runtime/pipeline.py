@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,6 +151,9 @@ class Pipeline:
     cutoff: damaged ⇔ uint8 probability > cutoff (``vectorize.damage_cutoff``).
     workers: reader threads; queue_depth: blocks waiting between two stages.
     checkpoint_s: the least time between two checkpoints of the partial rasters.
+    blocks: the indices of the plan's blocks this run maps (a strip of a scene shared
+        out over several workers); None: all of them. A block's result does not depend
+        on which run maps it (one global tile grid), so strips add up to the whole.
     progress: called from the writer thread with the output pixels of each block.
     """
 
@@ -167,11 +170,13 @@ class Pipeline:
         queue_depth: int = 2,
         checkpoint_s: float = 1.0,
         progress: Callable[[int], None] | None = None,
+        blocks: Collection[int] | None = None,
     ):
         self.plan, self.spec, self.batcher = plan, spec, batcher
         self.writer, self.journal = writer, journal
         self.cutoff, self.workers, self.checkpoint_s = cutoff, workers, checkpoint_s
         self.progress = progress or (lambda pixels: None)
+        self.blocks = range(len(plan)) if blocks is None else sorted(blocks)  # row-major
         self.device = batcher.backend.device
         self.blender = Blender(plan.grid, self.device)
         self.shared = SharedTiles(plan, self.device)
@@ -196,11 +201,11 @@ class Pipeline:
     def run(self) -> PipelineResult:
         start = time.perf_counter()
         todo: queue.Queue = queue.Queue()
-        for block in self.plan:
-            if block.index not in self.journal.blocks:
-                todo.put(block)
-                self.shared.expect(block.index)
-        resumed = len(self.plan) - todo.qsize()
+        for index in self.blocks:
+            if index not in self.journal.blocks:
+                todo.put(self.plan.block(index))
+                self.shared.expect(index)
+        resumed = len(self.blocks) - todo.qsize()
         if resumed:
             self.progress(sum(self.plan.block(i).out.size for i in self.journal.blocks))
         threads = [threading.Thread(target=self._write, name="stmap-writer", daemon=True)]
@@ -414,10 +419,10 @@ class Pipeline:
 
     def _result(self, resumed: int, seconds: float) -> PipelineResult:
         stats = self.journal.blocks
-        pixels = sum(b.out.size for b in self.plan)
+        pixels = sum(self.plan.block(i).out.size for i in self.blocks)
         skipped = sum(self.plan.block(i).out.size for i, (valid, _) in stats.items() if not valid)
         return PipelineResult(
-            blocks=len(self.plan),
+            blocks=len(self.blocks),
             resumed_blocks=resumed,
             tiles=self.tiles,
             pixels=pixels,

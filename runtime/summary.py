@@ -25,6 +25,7 @@ def build_summary(
     damaged_area_m2: float,
     damaged_polygons: int,
     buildings: dict[str, Any] | None,
+    grid: dict[str, Any] | None,
     outputs: list[str],
     warnings: list[str],
 ) -> dict[str, Any]:
@@ -36,6 +37,7 @@ def build_summary(
     seconds: wall time of the whole input, finalisation included.
     pixel_area_m2: ground area of one input pixel (assumed for ungeoreferenced input).
     buildings: footprint counts and the damaged-fraction histogram, when given.
+    grid: the damage grid's figures and worst cells (``density_grid.grid_facts``).
     """
     manifest = bundle.manifest
     area_km2 = pipeline.pixels * pixel_area_m2 / 1e6
@@ -52,6 +54,7 @@ def build_summary(
             "gsd_m": manifest.gsd_m,
             "threshold": run["threshold"],
             "provenance": manifest.provenance,
+            "metrics": manifest.metrics,
         },
         **{k: v for k, v in run.items() if k != "threshold"},
         "times": {
@@ -74,6 +77,32 @@ def build_summary(
         "damaged_area_m2": round(damaged_area_m2, 3) if math.isfinite(damaged_area_m2) else None,
         "damaged_polygons": damaged_polygons,
         "buildings": buildings,
+        "grid": grid,
         "outputs": outputs,
         "warnings": warnings,
+    }
+
+
+def run_summary(summaries: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """``run_summary.json``: the totals of a run over several inputs, and each input's summary.
+
+    seconds: wall time of the whole run, so that rates are those of the batch (inputs
+    mapped side by side on several workers overlap in time).
+    """
+    pixels = sum(s["pixels"] for s in summaries)
+    area_km2 = sum(s["area_km2"] for s in summaries)
+    damaged = [s["damaged_area_m2"] for s in summaries if s["damaged_area_m2"] is not None]
+    return {
+        "stmap_version": __version__,
+        "scenes": len(summaries),
+        "pixels": pixels,
+        "valid_pixels": sum(s["valid_pixels"] for s in summaries),
+        "seconds": round(seconds, 4),
+        "mpx_per_s": round(pixels / 1e6 / seconds, 6) if seconds else None,
+        "km2_per_hour": round(area_km2 / seconds * 3600, 6) if seconds else None,
+        "area_km2": round(area_km2, 6),
+        "damaged_pixels": sum(s["damaged_pixels"] for s in summaries),
+        "damaged_area_m2": round(sum(damaged), 3),
+        "damaged_polygons": sum(s["damaged_polygons"] for s in summaries),
+        "runs": summaries,
     }

@@ -1,26 +1,35 @@
 """building_damage: per-footprint statistics by hand, against a brute-force reference,
-and independent of the block size."""
+and independent of the block size; through `stmap infer`: identifiers first, buffer
+rings, and a grid that adds up to the building layer."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import shapely
+from click.testing import CliRunner
+from pyproj import Transformer
 from rasterio.transform import Affine
 
+from stmap.cli import main
 from stmap.errors import InputError
-from stmap.io.vectors import VectorTable
+from stmap.io.footprints import read_footprints
+from stmap.io.vectors import VectorTable, read_vector
 from stmap.runtime.buildings import (
     buffer_metres,
     building_damage,
     damaged_fraction_histogram,
+    ids_first,
     max_per_label,
     overlap_layers,
 )
 from stmap.runtime.vectorize import apply_affine
 from tests.conftest import write_band
+from tests.runtime.infer_data import make_varied_bundle, smooth_image, write_raster
 
 UTM = "EPSG:32637"
 T = Affine(0.5, 0, 500000, 0, -0.5, 4000000)  # 0.5 m pixels
@@ -221,3 +230,142 @@ def test_max_per_label_matches_maximum_at():
     expected = np.full(50, -1)
     np.maximum.at(expected, labels, values.astype(int))
     np.testing.assert_array_equal(max_per_label(labels, values, 50), expected)
+
+
+def test_identifier_columns_come_first_in_their_source_order():
+    columns = ["name", "Height", "building_id", "fid", "ID", "full_plus_code", "osm_id", "roof"]
+    ordered = ids_first({name: np.zeros(1) for name in columns}, fid_name="fid")
+    assert list(ordered) == [
+        "fid",
+        "building_id",
+        "ID",
+        "full_plus_code",
+        "osm_id",
+        "name",
+        "Height",
+        "roof",
+    ]
+
+
+def lonlat_footprints(path: Path, scene: Path) -> list[str]:
+    """A GeoJSON in WGS84 of 12 footprints over ``scene`` (UTM), the ID last; their IDs."""
+    with rasterio.open(scene) as ds:
+        transform, crs = ds.transform, ds.crs
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    ids = [f"way/{1000 + i}" for i in range(12)]
+    features = []
+    for i, osm_id in enumerate(ids):
+        col, row = 20 + 22 * (i % 6), 30 + 60 * (i // 6)
+        ring = [transform @ xy for xy in ((col, row), (col + 14, row), (col + 14, row + 18))]
+        ring = [to_lonlat.transform(x, y) for x, y in [*ring, transform @ (col, row + 18)]]
+        features.append(
+            {
+                "type": "Feature",
+                "properties": {"name": f"b{i}", "levels": i % 4, "osm_id": osm_id},
+                "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
+            }
+        )
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return ids
+
+
+def map_with_footprints(tmp_path: Path, *options: str) -> tuple[Path, dict]:
+    """`stmap infer` of a small UTM scene with WGS84 footprints; (OUTDIR, summary)."""
+    bundle = make_varied_bundle(tmp_path / "bundle")
+    scene = write_raster(tmp_path / "city.tif", smooth_image(160, 180))
+    footprints = tmp_path / "osm.geojson"
+    lonlat_footprints(footprints, scene)
+    out = tmp_path / "out"
+    args = ["infer", str(scene), "-o", str(out), "--model", str(bundle), "--device", "cpu"]
+    args += ["--footprints", str(footprints), "--threshold", "0.35", "--json", *options]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_the_cli_keeps_footprint_ids_first_and_adds_the_10_m_ring(tmp_path: Path):
+    out, summary = map_with_footprints(tmp_path)
+    ids = [f"way/{1000 + i}" for i in range(12)]
+    buildings = read_vector(out / "city_buildings.gpkg")
+    assert list(buildings.attributes)[1:] == [  # after the GeoPackage's own FID
+        "osm_id",
+        "name",
+        "levels",
+        "damaged_fraction",
+        "damaged_fraction_b10m",
+        "mean_prob",
+        "max_prob",
+        "unknown_fraction",
+        "label",
+    ]
+    assert buildings.attributes["osm_id"].tolist() == ids
+    a = buildings.attributes
+    assert ((a["damaged_fraction_b10m"] >= 0) & (a["damaged_fraction_b10m"] <= 1)).all()
+    assert not np.array_equal(a["damaged_fraction_b10m"], a["damaged_fraction"])
+    assert summary["buildings"]["total"] == 12
+
+
+def test_the_grid_sums_equal_the_building_layer_and_the_damage(tmp_path: Path):
+    out, summary = map_with_footprints(tmp_path, "--grid", "20", "--building-buffer", "4")
+    buildings = read_vector(out / "city_buildings.gpkg")
+    assert "damaged_fraction_b4m" in buildings.attributes
+    assert "damaged_fraction_b10m" not in buildings.attributes
+    grid = read_vector(out / "city_grid.gpkg")
+    g, labels = grid.attributes, buildings.attributes["label"]
+    assert g["buildings_total"].sum() == len(buildings) == summary["grid"]["buildings_total"]
+    assert g["buildings_damaged"].sum() == (labels == "damaged").sum()
+    assert g["buildings_unknown"].sum() == (labels == "unknown").sum()
+    assert g["damaged_area_m2"].sum() == pytest.approx(summary["damaged_area_m2"])
+    assert summary["damaged_area_m2"] > 0 and (labels == "damaged").any()
+    assert summary["grid"]["cells"] == len(grid)
+    sides = shapely.bounds(grid.geometries)
+    np.testing.assert_array_equal(sides[:, 2] - sides[:, 0], 20)
+
+
+def test_a_negative_building_buffer_is_refused_before_any_work(tmp_path: Path):
+    scene = write_raster(tmp_path / "city.tif", smooth_image(64, 64))
+    out = tmp_path / "out"
+    args = ["infer", str(scene), "-o", str(out), "--footprints", str(scene)]
+    result = CliRunner().invoke(main, [*args, "--building-buffer", "-1"])
+    assert result.exit_code == 2
+    assert "--building-buffer" in result.stderr and "-1" in result.stderr
+    assert not out.exists()
+
+
+def stac_item(name: str, assets: dict) -> dict:
+    return {"type": "Feature", "stac_version": "1.0.0", "id": name, "assets": assets}
+
+
+def test_footprints_from_a_stac_document_are_its_items_footprint_assets(tmp_path: Path):
+    scene = write_raster(tmp_path / "city.tif", smooth_image(160, 180))
+    ids = lonlat_footprints(tmp_path / "all.geojson", scene)
+    everything = json.loads((tmp_path / "all.geojson").read_text())
+    for part, features in (("a", everything["features"][:5]), ("b", everything["features"][5:])):
+        doc = {"type": "FeatureCollection", "features": features}
+        (tmp_path / "tiles").mkdir(exist_ok=True)
+        (tmp_path / "tiles" / f"{part}.geojson").write_text(json.dumps(doc))
+    items = {
+        "type": "FeatureCollection",
+        "features": [
+            stac_item("a", {"footprints": {"href": "tiles/a.geojson"}}),
+            stac_item("b", {"osm": {"href": "tiles/b.geojson", "roles": ["footprints"]}}),
+        ],
+    }
+    (tmp_path / "items.json").write_text(json.dumps(items))
+    table = read_footprints(tmp_path / "items.json", crs=UTM)
+    assert table.attributes["osm_id"].tolist() == ids and table.crs == UTM
+    plain = read_footprints(tmp_path / "all.geojson")  # GeoJSON, not STAC
+    assert plain.attributes["osm_id"].tolist() == ids
+
+    out = tmp_path / "out"
+    args = ["infer", str(scene), "-o", str(out), "--model", str(make_varied_bundle(tmp_path / "m"))]
+    result = CliRunner().invoke(main, [*args, "--footprints", str(tmp_path / "items.json")])
+    assert result.exit_code == 0, result.output
+    assert read_vector(out / "city_buildings.gpkg").attributes["osm_id"].tolist() == ids
+
+
+def test_a_stac_document_without_footprints_is_refused(tmp_path: Path):
+    path = tmp_path / "imagery.json"
+    path.write_text(json.dumps(stac_item("x", {"visual": {"href": "x.tif"}})))
+    with pytest.raises(InputError, match=r"--footprints .*imagery.json: a STAC document, but no"):
+        read_footprints(path)

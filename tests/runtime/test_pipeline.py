@@ -76,7 +76,9 @@ def test_outputs_are_valid_cogs_on_the_input_grid(reference, scene):
         "city_damage.gpkg",
         "city_damage.tif",
         "city_damage_prob.tif",
+        "city_grid.gpkg",
         "city_quicklook.png",
+        "city_report.html",
         "city_summary.json",
     ]
 

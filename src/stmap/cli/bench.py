@@ -27,6 +27,13 @@ from stmap.cli.options import (
 )
 @execution_options
 @click.option(
+    "--tta",
+    type=click.Choice(["none", "flip", "d4"]),
+    default="none",
+    show_default=True,
+    help="Test-time augmentation in both measurements; compare with none for its cost.",
+)
+@click.option(
     "--size",
     type=click.IntRange(min=1),
     default=2048,
@@ -49,6 +56,7 @@ def bench(
     device: str,
     precision: str,
     batch_size: int | None,
+    tta: str,
     size: int,
     repeats: int,
     as_json: bool,
@@ -75,6 +83,7 @@ def bench(
             device=device,
             precision=precision,
             batch_size=batch_size,
+            tta=tta,
             size=size,
             repeats=repeats,
         )
@@ -93,7 +102,7 @@ def _print_table(result: dict[str, Any]) -> None:
     table = Table(
         title=f"stmap bench: {result['backbone']} · {result['backend']} · "
         f"{result['device']} ({result['device_name']}) · {result['precision']} · "
-        f"batch {result['batch_size']} · {result['size']}² px"
+        f"batch {result['batch_size']} · tta {result['tta']} · {result['size']}² px"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -60,7 +60,35 @@ class BandList(click.ParamType):
     type=str,
     default=None,
     metavar="FILE",
-    help="Building footprints (any OGR vector, any CRS) for per-building damage.",
+    help="Building footprints for per-building damage: any OGR vector in any CRS, or a "
+    "STAC JSON whose items have a 'footprints' (or 'buildings') asset.",
+)
+@click.option(
+    "--building-buffer",
+    "building_buffers",
+    type=click.FloatRange(min=0),
+    metavar="M",
+    multiple=True,
+    default=(0.0, 10.0),
+    show_default=True,
+    help="Also the damaged fraction within M metres around each footprint (repeatable; "
+    "0 is the footprint itself).",
+)
+@click.option(
+    "--grid",
+    "grid_m",
+    type=click.FloatRange(min=0, min_open=True),
+    default=250.0,
+    show_default=True,
+    metavar="M",
+    help="Side of the damage grid's square cells, in metres.",
+)
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "flip", "d4"]),
+    default="none",
+    show_default=True,
+    help="Test-time augmentation: average over a flip (2×) or all 8 flips and turns (8×).",
 )
 @click.option(
     "--threshold", type=float, default=None, help="Damage threshold [default: the model's]."
@@ -79,6 +107,50 @@ class BandList(click.ParamType):
 @click.option(
     "--workers", type=click.IntRange(min=1), default=None, help="Reader threads [default: auto]."
 )
+@click.option(
+    "--distributed",
+    type=click.Choice(["ray"]),
+    default=None,
+    help="Spread the scenes, and strips of large ones, over Ray workers (one per GPU).",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="ADDR",
+    help="With --distributed ray: the Ray cluster to join [default: a local one].",
+)
+@click.option(
+    "--mosaic",
+    default=None,
+    metavar="NAME",
+    help="Map all inputs (files, folders, text files of paths, STAC JSON) as one scene NAME: "
+    "the most recent acquisition on top, nodata falling through.",
+)
+@click.option(
+    "--asset",
+    default="visual",
+    show_default=True,
+    metavar="KEY",
+    help="The STAC asset (key or role) to read from each item.",
+)
+@click.option(
+    "--aoi",
+    default=None,
+    metavar="FILE",
+    help="Map only inside these polygons (any OGR vector, any CRS); outside is nodata.",
+)
+@click.option(
+    "--crs",
+    default=None,
+    help="The mosaic's CRS, e.g. EPSG:32637 [default: the UTM zone of its centre].",
+)
+@click.option(
+    "--gsd",
+    type=float,
+    default=None,
+    metavar="M",
+    help="The mosaic's pixel size in metres [default: the model's].",
+)
 @json_option
 @quiet_option
 def infer(
@@ -93,10 +165,20 @@ def infer(
     block_size: int | None,
     bands: tuple[int, ...] | None,
     footprints: str | None,
+    building_buffers: tuple[float, ...],
+    grid_m: float,
+    tta: str,
     threshold: float | None,
     resume: bool,
     allow_ungeoreferenced: bool,
     workers: int | None,
+    distributed: str | None,
+    address: str | None,
+    mosaic: str | None,
+    asset: str,
+    aoi: str | None,
+    crs: str | None,
+    gsd: float | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -104,15 +186,20 @@ def infer(
 
     Writes for each INPUT with stem S into OUTDIR: S_damage_prob.tif and S_damage.tif
     (COGs on the input's grid, nodata 255), S_damage.gpkg, S_buildings.gpkg (with
-    --footprints), S_quicklook.png and S_summary.json. --json prints the summary (an
-    object with "runs" for several inputs).
+    --footprints), S_grid.gpkg (damage per --grid cell), S_quicklook.png,
+    S_report.html (one self-contained page) and S_summary.json; with several inputs
+    also run_summary.json (totals, each summary under "runs"), which --json prints
+    (the summary itself for one input).
 
     \b
     Examples:
       stmap infer city.tif -o out
       stmap infer city.tif -o out --footprints buildings.gpkg --device cuda --json
+      stmap infer --mosaic kahramanmaras items.json tiles/ -o out --aoi district.gpkg
+      stmap infer city.tif -o out --footprints osm.geojson --building-buffer 20 --grid 100
+      stmap infer a.tif b.tif c.tif -o out --distributed ray --address head:6379
     """
-    from stmap.runtime.infer import InferOptions, run_inference
+    from stmap.runtime.infer import InferOptions, map_scenes
 
     options = InferOptions(
         model=model,
@@ -124,21 +211,36 @@ def infer(
         block_size=block_size,
         bands=bands,
         footprints=footprints,
+        building_buffers=building_buffers,
+        grid_m=grid_m,
+        tta=tta,
         threshold=threshold,
         restart=not resume,
         allow_ungeoreferenced=allow_ungeoreferenced,
         workers=workers,
+        mosaic=mosaic,
+        asset=asset,
+        aoi=aoi,
+        crs=crs,
+        gsd=gsd,
     )
     _log_to_stderr(logging.ERROR if quiet else logging.INFO)
     show_bar = not quiet and sys.stderr.isatty()
+    if address is not None and distributed is None:
+        raise click.UsageError("--address needs --distributed ray")
     with _sigterm_interrupts():
-        summaries = run_inference(
-            inputs, outdir, options, progress=_progress_bar if show_bar else None
+        report = map_scenes(
+            inputs,
+            outdir,
+            options,
+            distributed=distributed,
+            address=address,
+            progress=_progress_bar if show_bar else None,
         )
     if as_json:
-        emit_json(summaries[0] if len(summaries) == 1 else {"runs": summaries})
+        emit_json(report)
     elif not quiet:
-        for s in summaries:
+        for s in report.get("runs", [report]):
             click.echo(
                 f"{s['inputs'][0]['path']}: {s['pixels'] / 1e6:.1f} Mpx in {s['seconds']:.1f} s "
                 f"({s['mpx_per_s']:.2f} Mpx/s), {s['damaged_area_m2'] or 0:.0f} m² damaged; "

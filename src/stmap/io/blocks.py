@@ -30,9 +30,26 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window as RioWindow
 
 from stmap.errors import RasterError
+from stmap.io.aoi import Aoi
 from stmap.io.raster import RasterInfo, open_raster
 
 READ_CACHE_BYTES = 128 << 20  # GDAL block cache: two rows of 512-px tiles of a 40k-px-wide RGB
+REMOTE_READS = {
+    # Opening a remote file must not list its "directory" (one request per sidecar
+    # guess, or a whole S3 prefix) nor probe for .aux.xml, .ovr or .msk files.
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.vrt,.TIF,.TIFF,.VRT",
+    # A COG's header and tile index in the first request, not in several small ones.
+    "GDAL_INGESTED_BYTES_AT_OPEN": 65536,
+    # Neighbouring tiles of one window in one request; parallel requests on one HTTP/2
+    # connection where the server speaks it; the bytes fetched kept for the blocks
+    # whose halos share them.
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "CPL_VSIL_CURL_CACHE_SIZE": 256 << 20,
+    "GDAL_HTTP_MAX_RETRY": 3,
+    "GDAL_HTTP_RETRY_DELAY": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,7 @@ class ReadSpec:
     model_shape: (rows, cols) of the grid the model runs on.
     model_transform: that grid's transform when it differs from the raster's
         (resampling); None when the model runs on the raster's own grid.
+    aoi: pixels outside it are invalid, and windows that miss it are never read.
     """
 
     path: str
@@ -73,6 +91,7 @@ class ReadSpec:
     masked: bool
     model_shape: tuple[int, int]
     model_transform: Affine | None = None
+    aoi: Aoi | None = None
 
 
 def file_identity(info: RasterInfo) -> dict[str, Any]:
@@ -95,8 +114,9 @@ def file_identity(info: RasterInfo) -> dict[str, Any]:
 
 def streaming_env() -> rasterio.Env:
     """GDAL settings for streaming whole rasters: a bounded block cache (GDAL's default
-    is 5 % of RAM, which a large raster fills, so memory would grow with its size)."""
-    return rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES)
+    is 5 % of RAM, which a large raster fills, so memory would grow with its size), and
+    range reads of remote rasters (``/vsicurl/``, ``/vsis3/``) in few, large requests."""
+    return rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES, **REMOTE_READS)
 
 
 class BlockReader:
@@ -129,11 +149,21 @@ class BlockReader:
         self._dataset.close()
 
     def read_valid(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray | None:
-        """(height, width) bool validity of an input-grid window; None when all pixels are."""
-        if not self.spec.masked:
-            return None
+        """(height, width) bool validity of an input-grid window; None when all pixels are.
+
+        Outside the AOI nothing is valid; a window that misses it is not read at all.
+        """
         window = RioWindow(col_off, row_off, width, height)
-        return self._guard(lambda: self._dataset.dataset_mask(window=window) > 0, window)
+        inside = None
+        if self.spec.aoi is not None:
+            transform = self._dataset.window_transform(window)
+            inside = self.spec.aoi.mask(transform, height, width)
+            if not inside.any():
+                return inside
+        if not self.spec.masked:
+            return inside
+        valid = self._guard(lambda: self._dataset.dataset_mask(window=window) > 0, window)
+        return valid if inside is None else valid & inside
 
     def read_pixels(
         self, row_off: int, col_off: int, height: int, width: int, out: np.ndarray

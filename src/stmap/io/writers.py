@@ -11,6 +11,7 @@ Every final file is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import rasterio
 import rasterio.shutil
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window as RioWindow
 
@@ -55,6 +56,7 @@ COG_OPTIONS = {
     "NUM_THREADS": "ALL_CPUS",
 }
 _GDAL_ERRORS = (RasterioError, CPLE_BaseError, OSError)
+FULL_DISK_BYTES = 64 << 20  # a write that failed with less free space left: the disk is full
 
 
 class BlockWriter:
@@ -94,7 +96,7 @@ class BlockWriter:
     def _open(self, *, create: bool) -> None:
         for name, path in self.paths.items():
             mode = {"mode": "w", **self._profile} if create else {"mode": "r+"}
-            self._datasets[name] = self._guard(path, lambda p=path, m=mode: rasterio.open(p, **m))
+            self._datasets[name] = self._guard(path, lambda p=path, m=mode: _open_raster(p, m))
 
     def close(self) -> None:
         for name, dataset in list(self._datasets.items()):
@@ -106,9 +108,16 @@ class BlockWriter:
         try:
             return action()
         except _GDAL_ERRORS as exc:
-            raise RasterError(
-                f"{path}: cannot write ({exc}); check the free space and permissions there"
-            ) from exc
+            raise RasterError(write_failure(path, exc)) from exc
+
+
+def _open_raster(path: Path, mode: dict[str, Any]) -> Any:
+    try:
+        return rasterio.open(path, **mode)
+    except TypeError as exc:
+        # rasterio's "r+" raises TypeError for a file GDAL does not recognise, such as
+        # a partial raster whose process was killed before it first closed the file.
+        raise RasterioIOError(str(exc)) from exc
 
 
 def write_cog(source: Path, target: Path, *, overview_resampling: str) -> Path:
@@ -126,7 +135,7 @@ def write_cog(source: Path, target: Path, *, overview_resampling: str) -> Path:
         )
     except _GDAL_ERRORS as exc:
         target.unlink(missing_ok=True)
-        raise RasterError(f"{target}: cannot write the COG ({exc}); is the disk full?") from exc
+        raise RasterError(write_failure(target, exc, " the COG")) from exc
     return target
 
 
@@ -146,7 +155,7 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
                 dst.write(rgb)
         os.replace(tmp, path)
     except _GDAL_ERRORS as exc:
-        raise RasterError(f"{path}: cannot write the PNG ({exc}); is the disk full?") from exc
+        raise RasterError(write_failure(path, exc, " the PNG")) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -154,20 +163,63 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (a temporary file, then a rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        raise InputError(write_failure(path, exc)) from exc
+
+
+def write_failure(path: Path, exc: BaseException, what: str = "") -> str:
+    """Why ``path`` could not be written, for the user, with a full disk named as such.
+
+    GDAL often reports a full disk as "Write failed" only (its "No space left on
+    device" goes to the log), so the free space left where ``path`` lives decides too.
+    what: the kind of file, after "cannot write" (" the COG").
+    """
+    free = _free_bytes(path)
+    if _is_enospc(exc) or (free is not None and free < FULL_DISK_BYTES):
+        left = f", {free / 2**20:.1f} MiB free" if free is not None else ""
+        return (
+            f"{path}: cannot write{what}: no space left on the device ({path.parent}{left}); "
+            "free some space there, or choose another output directory"
+        )
+    return f"{path}: cannot write{what} ({exc}); check the free space and permissions there"
+
+
+def _is_enospc(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 8:  # the error, and the ones it was raised from
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system of ``path`` (or of its nearest existing folder)."""
+    for folder in path.parents:
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None
 
 
 def read_json(path: Path) -> Any:
     """The JSON object in ``path``, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
 
 

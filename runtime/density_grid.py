@@ -1,0 +1,324 @@
+"""``S_grid.gpkg``: damage tallied on square cells, as emergency mapping services grade it.
+
+Conventions:
+- Cells are squares of ``cell_m`` metres whose edges lie on multiples of ``cell_m``
+  in the grid's CRS: the raster's own CRS when it is projected (so two runs on the
+  same CRS share cells), the UTM zone of the raster's centre when it is geographic,
+  and the raster's own coordinates, at the assumed GSD, when it has no CRS.
+- A pixel belongs to the cell that holds its centre. A geographic raster's pixel
+  centres are mapped to UTM block by block through an affine transform fitted to
+  the block's corners (the projection is that flat over a block: errors far below
+  a millimetre); areas are then UTM areas, within 0.2 % of geodesic ones.
+- A building belongs to the cell that holds its ``point_on_surface``.
+- Kept: the cells that hold a raster pixel centre or a building.
+
+The raster is read one block at a time and each block's pixels are tallied per cell
+with ``np.bincount``, so memory is one block plus a few numbers per cell.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import CRS, Transformer
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from stmap.io.raster import open_raster
+from stmap.io.vectors import VectorTable, crs_string
+
+from .vectorize import NODATA, block_windows, damage_cutoff
+
+WORST_CELLS = 10  # cells listed in the summary and the report
+
+
+@dataclass(frozen=True)
+class CellFrame:
+    """Where cells live: the grid's CRS (None: the raster's own coordinates) and scale."""
+
+    crs: CRS | None
+    metres_per_unit: float
+
+    def cell_units(self, cell_m: float) -> float:
+        return cell_m / self.metres_per_unit
+
+
+def cell_frame(
+    raster_crs: Any, transform: Affine, width: int, height: int, gsd_m: float
+) -> CellFrame:
+    """The grid's CRS for a raster (see the module's conventions).
+
+    gsd_m: the ground size of a pixel assumed for a raster without CRS.
+    """
+    if raster_crs is None:
+        return CellFrame(None, gsd_m / math.sqrt(abs(transform.determinant)))
+    crs = CRS.from_user_input(raster_crs)
+    if crs.is_projected:
+        return CellFrame(crs, crs.axis_info[0].unit_conversion_factor)
+    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(
+        *(transform @ (width / 2, height / 2))
+    )
+    zone = min(int((lon + 180) // 6) + 1, 60)
+    return CellFrame(CRS.from_epsg((32600 if lat >= 0 else 32700) + zone), 1.0)
+
+
+def damage_grid(
+    prob_path: str | os.PathLike[str],
+    *,
+    threshold: float,
+    cell_m: float = 250.0,
+    buildings: VectorTable | None = None,
+    gsd_m: float = 0.5,
+    block_size: int = 1024,
+) -> VectorTable:
+    """Damage per square cell over a uint8 probability raster (× 255, nodata 255).
+
+    threshold: a pixel is damaged when prob / 255 > threshold (the damage raster's test).
+    buildings: the building layer (``building_damage``'s table, with ``label``), or None.
+    gsd_m: the pixel size assumed for a raster without CRS.
+
+    Returns Polygon cells, north to south then west to east, with ``cell_id`` (int64
+    from 1), float64 ``imaged_fraction`` (area of valid pixels / cell area, at most
+    1), ``damaged_area_m2``; with buildings, int64 ``buildings_total``,
+    ``buildings_damaged``, ``buildings_unknown`` and float64
+    ``damaged_building_density_per_km2`` (damaged buildings / cell area); and float64
+    ``centre_lon``, ``centre_lat`` (WGS84; NaN without CRS). Sums over the cells
+    equal the raster's damaged area and the building layer's counts.
+    """
+    if cell_m <= 0:
+        raise ValueError(f"cell_m must be positive, got {cell_m}")
+    with open_raster(prob_path) as ds:
+        frame = cell_frame(ds.crs, ds.transform, ds.width, ds.height, gsd_m)
+        to_grid = _to_grid(ds.crs, frame)
+        windows = [w for row in block_windows(ds.width, ds.height, block_size) for w in row]
+        affines = [
+            _block_affine(ds.transform @ Affine.translation(w.col_off, w.row_off), w, to_grid)
+            for w in windows
+        ]
+        points = _building_points(buildings, to_grid)
+        lattice = _Lattice.covering(affines, windows, points, frame.cell_units(cell_m))
+        tally = _Tally.zeros(lattice.size)
+        cutoff = damage_cutoff(threshold)
+        for window, affine in zip(windows, affines, strict=True):
+            prob = ds.read(1, window=window)
+            cells = _cell_of_pixels(lattice, affine, *prob.shape)
+            pixel_m2 = abs(affine.determinant) * frame.metres_per_unit**2
+            tally.add_block(cells, prob, cutoff, pixel_m2)
+    keep = tally.pixels > 0
+    columns: dict[str, np.ndarray] = {}
+    if buildings is not None:
+        cells = lattice.index(points)
+        labels = np.asarray(buildings.attributes["label"])
+        counts = {
+            "buildings_total": np.bincount(cells, minlength=lattice.size),
+            "buildings_damaged": np.bincount(cells[labels == "damaged"], minlength=lattice.size),
+            "buildings_unknown": np.bincount(cells[labels == "unknown"], minlength=lattice.size),
+        }
+        keep |= counts["buildings_total"] > 0
+        columns = {k: v.astype(np.int64) for k, v in counts.items()}
+    order = lattice.north_to_south(np.flatnonzero(keep))
+    cell_area = cell_m**2
+    attributes: dict[str, np.ndarray] = {
+        "cell_id": np.arange(1, len(order) + 1, dtype=np.int64),
+        "imaged_fraction": np.minimum(tally.imaged_m2[order] / cell_area, 1.0),
+        "damaged_area_m2": tally.damaged_m2[order],
+    }
+    attributes.update({k: v[order] for k, v in columns.items()})
+    if columns:
+        attributes["damaged_building_density_per_km2"] = attributes["buildings_damaged"] / (
+            cell_area / 1e6
+        )
+    boxes = lattice.boxes(order)
+    attributes["centre_lon"], attributes["centre_lat"] = _lonlat(
+        shapely.get_coordinates(shapely.centroid(boxes)), frame.crs
+    )
+    return VectorTable(boxes, attributes, crs_string(frame.crs) if frame.crs else None)
+
+
+def grid_facts(grid: VectorTable, cell_m: float, worst: int = WORST_CELLS) -> dict[str, Any]:
+    """The grid's figures for the summary and the report.
+
+    Cells with damage are ranked by damaged buildings per km² (when the grid has
+    buildings), then by damaged area; the first ``worst`` are listed with their
+    centre's coordinates.
+    """
+    a = grid.attributes
+    area = a["damaged_area_m2"]
+    with_buildings = "buildings_total" in a
+    damaged = area > 0
+    if with_buildings:
+        damaged |= a["buildings_damaged"] > 0
+        ranking = np.lexsort((-area, -a["damaged_building_density_per_km2"]))
+    else:
+        ranking = np.argsort(-area, kind="stable")
+    ranked = [int(i) for i in ranking if damaged[i]][:worst]
+    fields = ["cell_id", "centre_lon", "centre_lat", "damaged_area_m2", "imaged_fraction"]
+    if with_buildings:
+        fields += ["buildings_total", "buildings_damaged", "damaged_building_density_per_km2"]
+    facts: dict[str, Any] = {
+        "cell_m": cell_m,
+        "crs": grid.crs,
+        "cells": len(grid),
+        "cells_with_damage": int(damaged.sum()),
+        "damaged_area_m2": round(float(area.sum()), 3),
+        "worst_cells": [{f: _plain(a[f][i]) for f in fields} for i in ranked],
+    }
+    if with_buildings:
+        facts["buildings_total"] = int(a["buildings_total"].sum())
+        facts["buildings_damaged"] = int(a["buildings_damaged"].sum())
+    return facts
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready number: ints as int, floats rounded to 6 decimals, NaN as None."""
+    if isinstance(value, np.integer):
+        return int(value)
+    value = float(value)
+    return round(value, 6) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class _Lattice:
+    """The cells that may be touched: columns ix0.., rows iy0.. of side ``cell`` units.
+
+    Cell (ix, iy) covers x in [ix·cell, (ix+1)·cell) and y in [iy·cell, (iy+1)·cell);
+    its flat index is (iy - iy0)·ncols + (ix - ix0).
+    """
+
+    cell: float
+    ix0: int
+    iy0: int
+    ncols: int
+    nrows: int
+
+    @classmethod
+    def covering(
+        cls,
+        affines: list[Affine],
+        windows: list[Window],
+        points: np.ndarray,
+        cell: float,
+    ) -> _Lattice:
+        corners = [
+            affine @ (c, r)
+            for affine, w in zip(affines, windows, strict=True)
+            for c in (0, w.width)
+            for r in (0, w.height)
+        ]
+        xy = np.concatenate([np.array(corners, dtype=np.float64).reshape(-1, 2), points])
+        lo = np.floor(xy.min(axis=0) / cell).astype(np.int64) - 1  # margin for rounding
+        hi = np.floor(xy.max(axis=0) / cell).astype(np.int64) + 1
+        return cls(cell, int(lo[0]), int(lo[1]), int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1))
+
+    @property
+    def size(self) -> int:
+        return self.ncols * self.nrows
+
+    def index(self, xy: np.ndarray) -> np.ndarray:
+        """(N,) int64 flat cell index of (N, 2) grid coordinates."""
+        ix = np.floor(xy[:, 0] / self.cell).astype(np.int64) - self.ix0
+        iy = np.floor(xy[:, 1] / self.cell).astype(np.int64) - self.iy0
+        return iy * self.ncols + ix
+
+    def north_to_south(self, flat: np.ndarray) -> np.ndarray:
+        """Flat indices ordered by row from the north, then from the west."""
+        return flat[np.lexsort((flat % self.ncols, -(flat // self.ncols)))]
+
+    def boxes(self, flat: np.ndarray) -> np.ndarray:
+        """(N,) Polygon cells of flat indices, in grid coordinates."""
+        x0 = (flat % self.ncols + self.ix0) * self.cell
+        y0 = (flat // self.ncols + self.iy0) * self.cell
+        return shapely.box(x0, y0, x0 + self.cell, y0 + self.cell)
+
+
+@dataclass
+class _Tally:
+    """Per-cell sums over the lattice: (M,) arrays."""
+
+    pixels: np.ndarray  # int64 pixel centres inside the raster, nodata included
+    imaged_m2: np.ndarray  # float64 area of valid pixels
+    damaged_m2: np.ndarray  # float64 area of damaged pixels
+
+    @classmethod
+    def zeros(cls, size: int) -> _Tally:
+        return cls(np.zeros(size, dtype=np.int64), np.zeros(size), np.zeros(size))
+
+    def add_block(self, cells: np.ndarray, prob: np.ndarray, cutoff: int, pixel_m2: float) -> None:
+        """Tally one block: (h, w) int64 flat cell indices and uint8 probabilities."""
+        lo = int(cells.min())
+        flat = cells.ravel() - lo  # tally only the span of cells the block touches
+        valid = (prob != NODATA).ravel()
+        damaged = valid & (prob > cutoff).ravel()
+        pixels = np.bincount(flat)
+        span = slice(lo, lo + len(pixels))
+        self.pixels[span] += pixels
+        self.imaged_m2[span] += np.bincount(flat, weights=valid, minlength=len(pixels)) * pixel_m2
+        self.damaged_m2[span] += (
+            np.bincount(flat, weights=damaged, minlength=len(pixels)) * pixel_m2
+        )
+
+
+def _cell_of_pixels(lattice: _Lattice, affine: Affine, height: int, width: int) -> np.ndarray:
+    """(h, w) int64 flat cell index of each pixel centre of a block."""
+    cols = np.arange(width) + 0.5
+    rows = np.arange(height) + 0.5
+    if affine.b == 0 and affine.d == 0:  # north-up in the grid's CRS: one axis each
+        ix = np.floor((affine.a * cols + affine.c) / lattice.cell).astype(np.int64)
+        iy = np.floor((affine.e * rows + affine.f) / lattice.cell).astype(np.int64)
+        return (iy[:, None] - lattice.iy0) * lattice.ncols + (ix[None, :] - lattice.ix0)
+    x = affine.a * cols[None, :] + affine.b * rows[:, None] + affine.c
+    y = affine.d * cols[None, :] + affine.e * rows[:, None] + affine.f
+    ix = np.floor(x / lattice.cell).astype(np.int64) - lattice.ix0
+    iy = np.floor(y / lattice.cell).astype(np.int64) - lattice.iy0
+    return iy * lattice.ncols + ix
+
+
+def _to_grid(raster_crs: Any, frame: CellFrame) -> Transformer | None:
+    """Raster CRS → grid CRS, or None when they are the same (or there is no CRS)."""
+    if frame.crs is None or CRS.from_user_input(raster_crs) == frame.crs:
+        return None
+    return Transformer.from_crs(CRS.from_user_input(raster_crs), frame.crs, always_xy=True)
+
+
+def _block_affine(block_transform: Affine, window: Window, to_grid: Transformer | None) -> Affine:
+    """Block pixel (c, r) → grid coordinates: exact in the raster's CRS, else fitted.
+
+    The fit is least squares over a 3 × 3 lattice of the block's points mapped
+    exactly through the projection.
+    """
+    if to_grid is None:
+        return block_transform
+    c, r = np.meshgrid([0, window.width / 2, window.width], [0, window.height / 2, window.height])
+    c, r = c.ravel(), r.ravel()
+    x, y = to_grid.transform(*(block_transform @ (c, r)))
+    design = np.column_stack([c, r, np.ones_like(c)])
+    (a, b, xoff), *_ = np.linalg.lstsq(design, x, rcond=None)
+    (d, e, yoff), *_ = np.linalg.lstsq(design, y, rcond=None)
+    return Affine(a, b, xoff, d, e, yoff)
+
+
+def _building_points(buildings: VectorTable | None, to_grid: Transformer | None) -> np.ndarray:
+    """(N, 2) grid coordinates of each building's ``point_on_surface``.
+
+    The buildings are in the raster's CRS (``building_damage`` returns them so).
+    """
+    if buildings is None or len(buildings) == 0:
+        return np.empty((0, 2))
+    xy = shapely.get_coordinates(shapely.point_on_surface(buildings.geometries))
+    if to_grid is None:
+        return xy
+    return np.column_stack(to_grid.transform(xy[:, 0], xy[:, 1]))
+
+
+def _lonlat(xy: np.ndarray, crs: CRS | None) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) longitudes and latitudes (WGS84) of (N, 2) grid coordinates; NaN without CRS."""
+    if crs is None:
+        nan = np.full(len(xy), np.nan)
+        return nan, nan.copy()
+    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xy[:, 0], xy[:, 1])
+    return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
