@@ -31,6 +31,7 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 DEFAULT = "default"
 MAX_ZIP_MEMBER_BYTES = 8 << 30  # refuse zip members (or bombs) beyond 8 GiB uncompressed
+MAX_ZIP_RATIO = 100  # weights compress ~1.1:1; a member over 1 MiB packed 100:1 is a bomb
 
 
 class _Strict(BaseModel):
@@ -169,7 +170,7 @@ def read_manifest(root: Path, source: Path | None = None) -> Manifest:
         raise BundleError(f"{source}: not a model bundle (no {MANIFEST})")
     try:
         raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"{source}: {MANIFEST} is corrupted or truncated ({exc})") from exc
     if not isinstance(raw, dict):
         raise BundleError(f"{source}: {MANIFEST} must hold a JSON object")
@@ -226,10 +227,16 @@ def _extract_zip(source: Path) -> Path:
         for info in members:
             name = info.filename
             parts = Path(name).parts
-            if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
+            if not name or name.startswith(("/", "\\")) or ".." in parts or ":" in name:
                 raise BundleError(f"{source}: unsafe path {name!r} in the zip")
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise BundleError(f"{source}: symbolic link {name!r} in the zip is refused")
+            if info.file_size > max(1 << 20, MAX_ZIP_RATIO * info.compress_size):
+                raise BundleError(
+                    f"{source}: {name!r} expands {info.file_size} bytes from "
+                    f"{info.compress_size} (compression ratio above {MAX_ZIP_RATIO}:1, a zip "
+                    "bomb?); refused"
+                )
             total += info.file_size
             if total > MAX_ZIP_MEMBER_BYTES:
                 raise BundleError(f"{source}: the zip expands beyond 8 GiB; refused")

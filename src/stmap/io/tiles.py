@@ -24,6 +24,7 @@ so that nothing else in the training stage opens a file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -136,15 +137,27 @@ def read_tiles_meta(directory: Path | None) -> TilesMeta:
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
             a, _, c, _, e, f = (float(v) for v in meta["transform"][:6])
-            tiles = meta["tiles"].items()
+            tiles = [
+                (stem, [float(tile[k]) for k in ("x0", "y0", "w", "h")])
+                for stem, tile in meta["tiles"].items()
+            ]
+            if not all(math.isfinite(v) for v in (a, c, e, f, *(n for _, t in tiles for n in t))):
+                raise ValueError("transform and tile windows must be finite numbers")
             if crs is None:
                 crs = CRS.from_wkt(meta["crs"])
-        except (ValueError, KeyError, TypeError, rasterio.errors.CRSError) as exc:
+        except (
+            OSError,  # a folder named *.json, or unreadable
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,  # "tiles" not an object
+            RecursionError,  # JSON nested beyond the parser's limit
+            rasterio.errors.CRSError,
+        ) as exc:
             raise TileDataError(
                 f"{path}: not a tiles_meta file ({type(exc).__name__}: {exc})"
             ) from exc
-        for stem, tile in tiles:
-            x0, y0, w, h = (float(tile[k]) for k in ("x0", "y0", "w", "h"))
+        for stem, (x0, y0, w, h) in tiles:
             xs, ys = (c + a * x0, c + a * (x0 + w)), (f + e * y0, f + e * (y0 + h))
             key = Path(stem).stem
             bounds[key] = (min(xs), min(ys), max(xs), max(ys))

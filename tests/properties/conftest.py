@@ -1,0 +1,3 @@
+"""Hypothesis profiles for the property tests (see profiles.py)."""
+
+import tests.properties.profiles  # noqa: F401  (registers and loads the profile)
