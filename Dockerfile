@@ -26,7 +26,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 stmap
 COPY --from=build /opt/stmap /opt/stmap
-ENV PATH=/opt/stmap/bin:$PATH PYTHONUNBUFFERED=1
+# MALLOC_ARENA_MAX: flat memory over many scenes (benchmarks/results/cpu_soak.md)
+ENV PATH=/opt/stmap/bin:$PATH PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=2
 USER 10001
 WORKDIR /data
 HEALTHCHECK --interval=5m --timeout=60s CMD ["stmap", "info", "--system"]

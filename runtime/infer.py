@@ -445,6 +445,25 @@ def map_input(
     result, run = (stream or stream_blocks)(plan, out, session, progress, warn)
     if result.valid_pixels == 0:
         warn(f"{plan.info.path}: no valid pixel (all nodata or masked); the outputs are empty")
+    try:
+        return _finish(plan, out, session, result, run, warn, start)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted while finishing the outputs of {plan.info.path}: its mapped blocks "
+            f"are kept in {out.outdir}; run the same command again to resume"
+        ) from None
+
+
+def _finish(
+    plan: InputPlan,
+    out: OutputPaths,
+    session: Session,
+    result: PipelineResult,
+    run: dict[str, Any],
+    warn: _Warnings,
+    start: float,
+) -> dict[str, Any]:
+    """COGs, vectors, grid, quicklook, summary and report of a mapped input, published."""
     t_finalise = time.perf_counter()
     facts = _finalise(plan, out, session.threshold, session.options, warn)
     finalise_s = time.perf_counter() - t_finalise
@@ -726,6 +745,8 @@ def _check_outputs(paths: Sequence[OutputPaths], restart: bool) -> None:
     if restart:
         return
     for out in paths:
+        if out.journal.exists():
+            continue  # an interrupted run may have published some: resuming finishes them
         for name in out.finals:
             if (out.outdir / name).exists():
                 raise OutputExistsError(

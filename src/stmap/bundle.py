@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stmap.errors import BundleError, OutputExistsError, WeightsError
+from stmap.errors import BundleError, OutputExistsError
 from stmap.model.preprocess import Preprocessing
 from stmap.model.segmenter import DamageSegmenter, SegmenterConfig
 
@@ -122,15 +122,25 @@ class Bundle:
 
     def load_segmenter(self) -> DamageSegmenter:
         """The model with its trained weights, on the CPU, in eval mode."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         from stmap.model.weights import load_strict
 
         model = DamageSegmenter(self.manifest.segmenter_config())
+        path = self.path_of(WEIGHTS)
         try:
-            state = load_file(str(self.path_of(WEIGHTS)))
-        except WeightsError:
-            raise
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"{self.source}: cannot read {WEIGHTS} ({exc})") from exc
+        # The bytes loaded are the bytes verified: a file swapped after open_bundle
+        # checked it would otherwise run under the manifest's hash.
+        if hashlib.sha256(data).hexdigest() != self.manifest.files.get(WEIGHTS):
+            raise BundleError(
+                f"{self.source}: {WEIGHTS} changed since the bundle was opened (its SHA-256 no "
+                "longer matches the manifest); restore the bundle and run again"
+            )
+        try:
+            state = load(data)
         except Exception as exc:
             raise BundleError(f"{self.source}: cannot read {WEIGHTS} ({exc})") from exc
         load_strict(model, state, f"{self.source}/{WEIGHTS}")

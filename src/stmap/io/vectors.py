@@ -24,6 +24,7 @@ from pyogrio.errors import DataLayerError, DataSourceError, FieldError, Geometry
 from pyproj import CRS, Transformer
 
 from stmap.errors import VectorError
+from stmap.io.writers import write_failure
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +246,8 @@ def write_vector(
             layer_options=layer_options,
         )
         os.replace(tmp, target)
-    except _OGR_ERRORS as exc:
-        raise VectorError(f"{target}: could not write the GeoPackage ({exc})") from exc
+    except (*_OGR_ERRORS, OSError) as exc:
+        raise VectorError(write_failure(Path(target), exc, " the GeoPackage")) from exc
     finally:
         for leftover in (tmp, Path(f"{tmp}-journal"), Path(f"{tmp}-wal")):
             leftover.unlink(missing_ok=True)
