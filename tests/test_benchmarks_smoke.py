@@ -6,11 +6,14 @@ docstring says to run it), at the smallest size it offers: scripts with a tiny
 ``--size``/``--tiles`` mode, pytest-benchmark files with ``--benchmark-disable``
 (each test body once, no timing). A file with no tiny mode is at least imported
 and collected. A new benchmark file must be added to ``SMOKE``, or this test fails.
+Files that take their sizes from the environment get them from ``ENV``; the
+scripts that write results/ files are run once more, into a temporary folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,11 +47,57 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ["benchmarks/gpu_backends.py", "--help"],
         "imported only (--help) here; run for real on CUDA by test_gpu_backends_runs",
     ),
+    "bench_peers.py": (
+        [*PYTEST[1:], "benchmarks/bench_peers.py", "--benchmark-disable"],
+        "stmap and its three peers once each on a 512² city (torchgeo skips where absent)",
+    ),
+    "bench_scaling.py": (
+        [*PYTEST[1:], "benchmarks/bench_scaling.py", "--benchmark-disable"],
+        "one `stmap infer` child per series: a 256² city, block 512, batch 8",
+    ),
+    "bench_sparse.py": (
+        [*PYTEST[1:], "benchmarks/bench_sparse.py", "--benchmark-disable"],
+        "a full and a sparse mosaic of a 256² city, once each without timing",
+    ),
+    "bench_soak.py": (
+        ["benchmarks/bench_soak.py", "--scenes", "6", "--sizes", "256"],
+        "script mode: 6 scenes of 256 px, growth from scene 5 to 6",
+    ),
+}
+# environment of the files whose pytest-benchmark tests take their sizes from it
+ENV: dict[str, dict[str, str]] = {
+    "bench_peers.py": {"STMAP_BENCH_SIZE": "512"},  # 512: pixels off the seams and edges
+    "bench_sparse.py": {"STMAP_BENCH_SIZE": "256"},
+    "bench_scaling.py": {
+        "STMAP_BENCH_SIZES": "256",
+        "STMAP_BENCH_BLOCKS": "512",
+        "STMAP_BENCH_BATCHES": "8",
+        "STMAP_BENCH_SERIES_SIZE": "256",
+    },
+}
+# scripts that save results/ files as OUT.json and OUT.md: tiny arguments
+REPORTS: dict[str, list[str]] = {
+    "bench_peers": ["--size", "300", "--rounds", "1"],
+    "bench_scaling": [
+        "--sizes",
+        "256",
+        "--series-size",
+        "256",
+        "--blocks",
+        "512",
+        "--batches",
+        "8",
+    ],
 }
 
 
-SLOW = {"bench_backends.py"}  # over 30 s: deselect with -m "not slow" when in a hurry
-PRINTS_JSON = {"bench_synth.py", "bench_train_cache.py"}  # their script mode prints one object
+# over 30 s (on a busy 2-core machine): deselect with -m "not slow" when in a hurry
+SLOW = {"bench_backends.py", "bench_peers.py", "bench_scaling.py"}
+PRINTS_JSON = {
+    "bench_synth.py",
+    "bench_train_cache.py",
+    "bench_soak.py",
+}  # their script mode prints one object
 
 
 def test_every_benchmark_has_a_smoke_run() -> None:
@@ -66,12 +115,38 @@ def test_benchmark_runs(name: str) -> None:
         pytest.skip(f"benchmarks/{name} is gone")
     args, why = SMOKE[name]
     print(f"benchmarks/{name}: {why}")
+    env = {**os.environ, **ENV.get(name, {})}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    for line in done.stdout.splitlines():
+        if line.startswith("SKIPPED"):
+            print(line)  # e.g. the TorchGeo peer where torchgeo is not installed
+    if name in PRINTS_JSON:
+        json.loads(done.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", sorted(REPORTS))
+def test_report_script_saves_results(module: str, tmp_path: Path) -> None:
+    """The script behind a results/ file writes both files, with where they came from."""
+    out = tmp_path / module
+    args = ["-m", f"benchmarks.{module}", *REPORTS[module], "--out", str(out)]
     done = subprocess.run(
         [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
-    assert done.returncode == 0, f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    if name in PRINTS_JSON:
-        json.loads(done.stdout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert {"device", "versions", "command", "commit"} <= report["provenance"].keys()
+    assert report["provenance"]["command"] in out.with_suffix(".md").read_text()
+    if module == "bench_peers":
+        results = report["comparisons"][0]["results"]
+        assert {"stmap", "rasterio", "png"} <= results.keys()
+        assert all(result["mpx_per_s"] > 0 for result in results.values())
+    else:
+        for series in ("size", "block", "batch"):
+            assert report[series] and all(point["peak_rss_mib"] > 0 for point in report[series])
 
 
 @pytest.mark.gpu

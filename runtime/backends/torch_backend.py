@@ -44,9 +44,10 @@ class TorchBackend:
         n = len(tiles)
         # Kernels are chosen (oneDNN, cuDNN) or compiled per batch shape, a cost paid
         # again for every new shape: short batches are padded to a few sizes, to the
-        # one size a compiled graph is specialised to.
+        # one size a compiled graph is specialised to; never past the largest batch
+        # seen, or --batch-size 1 would compute 8 tiles for one.
         self._static_batch = max(self._static_batch, n)
-        quantum = self._static_batch if self.compiled else BATCH_QUANTUM
+        quantum = self._static_batch if self.compiled else min(BATCH_QUANTUM, self._static_batch)
         padded = -(-n // quantum) * quantum
         if padded > n:
             pad = tiles.new_zeros((padded - n, *tiles.shape[1:]))
