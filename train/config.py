@@ -62,6 +62,15 @@ class TrainConfig(BaseModel):
     feature_cache: bool | int = Field(
         True, description="cache frozen-backbone features: true, false or a memory budget in bytes"
     )
+    photometric_augment: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "strength of per-tile colour/light augmentation of training batches (train/augment.py);"
+            " 0 = off, the paper's protocol; 1 = the documented ranges. A deviation from the "
+            "method, for models trained on synthetic styles (the demo bundle)"
+        ),
+    )
     num_workers: int = Field(2, ge=1, description="threads decoding tiles")
     lora_rank: int = Field(8, gt=0)
     lora_alpha: float = Field(16.0, gt=0)

@@ -15,13 +15,14 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from stmap.errors import DeviceError, InputError
 from stmap.model import DamageSegmenter, Normalize, TrainOutput
+from stmap.train.augment import photometric_augmenter
 from stmap.train.config import TrainConfig
 from stmap.train.datasets import TileData
 from stmap.train.features import FeatureCache
@@ -84,6 +85,9 @@ def trained_state(model: DamageSegmenter) -> dict[str, torch.Tensor]:
     }
 
 
+Augment = Callable[[torch.Tensor], torch.Tensor]  # raw (B, 3, S, S) → raw float, same shape
+
+
 class Inputs:
     """Tile positions → what the model and the losses need, on the device.
 
@@ -102,15 +106,24 @@ class Inputs:
         self.device = device
         self.cache = cache
 
-    def features(self, model: DamageSegmenter, index: torch.Tensor) -> torch.Tensor:
-        """(B,) positions → (B, D, h, w) backbone features."""
-        if self.cache is not None:
-            return self.cache(index)
-        return model.features(self.normalize(self.data.images[index].to(self.device)))
+    def features(
+        self, model: DamageSegmenter, index: torch.Tensor, augment: Augment | None = None
+    ) -> torch.Tensor:
+        """(B,) positions → (B, D, h, w) backbone features.
 
-    def outputs(self, model: DamageSegmenter, index: torch.Tensor) -> TrainOutput:
+        ``augment`` (training batches only) changes the raw pixels first, so it bypasses
+        the cache.
+        """
+        if self.cache is not None and augment is None:
+            return self.cache(index)
+        images = self.data.images[index].to(self.device)
+        return model.features(self.normalize(images if augment is None else augment(images)))
+
+    def outputs(
+        self, model: DamageSegmenter, index: torch.Tensor, augment: Augment | None = None
+    ) -> TrainOutput:
         """(B,) positions → TrainOutput(logits (B, 1, S, S), embedding, decoder feature)."""
-        return model.forward_from_features(self.features(model, index))
+        return model.forward_from_features(self.features(model, index, augment))
 
     def labels(self, index: torch.Tensor) -> torch.Tensor:
         """(B,) positions → (B, 1, S, S) float32 labels, 1 = damaged."""
@@ -208,11 +221,13 @@ def train_fold(
     """Train ``model`` on the tiles at ``train``; leave it at the epoch best on ``val``.
 
     train, val: (N,) int64 tile positions. Seeds: ``config.seed + fold`` for the
-    shuffling, pixel sampling, k-means and DPT draws.
+    shuffling, pixel sampling, k-means and DPT draws, and (its own generator) for the
+    optional photometric augmentation of training batches.
     """
     device = inputs.device
     cuda = device.type == "cuda"  # fp16 autocast + loss scaling on the GPU only
     generator = torch.Generator().manual_seed(config.seed + fold)
+    augment = photometric_augmenter(config.photometric_augment, config.seed + fold)
     prototypes = (None, None)
     if config.lambda_pc:
         prototypes = fit_pc_prototypes(
@@ -234,7 +249,7 @@ def train_fold(
             config.batch_size
         ):
             with torch.autocast(device.type, torch.float16, enabled=cuda):
-                out = inputs.outputs(model, index)
+                out = inputs.outputs(model, index, augment)
             loss, parts = total_loss(
                 out,
                 inputs.labels(index),

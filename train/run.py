@@ -263,6 +263,11 @@ def deliberate_differences(config: TrainConfig, frozen: bool, cached: bool) -> l
             "SSDC sources come from the config (the reference does not code the choice by "
             "damage level or distance)."
         )
+    if config.photometric_augment:
+        items.append(
+            f"Training batches get photometric augmentation (photometric_augment: "
+            f"{config.photometric_augment:g}, train/augment.py); the method trains without it."
+        )
     return items
 
 
