@@ -236,9 +236,11 @@ def _block_pieces(
         return [], np.zeros(damaged.shape, dtype=np.int32)
     polys, labels = _label_block(damaged, win.col_off, win.row_off)
     prob = prob_ds.read(1, window=win)
-    valid = prob != NODATA
-    psum = np.bincount(labels[valid], weights=prob[valid], minlength=len(polys) + 1)
-    pcount = np.bincount(labels[valid], minlength=len(polys) + 1)
+    # Only damaged pixels carry a polygon number: gather those, not the whole block.
+    inside = damaged & (prob != NODATA)
+    numbers = labels[inside]
+    psum = np.bincount(numbers, weights=prob[inside], minlength=len(polys) + 1)
+    pcount = np.bincount(numbers, minlength=len(polys) + 1)
     pieces = [(g, float(psum[k]), float(pcount[k])) for k, g in enumerate(polys, start=1)]
     return pieces, labels
 
