@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from rasterio.transform import from_origin
 
 from stmap.cli import main
-from stmap.errors import InputError, RasterError
+from stmap.errors import InputError, Interrupted, RasterError
 from stmap.io.inputs import SceneInput
 from stmap.io.mosaic import build_mosaic, utm_crs
 from stmap.runtime.infer import InferOptions, run_inference
@@ -296,7 +296,7 @@ def test_a_mosaic_resumes_and_refuses_changed_inputs(
         """Every block mapped and journalled, then stopped before the outputs."""
         with monkeypatch.context() as patch:
             patch.setattr("stmap.runtime.infer.write_cog", _interrupt)
-            with pytest.raises(KeyboardInterrupt):
+            with pytest.raises(Interrupted, match="run the same command again to resume"):
                 run_inference(inputs, out, options)
         assert (out / ".m.journal.json").exists()
 
