@@ -71,8 +71,9 @@ def test_tiny_run_figures_agree_with_each_other(result: dict[str, Any]) -> None:
     assert stride == tile - result["overlap"]
     tile_ratio = result["model_tile_mpx_per_s"] / result["model_mpx_per_s"]
     assert tile_ratio == pytest.approx((tile / stride) ** 2, rel=1e-3)
+    # efficiency is printed to 4 decimals: at a tiny size it can be small (0.03).
     assert result["efficiency"] == pytest.approx(
-        result["end_to_end_mpx_per_s"] / result["model_mpx_per_s"], rel=1e-3
+        result["end_to_end_mpx_per_s"] / result["model_mpx_per_s"], rel=1e-3, abs=5e-5
     )
     assert result["km2_per_hour"] == pytest.approx(
         result["end_to_end_mpx_per_s"] * 0.25 * 3600, rel=1e-3
