@@ -77,19 +77,7 @@ def test_an_aoi_that_misses_the_raster_is_refused_with_both_extents(
     bundle: Path, scene: Path, tmp_path: Path
 ) -> None:
     aoi = write_aoi(tmp_path / "far.gpkg", [(X0 + 5000, Y1 - 100, X0 + 5100, Y1)])
-    result = CliRunner().invoke(
-        main,
-        [
-            "infer",
-            str(scene),
-            "-o",
-            str(tmp_path / "out"),
-            "--model",
-            str(bundle),
-            "--aoi",
-            str(aoi),
-        ],
-    )
+    result = _infer_with_aoi(scene, tmp_path / "out", bundle, aoi)
     assert result.exit_code == 2, result.output
     assert "does not overlap" in result.output
     assert "(505000.0, 4199900.0)" in result.output  # the AOI's extent
@@ -104,19 +92,7 @@ def test_an_unreadable_aoi_is_refused(
     aoi = tmp_path / "aoi.geojson"
     if content is not None:
         aoi.write_bytes(content)
-    result = CliRunner().invoke(
-        main,
-        [
-            "infer",
-            str(scene),
-            "-o",
-            str(tmp_path / "out"),
-            "--model",
-            str(bundle),
-            "--aoi",
-            str(aoi),
-        ],
-    )
+    result = _infer_with_aoi(scene, tmp_path / "out", bundle, aoi)
     assert result.exit_code == 2, result.output
     assert f"--aoi {aoi}" in result.output
     assert not (tmp_path / "out").exists()
@@ -155,3 +131,9 @@ def test_a_windows_mask_is_that_part_of_the_whole_aois_mask(window) -> None:
     r, c, h, w = window
     part = aoi.mask(transform @ Affine.translation(c, r), h, w)
     np.testing.assert_array_equal(part, whole[r : r + h, c : c + w])
+
+
+def _infer_with_aoi(scene: Path, out: Path, bundle: Path, aoi: Path):
+    """``stmap infer SCENE -o OUT --model BUNDLE --aoi AOI`` through the CLI."""
+    args = ["infer", str(scene), "-o", str(out), "--model", str(bundle), "--aoi", str(aoi)]
+    return CliRunner().invoke(main, args)

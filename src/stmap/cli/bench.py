@@ -13,6 +13,7 @@ from stmap.cli.options import (
     json_option,
     model_option,
     quiet_option,
+    tta_option,
 )
 
 
@@ -26,13 +27,7 @@ from stmap.cli.options import (
     "(tile 128, decoder 256 channels), e.g. vit_large_patch16_dinov3.sat493m.",
 )
 @execution_options
-@click.option(
-    "--tta",
-    type=click.Choice(["none", "flip", "d4"]),
-    default="none",
-    show_default=True,
-    help="Test-time augmentation in both measurements; compare with none for its cost.",
-)
+@tta_option
 @click.option(
     "--size",
     type=click.IntRange(min=1),

@@ -16,6 +16,7 @@ from stmap.cli.options import (
     json_option,
     model_option,
     quiet_option,
+    tta_option,
 )
 
 
@@ -83,13 +84,7 @@ class BandList(click.ParamType):
     metavar="M",
     help="Side of the damage grid's square cells, in metres.",
 )
-@click.option(
-    "--tta",
-    type=click.Choice(["none", "flip", "d4"]),
-    default="none",
-    show_default=True,
-    help="Test-time augmentation: average over a flip (2×) or all 8 flips and turns (8×).",
-)
+@tta_option
 @click.option(
     "--threshold", type=float, default=None, help="Damage threshold [default: the model's]."
 )

@@ -21,6 +21,15 @@ model_option = click.option(
     help="Model bundle (directory or .zip); 'default' is the demo bundle shipped with stmap.",
 )
 
+tta_option = click.option(
+    "--tta",
+    type=click.Choice(["none", "flip", "d4"]),  # runtime.tta's modes (not imported: torch)
+    default="none",
+    show_default=True,
+    help="Test-time augmentation: average over a flip (2×) or all 8 flips and turns (8×), "
+    "at as many times the compute.",
+)
+
 
 def emit_json(obj: Any) -> None:
     """The one machine-readable object a command prints with --json."""
