@@ -17,13 +17,17 @@ grid, where the outputs live.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio._env import del_gdal_config
 from rasterio._err import CPLE_BaseError
 from rasterio.enums import MaskFlags, Resampling
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
@@ -112,11 +116,28 @@ def file_identity(info: RasterInfo) -> dict[str, Any]:
     return identity
 
 
-def streaming_env() -> rasterio.Env:
+@contextmanager
+def streaming_env() -> Iterator[None]:
     """GDAL settings for streaming whole rasters: a bounded block cache (GDAL's default
     is 5 % of RAM, which a large raster fills, so memory would grow with its size), and
-    range reads of remote rasters (``/vsicurl/``, ``/vsis3/``) in few, large requests."""
-    return rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES, **REMOTE_READS)
+    range reads of remote rasters (``/vsicurl/``, ``/vsis3/``) in few, large requests.
+
+    The remote settings are set process-wide for the duration, outside rasterio's
+    per-thread Env bookkeeping, so that every thread (readers, finalisation) opens
+    remote files with them; previous values come back afterwards.
+    """
+    previous = {key: get_gdal_config(key, normalize=False) for key in REMOTE_READS}
+    for key, value in REMOTE_READS.items():
+        set_gdal_config(key, str(value), normalize=False)
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES):
+            yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                del_gdal_config(key)
+            else:
+                set_gdal_config(key, value, normalize=False)
 
 
 class BlockReader:
