@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import resource
 import shutil
@@ -57,11 +56,10 @@ from benchmarks.peers import png_tiles, rasterio_windows, torchgeo_grid
 from benchmarks.peers.common import model_geometry
 from benchmarks.peers.inputs import MODELS, city, model, threshold_for
 from benchmarks.peers.report import (
-    load_average,
+    finish,
     markdown_table,
     provenance,
     provenance_lines,
-    save,
 )
 from stmap.runtime.infer import InferOptions, run_inference
 
@@ -337,12 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.model or ["default"]
         ],
     )
-    report["provenance"]["device"]["load_average_at_end"] = load_average()
-    if args.out:
-        save(report, markdown(report), args.out)
-        print(f"wrote {args.out}.json and {args.out}.md", file=sys.stderr)
-    else:
-        print(json.dumps(report, indent=2))
+    finish(report, markdown(report), args.out)
     return 0
 
 

@@ -36,33 +36,21 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.peers.inputs import city
 from stmap.bundle import default_bundle_path, open_bundle
 from stmap.runtime.backends.base import Batcher, create_backend
 from stmap.runtime.grid import TileGrid
 from stmap.runtime.infer import InferOptions, run_inference
 from tests.runtime.infer_data import make_varied_bundle
 
-DATA = Path(tempfile.gettempdir()) / "stmap-bench"
 TILE, OVERLAP, THRESHOLD = 128, 16, 0.7
 ROUNDS = 5
-
-
-def city(size: int) -> Path:
-    """A size × size px synthetic city at 0.5 m, made once and cached."""
-    from stmap.synth import generate_city
-
-    path = DATA / f"city{size}.tif"
-    if not path.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
-        generate_city(path, width=size, height=size, seed=0, overwrite=True)
-    return path
 
 
 @pytest.fixture(scope="module", params=[None, 8, 64], ids=["demo", "decoder8", "decoder64"])

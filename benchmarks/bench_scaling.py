@@ -40,11 +40,10 @@ import pytest
 
 from benchmarks.peers.inputs import city
 from benchmarks.peers.report import (
-    load_average,
+    finish,
     markdown_table,
     provenance,
     provenance_lines,
-    save,
 )
 from stmap.bundle import default_bundle_path
 
@@ -228,12 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"provenance": provenance(), "model": "default (demo bundle)"}
     with tempfile.TemporaryDirectory(prefix="stmap-scaling-") as tmp:
         report.update(run_series(sizes, args.blocks, args.batches, series_size, Path(tmp)))
-    report["provenance"]["device"]["load_average_at_end"] = load_average()
-    if args.out:
-        save(report, markdown(report), args.out)
-        print(f"wrote {args.out}.json and {args.out}.md", file=sys.stderr)
-    else:
-        print(json.dumps(report, indent=2))
+    finish(report, markdown(report), args.out)
     return 0
 
 

@@ -89,6 +89,16 @@ def save(report: dict[str, Any], markdown: str, stem: Path) -> None:
     stem.with_suffix(".md").write_text(markdown.rstrip() + "\n")
 
 
+def finish(report: dict[str, Any], markdown: str, stem: Path | None) -> None:
+    """Stamp the load average at the end, then save to ``stem`` or print the JSON."""
+    report["provenance"]["device"]["load_average_at_end"] = load_average()
+    if stem:
+        save(report, markdown, stem)
+        print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    else:
+        print(json.dumps(report, indent=2))
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
