@@ -107,7 +107,7 @@ class MapWorker:
         """The blocks of one strip into the strip's partial rasters (resumed from its journal)."""
         with streaming_env():
             blocks = strip.blocks(_block_cols(plan))
-            result, run = stream_blocks(
+            result, run, _ = stream_blocks(
                 plan, strip.out, self.session, None, log.warning, blocks=blocks
             )
         times = result.times.as_dict()
@@ -198,10 +198,11 @@ def assemble_strips(
     session: Session,
     progress: ProgressFactory | None,
     warn: Callable[[str], None],
-) -> tuple[PipelineResult, dict[str, Any]]:
+) -> tuple[PipelineResult, dict[str, Any], None]:
     """Copy the mapped blocks of ``strips`` into the scene's partial rasters (a ``Stream``).
 
-    Blocks with no valid pixel are left unwritten, as a single run leaves them.
+    Blocks with no valid pixel are left unwritten, as a single run leaves them. No
+    sketches: the finishing steps read what they need from the assembled rasters.
     """
     start = time.perf_counter()
     info = plan.info
@@ -240,7 +241,7 @@ def assemble_strips(
         seconds=sum(r.seconds for r in strips) + time.perf_counter() - start,
         times=times,
     )
-    return pipeline, {**strips[0].run, "strips": len(strips)}
+    return pipeline, {**strips[0].run, "strips": len(strips)}, None
 
 
 def _copy_strip(

@@ -52,7 +52,7 @@ from stmap.runtime.backends.base import (
     resolve_device,
 )
 from stmap.runtime.buildings import building_damage, building_facts
-from stmap.runtime.density_grid import damage_grid, grid_facts
+from stmap.runtime.density_grid import GridTally, damage_grid, grid_facts
 from stmap.runtime.grid import (
     BlockPlan,
     TileGrid,
@@ -64,6 +64,7 @@ from stmap.runtime.journal import Journal
 from stmap.runtime.pipeline import DAMAGE, PROB, Pipeline, PipelineResult
 from stmap.runtime.quicklook import write_quicklook
 from stmap.runtime.report import write_report
+from stmap.runtime.sketches import Sketches
 from stmap.runtime.summary import build_summary, run_summary
 from stmap.runtime.tta import TTA_MODES, with_tta
 from stmap.runtime.vectorize import damage_cutoff, damage_polygons
@@ -225,10 +226,11 @@ class RunPlan:
         return Session(self.bundle, self.options, self.threshold, self.overlap, device)
 
 
-# Fills an input's partial rasters: (plan, out, session, progress, warn) → (result, run facts)
+# Fills an input's partial rasters: (plan, out, session, progress, warn) → (result, run
+# facts, what the finishing steps gathered on the way or None)
 Stream = Callable[
     [InputPlan, OutputPaths, Session, ProgressFactory | None, Callable[[str], None]],
-    tuple[PipelineResult, dict[str, Any]],
+    tuple[PipelineResult, dict[str, Any], Sketches | None],
 ]
 
 
@@ -442,11 +444,11 @@ def map_input(
     warn = _Warnings()
     for note in plan.notes:
         log.info("%s: %s", plan.info.path, note)
-    result, run = (stream or stream_blocks)(plan, out, session, progress, warn)
+    result, run, sketches = (stream or stream_blocks)(plan, out, session, progress, warn)
     if result.valid_pixels == 0:
         warn(f"{plan.info.path}: no valid pixel (all nodata or masked); the outputs are empty")
     try:
-        return _finish(plan, out, session, result, run, warn, start)
+        return _finish(plan, out, session, result, run, sketches, warn, start)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted while finishing the outputs of {plan.info.path}: its mapped blocks "
@@ -460,12 +462,13 @@ def _finish(
     session: Session,
     result: PipelineResult,
     run: dict[str, Any],
+    sketches: Sketches | None,
     warn: _Warnings,
     start: float,
 ) -> dict[str, Any]:
     """COGs, vectors, grid, quicklook, summary and report of a mapped input, published."""
     t_finalise = time.perf_counter()
-    facts = _finalise(plan, out, session.threshold, session.options, warn)
+    facts = _finalise(plan, out, session.threshold, session.options, sketches, warn)
     finalise_s = time.perf_counter() - t_finalise
     damaged_area = facts["damaged_area_m2"]
     if not math.isfinite(damaged_area):  # polygons have no area without a CRS
@@ -503,10 +506,11 @@ def stream_blocks(
     progress: ProgressFactory | None,
     warn: Callable[[str], None],
     blocks: Collection[int] | None = None,
-) -> tuple[PipelineResult, dict[str, Any]]:
+) -> tuple[PipelineResult, dict[str, Any], Sketches]:
     """Every block not yet journalled through the pipeline into the partial rasters.
 
     blocks: only these block indices (a strip of the scene); None: all of them.
+    Returns the pipeline's result, the run's facts and what its taps gathered.
     """
     bundle, options, info = session.bundle, session.options, plan.info
     manifest, threshold, overlap = bundle.manifest, session.threshold, session.overlap
@@ -561,6 +565,21 @@ def stream_blocks(
     )
     workers = options.workers or (1 if backend.device.type == "cpu" else 4)
     batcher = Batcher(backend, options.batch_size)
+    grid_tally = GridTally(
+        info.crs,
+        info.transform,
+        info.width,
+        info.height,
+        threshold=threshold,
+        cell_m=options.grid_m,
+        gsd_m=math.sqrt(plan.pixel_area_m2),  # used when the raster has no CRS
+    )
+    sketches = Sketches.for_input(
+        info,
+        len(plan.bands),
+        grid_tally,
+        sample_image=plan.model_transform is None and plan.aoi is None,
+    )
     bar = progress(out.stem, info.width * info.height) if progress else nullcontext(None)
     with bar as advance:
         pipeline = Pipeline(
@@ -574,6 +593,8 @@ def stream_blocks(
             checkpoint_s=options.checkpoint_s,
             progress=advance,
             blocks=blocks,
+            source_tap=sketches.source_tap,
+            output_tap=sketches.output_tap,
         )
         try:
             result = pipeline.run()
@@ -600,7 +621,7 @@ def stream_blocks(
         "threshold": threshold,
         "tta": options.tta,
     }
-    return result, run
+    return result, run, sketches
 
 
 def _finalise(
@@ -608,12 +629,13 @@ def _finalise(
     out: OutputPaths,
     threshold: float,
     options: InferOptions,
+    sketches: Sketches | None,
     warn: _Warnings,
 ) -> dict[str, Any]:
     """COGs, polygons, buildings, damage grid and quicklook, staged for publication.
 
     Every step reads the partial rasters, not the COGs, so none waits for another:
-    the COGs (GDAL, multi-threaded) and the quicklook (a decimated read of the input,
+    the COGs (GDAL, multi-threaded) and the quicklook (its thumbnails completed,
     rendering, PNG) run in threads beside the polygons and buildings.
     """
     empty_dir(out.staging)
@@ -627,6 +649,8 @@ def _finalise(
             out.staging / out.final("quicklook.png"),
             threshold=threshold,
             bands=plan.bands,
+            image=sketches.image if sketches else None,
+            prob=sketches.prob if sketches else None,
         )
         polygons = damage_polygons(damage, prob)
         write_vector(out.staging / out.final("damage.gpkg"), polygons)
@@ -645,6 +669,7 @@ def _finalise(
             cell_m=options.grid_m,
             buildings=buildings,
             gsd_m=math.sqrt(plan.pixel_area_m2),  # used when the raster has no CRS
+            tally=sketches.grid if sketches else None,
         )
         write_vector(out.staging / out.final("grid.gpkg"), grid, geometry_type="Polygon")
         facts["grid"] = grid_facts(grid, options.grid_m)

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 PROB, DAMAGE = "prob", "damage"  # the two layers the writer receives, in this order
 _DONE = object()  # end-of-stream marker on a queue
 _POLL_S = 0.2  # how often a blocked thread looks up to see whether it should stop
+# (block, pixels on block.source or None, validity on block.out or None) in a reader
+SourceTap = Callable[[Block, np.ndarray | None, np.ndarray | None], None]
+OutputTap = Callable[[Block, np.ndarray | None], None]  # (block, (2, h, w) layers or None)
 
 
 @dataclass
@@ -155,6 +158,12 @@ class Pipeline:
         out over several workers); None: all of them. A block's result does not depend
         on which run maps it (one global tile grid), so strips add up to the whole.
     progress: called from the writer thread with the output pixels of each block.
+    source_tap: called from a reader thread with each block, its pixels (C, h, w) on
+        ``block.source`` (None: no valid pixel, nothing read) and its validity on
+        ``block.out`` (None: all valid); it must not keep ``pixels``, a pool buffer.
+    output_tap: called from the writer thread with each block and its (2, h, w)
+        layers (None: no valid pixel). Taps let the finishing steps gather what they
+        need while the blocks pass, instead of reading the rasters again afterwards.
     """
 
     def __init__(
@@ -171,12 +180,16 @@ class Pipeline:
         checkpoint_s: float = 1.0,
         progress: Callable[[int], None] | None = None,
         blocks: Collection[int] | None = None,
+        source_tap: SourceTap | None = None,
+        output_tap: OutputTap | None = None,
     ):
         self.plan, self.spec, self.batcher = plan, spec, batcher
         self.writer, self.journal = writer, journal
         self.cutoff, self.workers, self.checkpoint_s = cutoff, workers, checkpoint_s
         self.progress = progress or (lambda pixels: None)
         self.blocks = range(len(plan)) if blocks is None else sorted(blocks)  # row-major
+        self.source_tap = source_tap or (lambda block, pixels, valid: None)
+        self.output_tap = output_tap or (lambda block, layers: None)
         self.device = batcher.backend.device
         self.blender = Blender(plan.grid, self.device)
         self.shared = SharedTiles(plan, self.device)
@@ -248,6 +261,7 @@ class Pipeline:
         out = block.out
         valid = reader.read_valid(out.row_off, out.col_off, out.height, out.width)
         if valid is not None and not valid.any():
+            self.source_tap(block, None, valid)
             self.times.add("read", time.perf_counter() - t0)
             return _Loaded(block, None, None, None)  # no valid pixel: never reaches the model
         if valid is not None and valid.all():
@@ -257,6 +271,7 @@ class Pipeline:
         pixels = buffer[: len(self.spec.bands) * src.size].view(-1, src.height, src.width)
         # rasterio decodes straight into the (pinned) buffer: no extra host copy.
         reader.read_pixels(src.row_off, src.col_off, src.height, src.width, out=pixels.numpy())
+        self.source_tap(block, pixels.numpy(), valid)
         self.times.add("read", time.perf_counter() - t0)
         return _Loaded(block, pixels, valid, buffer)
 
@@ -360,6 +375,7 @@ class Pipeline:
                 block, layers = item
                 t0 = time.perf_counter()
                 pending[block.index] = self._write_block(block, layers)
+                self.output_tap(block, layers)
                 if time.perf_counter() - last >= self.checkpoint_s:
                     self._checkpoint(pending)
                     last = time.perf_counter()

@@ -1,11 +1,13 @@
 """A downsampled RGB view of a scene with the damage drawn over it, as a PNG.
 
-Image and probabilities are read decimated (`out_shape`, averaging), so GDAL uses
-the files' overviews when they have them and never holds the full-resolution
-raster. The image is stretched per band (2-98 %) and slightly desaturated so the
-overlay stands out: damage (prob > threshold) is a half-transparent red fill with
-a solid bright-red outline; pixels without imagery are flat dark grey and
-pixels without a prediction are dimmed to grey.
+Image and probabilities come as thumbnails (``thumbnail.Thumbnail``): sampled
+from the blocks while the run streams them, and completed from the files for
+whatever that run did not see, so the full-resolution rasters are never held and,
+in a plain run, the input is not decoded twice. The image is stretched per band
+(2-98 %) and slightly desaturated so the overlay stands out: damage (prob >
+threshold) is a half-transparent red fill with a solid bright-red outline; pixels
+without imagery are flat dark grey and pixels without a prediction are dimmed to
+grey.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rasterio.enums import Resampling
+from rasterio.windows import Window
 
 from stmap.errors import RasterError
 from stmap.io.raster import open_raster
-from stmap.io.writers import write_png
+from stmap.io.writers import NODATA, write_png
 
+from .thumbnail import Thumbnail
 from .vectorize import damage_cutoff
 
 DAMAGE_FILL = np.array([235, 25, 35], dtype=np.float32)  # red, drawn at FILL_ALPHA
@@ -28,14 +31,23 @@ FILL_ALPHA = 0.55
 DAMAGE_EDGE = np.array([255, 235, 60], dtype=np.float32)  # yellow outline
 NO_IMAGE = 40  # grey level where the image has no data
 DESATURATE = 0.6  # share of grey mixed into the image, so only damage is vivid
+# The PNG's longer side. 1024 keeps the PNG near 2 MB and its encoding (zlib,
+# single-threaded) a fraction of a second; at 2048 px it costs more than mapping a
+# small city.
+MAX_SIZE = 1024
 
 
-def quicklook_shape(width: int, height: int, max_size: int) -> tuple[int, int]:
+def quicklook_shape(width: int, height: int, max_size: int = MAX_SIZE) -> tuple[int, int]:
     """(rows, cols) of a view whose longer side is at most max_size, same aspect."""
     scale = max(width, height) / max_size
     if scale <= 1:
         return height, width
     return max(1, round(height / scale)), max(1, round(width / scale))
+
+
+def image_thumbnail(width: int, height: int, bands: int, dtype: str) -> Thumbnail:
+    """An empty thumbnail of a width × height input image, at the quicklook's size."""
+    return Thumbnail(height, width, quicklook_shape(width, height), bands, dtype)
 
 
 def write_quicklook(
@@ -45,7 +57,9 @@ def write_quicklook(
     *,
     threshold: float,
     bands: Sequence[int] = (1, 2, 3),
-    max_size: int = 1024,
+    max_size: int = MAX_SIZE,
+    image: Thumbnail | None = None,
+    prob: Thumbnail | None = None,
 ) -> Path:
     """Write a PNG of `image_path` with the damage of `prob_path` drawn over it.
 
@@ -53,9 +67,10 @@ def write_quicklook(
         when one band is given.
     prob_path: uint8 probability × 255 (nodata 255) covering the same extent.
     threshold: damage is drawn where prob / 255 > threshold.
-    max_size: the longer side of the PNG in pixels (never upsampled). 1024 keeps the
-        PNG near 2 MB and its encoding (zlib, single-threaded) a fraction of a second;
-        at 2048 px it costs more than mapping a small city.
+    max_size: the longer side of the PNG in pixels (never upsampled); used when no
+        thumbnails are given.
+    image, prob: thumbnails of the two rasters already (partly) sampled during the
+        run, on the same shape; what they miss is read from the files.
     The PNG appears at `out_png` only once complete. Returns its path.
     """
     with open_raster(image_path) as img, open_raster(prob_path) as prob_ds:
@@ -64,12 +79,19 @@ def write_quicklook(
                 f"{img.name}: has {img.count} band(s), cannot show bands {list(bands)}"
             )
         shape = quicklook_shape(img.width, img.height, max_size)
-        image = img.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.average)
-        has_image = img.dataset_mask(out_shape=shape) > 0
-        prob = prob_ds.read(1, out_shape=shape, resampling=Resampling.average, masked=True)
-    return write_png(
-        Path(out_png), render_quicklook(image, has_image, prob, damage_cutoff(threshold))
-    )
+        if image is None:
+            image = Thumbnail(img.height, img.width, shape, len(bands), img.dtypes[0])
+        if prob is None:
+            prob = Thumbnail(prob_ds.height, prob_ds.width, image.pixels.shape[1:], 1)
+
+        def read_image(window: Window) -> tuple[np.ndarray, np.ndarray]:
+            return img.read(list(bands), window=window), img.dataset_mask(window=window) > 0
+
+        image.fill(read_image)
+        prob.fill(lambda window: (prob_ds.read([1], window=window), None))
+    probs = np.ma.masked_equal(prob.pixels[0], NODATA)
+    rgb = render_quicklook(image.pixels, image.valid, probs, damage_cutoff(threshold))
+    return write_png(Path(out_png), rgb)
 
 
 def render_quicklook(

@@ -28,6 +28,7 @@ from pyproj import CRS, Geod
 from rasterio.crs import CRS as RioCRS
 from rasterio.transform import Affine
 from rasterio.windows import Window
+from scipy import ndimage
 
 from stmap.errors import RasterError
 from stmap.io.raster import open_raster
@@ -35,6 +36,7 @@ from stmap.io.vectors import VectorTable, crs_string
 
 NODATA = 255
 CONNECTIVITY = 4
+_CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity for labelling
 
 
 def damage_cutoff(threshold: float) -> int:
@@ -251,28 +253,20 @@ def _label_block(
     """Polygonise one block's damaged pixels and label each pixel with its polygon.
 
     damaged: (h, w) bool. Returns the N Polygons in global pixel coordinates and an
-    (h, w) int32 raster of 1-based polygon numbers (0 = not damaged). Rasterising
-    the polygons back (pixel centres, edges on pixel borders) reproduces exactly
-    the 4-connected components that `shapes` traced.
+    (h, w) int32 raster of 1-based polygon numbers (0 = not damaged). The pixels are
+    labelled first (4-connected components) and the labels traced, so each polygon
+    comes with its number and no rasterisation back is needed.
     """
-    offset = Affine.translation(col_off, row_off)
-    pieces = [
-        shapely.geometry.shape(geom)
-        for geom, _ in rasterio.features.shapes(
-            damaged.view(np.uint8),
-            mask=damaged,
-            connectivity=CONNECTIVITY,
-            transform=offset,
-        )
-    ]
-    labels = rasterio.features.rasterize(
-        zip(pieces, range(1, len(pieces) + 1), strict=True),
-        out_shape=damaged.shape,
-        transform=offset,
-        fill=0,
-        all_touched=False,
-        dtype=np.int32,
-    )
+    labels, count = ndimage.label(damaged, structure=_CROSS)
+    labels = labels.astype(np.int32, copy=False)
+    pieces: list[shapely.Geometry] = [None] * count
+    for geom, number in rasterio.features.shapes(
+        labels,
+        mask=damaged,
+        connectivity=CONNECTIVITY,
+        transform=Affine.translation(col_off, row_off),
+    ):
+        pieces[int(number) - 1] = shapely.geometry.shape(geom)
     return pieces, labels
 
 

@@ -150,7 +150,14 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
         with rasterio.Env(GDAL_PAM_ENABLED="NO"), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(
-                tmp, "w", driver="PNG", width=width, height=height, count=count, dtype="uint8"
+                tmp,
+                "w",
+                driver="PNG",
+                width=width,
+                height=height,
+                count=count,
+                dtype="uint8",
+                ZLEVEL=1,  # 2× faster than the default 6; the file is a few % larger
             ) as dst:
                 dst.write(rgb)
         os.replace(tmp, path)
