@@ -148,6 +148,29 @@ def cut_tiles(window: torch.Tensor, tile: int, stride: int) -> torch.Tensor:
     return views.permute(1, 2, 3, 4, 0).reshape(-1, tile, tile, c).permute(0, 3, 1, 2)
 
 
+def mirror_pad(
+    x: torch.Tensor, rows: np.ndarray, cols: np.ndarray, row_span: slice, col_span: slice
+) -> torch.Tensor:
+    """``x[:, rows][:, :, cols]``, where rows[row_span] and cols[col_span] run straight
+    through ``x``: the middle is one slice copy, only the margins are gathered."""
+    out = x.new_empty((x.shape[0], len(rows), len(cols)))
+    r, c = rows[row_span], cols[col_span]
+    middle = x[:, r[0] : r[-1] + 1]
+    out[:, row_span, col_span] = middle[:, :, c[0] : c[-1] + 1]
+    for margin in (slice(0, col_span.start), slice(col_span.stop, len(cols))):
+        if margin.stop > margin.start:
+            out[:, row_span, margin] = middle.index_select(2, _index(cols[margin], x))
+    for margin in (slice(0, row_span.start), slice(row_span.stop, len(rows))):
+        if margin.stop > margin.start:
+            strip = x.index_select(1, _index(rows[margin], x))
+            out[:, margin] = strip.index_select(2, _index(cols, x))
+    return out
+
+
+def _index(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(values).to(like.device)
+
+
 class Pipeline:
     """Maps the blocks of one plan not yet in the journal, writing them as they finish.
 
@@ -350,8 +373,10 @@ class Pipeline:
         grid, read, src = self.plan.grid, block.read, block.source
         rows = reflect_index(read.row_off, read.row_stop, grid.height) - src.row_off
         cols = reflect_index(read.col_off, read.col_stop, grid.width) - src.col_off
-        x = x.index_select(1, torch.from_numpy(rows).to(x.device))
-        return x.index_select(2, torch.from_numpy(cols).to(x.device))
+        # The read window's pixels inside the raster: straight through the source.
+        row_span = slice(max(0, -read.row_off), min(read.height, grid.height - read.row_off))
+        col_span = slice(max(0, -read.col_off), min(read.width, grid.width - read.col_off))
+        return mirror_pad(x, rows, cols, row_span, col_span)
 
     def _taps(self, block: Block):
         (sy, sx), grid, out, region = self.plan.scale, self.plan.grid, block.out, block.region
