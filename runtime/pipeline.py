@@ -8,6 +8,8 @@
 
 Python touches blocks, never tiles. The tiles a block shares with the blocks below
 and to its right are handed over (``SharedTiles``) rather than computed twice.
+Taps hand each block, as the readers and the writer hold it, to the finishing
+steps (``sketches``): what they need is gathered on the way, not read back after.
 Memory is bounded by the buffer pool and the queue depths, whatever the raster's
 size. The same code runs on CPU and CUDA: the only differences are pinned host
 buffers and the synchronisations that make the per-stage timers honest on an
