@@ -14,19 +14,21 @@ from collections.abc import Iterator
 import numpy as np
 from rasterio.windows import Window
 
-COVER = 512  # coverage is kept per 512-px tile: blocks are made of whole tiles
+COVER = 512  # the pipeline's blocks are made of whole 512-px tiles
+FILL_BLOCK = 2048  # what is read back is read in blocks of up to this size
 
 
 class Coverage:
-    """Which windows of a height × width raster something has seen, per 512-px tile.
+    """Which windows of a height × width raster something has seen, per ``tile`` px.
 
-    Windows start on multiples of ``COVER`` and end on one or at the raster's edge,
-    as the pipeline's blocks do; several threads may add windows at once.
+    Windows start on multiples of ``tile`` and end on one or at the raster's edge,
+    as the pipeline's blocks do on the 512-px tiles; several threads may add
+    windows at once.
     """
 
-    def __init__(self, height: int, width: int):
-        self.height, self.width = height, width
-        self._tiles = np.zeros((math.ceil(height / COVER), math.ceil(width / COVER)), bool)
+    def __init__(self, height: int, width: int, tile: int = COVER):
+        self.height, self.width, self.tile = height, width, tile
+        self._tiles = np.zeros((math.ceil(height / tile), math.ceil(width / tile)), bool)
         self._lock = threading.Lock()
 
     @property
@@ -34,23 +36,42 @@ class Coverage:
         return bool(self._tiles.all())
 
     def add(self, row_off: int, col_off: int, height: int, width: int) -> None:
-        row_stop, col_stop = row_off + height, col_off + width
+        row_stop, col_stop, tile = row_off + height, col_off + width, self.tile
         spans = ((row_off, row_stop, self.height), (col_off, col_stop, self.width))
         for offset, stop, size in spans:
-            if offset % COVER or (stop % COVER and stop != size):
-                raise ValueError(f"window {offset}–{stop} does not lie on the {COVER}-px tiles")
+            if offset % tile or (stop % tile and stop != size):
+                raise ValueError(f"window {offset}–{stop} does not lie on the {tile}-px tiles")
         with self._lock:
             self._tiles[
-                row_off // COVER : math.ceil(row_stop / COVER),
-                col_off // COVER : math.ceil(col_stop / COVER),
+                row_off // tile : math.ceil(row_stop / tile),
+                col_off // tile : math.ceil(col_stop / tile),
             ] = True
 
-    def missing(self) -> Iterator[Window]:
-        """Windows not yet seen, one per run of unseen tiles along a row of tiles."""
-        for i, row in enumerate(self._tiles):
-            gaps = np.flatnonzero(np.diff(np.concatenate([[1], row.view(np.int8), [1]])))
-            for start, stop in gaps.reshape(-1, 2):
-                r0, c0 = i * COVER, int(start) * COVER
-                yield Window(
-                    c0, r0, min(int(stop) * COVER, self.width) - c0, min(COVER, self.height - r0)
-                )
+    def covers(self, row_off: int, col_off: int, height: int, width: int) -> bool:
+        """Whether every tile a window touches has been seen (windows may be off the tiles)."""
+        t = self.tile
+        rows = slice(max(row_off, 0) // t, math.ceil(min(row_off + height, self.height) / t))
+        cols = slice(max(col_off, 0) // t, math.ceil(min(col_off + width, self.width) / t))
+        return bool(self._tiles[rows, cols].all())
+
+    def missing(self, block: int | None = None) -> Iterator[Window]:
+        """Windows not yet seen, within blocks of ``block`` px (a multiple of the tile;
+        default ``FILL_BLOCK`` or the tile): a wholly unseen block as one window, else
+        each run of unseen tiles along a row of tiles."""
+        k = max(1, (block or max(FILL_BLOCK, self.tile)) // self.tile)
+        for bi in range(0, self._tiles.shape[0], k):
+            for bj in range(0, self._tiles.shape[1], k):
+                cell = self._tiles[bi : bi + k, bj : bj + k]
+                if not cell.any():
+                    yield self._window(bi, bj, bi + cell.shape[0], bj + cell.shape[1])
+                    continue
+                for i, row in enumerate(cell, start=bi):
+                    gaps = np.flatnonzero(np.diff(np.concatenate([[1], row.view(np.int8), [1]])))
+                    for start, stop in gaps.reshape(-1, 2):
+                        yield self._window(i, bj + int(start), i + 1, bj + int(stop))
+
+    def _window(self, i0: int, j0: int, i1: int, j1: int) -> Window:
+        """The window of tiles [i0, i1) × [j0, j1), clipped to the raster."""
+        t = self.tile
+        r0, c0 = i0 * t, j0 * t
+        return Window(c0, r0, min(j1 * t, self.width) - c0, min(i1 * t, self.height) - r0)

@@ -579,6 +579,7 @@ def stream_blocks(
         len(plan.bands),
         grid_tally,
         sample_image=plan.model_transform is None and plan.aoi is None,
+        trace_damage=backend.device.type != "cpu",  # see Sketches: only where cores idle
     )
     bar = progress(out.stem, info.width * info.height) if progress else nullcontext(None)
     with bar as advance:
@@ -652,7 +653,7 @@ def _finalise(
             image=sketches.image if sketches else None,
             prob=sketches.prob if sketches else None,
         )
-        polygons = damage_polygons(damage, prob)
+        polygons = damage_polygons(damage, prob, tracer=sketches.tracer if sketches else None)
         write_vector(out.staging / out.final("damage.gpkg"), polygons)
         areas = polygons.attributes["area_m2"]
         facts: dict[str, Any] = {

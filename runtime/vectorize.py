@@ -34,6 +34,8 @@ from stmap.errors import RasterError
 from stmap.io.raster import open_raster
 from stmap.io.vectors import VectorTable, crs_string
 
+from .coverage import COVER, Coverage
+
 NODATA = 255
 CONNECTIVITY = 4
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity for labelling
@@ -64,6 +66,7 @@ def damage_polygons(
     *,
     block_size: int = 2048,
     min_area_m2: float = 0.0,
+    tracer: DamageTracer | None = None,
 ) -> VectorTable:
     """Polygons of the damaged regions (value 1) of a uint8 damage mask.
 
@@ -75,13 +78,18 @@ def damage_polygons(
     prob / 255 over the polygon's pixels, nodata excluded; NaN if none), keeping
     those with area_m2 >= min_area_m2. Working memory: one block of each raster
     plus the pieces along one row of block edges, whatever the raster size.
+    block_size: the windows read (and traced) from the rasters.
+    tracer: what the run already traced; None: everything is read.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    with open_raster(mask_path) as mask_ds, open_raster(prob_path) as prob_ds:
-        _check_same_grid(mask_ds, prob_ds)
-        pixel_polys, sums, counts = _polygonise(mask_ds, prob_ds, block_size)
+    with open_raster(mask_path) as mask_ds:
         crs, transform = mask_ds.crs, mask_ds.transform
+        if tracer is None:
+            tracer = DamageTracer(mask_ds.height, mask_ds.width, tile=block_size)
+    tile = tracer.coverage.tile
+    tracer.fill(mask_path, prob_path, block=max(1, block_size // tile) * tile)
+    pixel_polys, sums, counts = tracer.pieces()
 
     bounds = shapely.bounds(pixel_polys).reshape(-1, 4)
     order = np.lexsort((bounds[:, 0], bounds[:, 1]))  # top row first, then left
@@ -165,80 +173,163 @@ class _Pieces:
         return merged
 
 
-def _polygonise(
-    mask_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader, block_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Damaged regions in pixel coordinates with their prob sums and pixel counts.
+@dataclass
+class _Edge:
+    """The piece ids along one side of a window: the row (or column) of pixels
+    ``line``, from ``start`` along it, waiting for the window across."""
 
-    Returns (N,) Polygons (x = column, y = row, integer vertices), (N,) float64 sum
-    of prob over their valid prob pixels and (N,) float64 count of those pixels.
+    line: int
+    start: int
+    ids: np.ndarray
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.ids)
+
+
+# A window's side → the side it faces across the edge, and which way the neighbour lies.
+_FACING = {"top": ("bottom", -1), "bottom": ("top", 1), "left": ("right", -1), "right": ("left", 1)}
+
+
+class DamageTracer:
+    """Damaged regions traced window by window, in any order, joined across windows.
+
+    The run's writer hands each block to ``add`` as it passes; ``fill`` reads from
+    the finished rasters only the windows nobody added (blocks mapped before a
+    resume, or by other workers); ``pieces`` then merges what remains. A piece
+    waits while one of its pixels lies on a window side whose neighbour has not
+    come yet; sides are matched pixel by pixel (4-neighbours across the edge), not
+    by geometry tests. In row-major order only one row of windows' sides waits.
     """
-    width, height = mask_ds.width, mask_ds.height
-    done: list[tuple[shapely.Geometry, float, float]] = []
-    pending = _Pieces()
-    above = np.zeros(width, dtype=np.int64)  # piece ids along the previous block row's bottom
-    next_id = 1
-    for windows in block_windows(width, height, block_size):
-        below = np.zeros(width, dtype=np.int64)
-        left = np.zeros(0, dtype=np.int64)  # piece ids along the previous block's right edge
-        for win in windows:
-            c0, r0, w, h = win.col_off, win.row_off, win.width, win.height
-            pieces, labels = _block_pieces(mask_ds, prob_ds, win)
-            # Piece ids along the block's left, top, right and bottom edges.
-            west, north, east, south = (
-                np.where(edge > 0, edge.astype(np.int64) + (next_id - 1), 0)
-                for edge in (labels[:, 0], labels[0], labels[:, -1], labels[-1])
-            )
-            shared = [  # the edges this block shares with another block
-                west if c0 > 0 else None,
-                north if r0 > 0 else None,
-                east if c0 + w < width else None,
-                south if r0 + h < height else None,
-            ]
-            on_edge = set(np.concatenate([e for e in shared if e is not None] + [[0]]).tolist())
-            for gid, piece in enumerate(pieces, start=next_id):
-                if gid in on_edge:
-                    pending.add(gid, piece)
-                else:
-                    done.append(piece)
-            next_id += len(pieces)
-            # 4-neighbours across the left and top edges belong to one region.
-            across = [np.zeros((0, 2), dtype=np.int64)]
-            if c0 > 0:
-                across.append(np.column_stack([left, west]))
-            if r0 > 0:
-                across.append(np.column_stack([above[c0 : c0 + w], north]))
-            pairs = np.concatenate(across)
+
+    def __init__(self, height: int, width: int, tile: int = COVER):
+        self.height, self.width = height, width
+        self.coverage = Coverage(height, width, tile)
+        self._pending = _Pieces()
+        self._done: list[tuple[shapely.Geometry, float, float]] = []
+        self._next_id = 1
+        self._sides: dict[str, list[_Edge]] = {side: [] for side in _FACING}
+
+    def add(self, row_off: int, col_off: int, damaged: np.ndarray, prob: np.ndarray) -> None:
+        """Trace an (h, w) window: ``damaged`` bool, ``prob`` uint8 × 255 (nodata 255)."""
+        h, w = damaged.shape
+        self.coverage.add(row_off, col_off, h, w)
+        if damaged.any():
+            self._trace(row_off, col_off, damaged, prob)
+        self._settle()
+
+    def add_empty(self, row_off: int, col_off: int, height: int, width: int) -> None:
+        """A window without damage (nor, as far as tracing goes, anything else)."""
+        self.coverage.add(row_off, col_off, height, width)
+        self._settle()
+
+    def fill(
+        self,
+        mask_path: str | os.PathLike[str],
+        prob_path: str | os.PathLike[str],
+        block: int | None = None,
+    ) -> None:
+        """Trace what ``add`` has not seen, read from the damage and probability rasters."""
+        with open_raster(mask_path) as mask_ds, open_raster(prob_path) as prob_ds:
+            _check_same_grid(mask_ds, prob_ds)
+            for window in self.coverage.missing(block):
+                damaged = mask_ds.read(1, window=window) == 1
+                prob = prob_ds.read(1, window=window)
+                self.add(window.row_off, window.col_off, damaged, prob)
+
+    def pieces(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every region, once all windows are in: (N,) Polygons in pixel coordinates
+        (x = column, y = row, integer vertices), prob sums and valid pixel counts."""
+        if not self.coverage.complete:
+            raise RuntimeError("the tracer has not seen every window of the raster")
+        done = self._done + self._pending.pop_finished([])
+        geoms = np.array([p[0] for p in done], dtype=object)
+        # Drop vertices on straight edges (including those left at window edges), then
+        # normalise ring order and start, so every windowing gives the same polygons.
+        geoms = shapely.normalize(shapely.simplify(geoms, 0.0))
+        sums = np.array([p[1] for p in done], dtype=np.float64)
+        counts = np.array([p[2] for p in done], dtype=np.float64)
+        return geoms, sums, counts
+
+    def _trace(self, row_off: int, col_off: int, damaged: np.ndarray, prob: np.ndarray) -> None:
+        h, w = damaged.shape
+        pieces, labels = _block_pieces(damaged, prob, col_off, row_off)
+        first = self._next_id
+        self._next_id += len(pieces)
+
+        def ids(strip: np.ndarray) -> np.ndarray:  # piece numbers → ids, on one side only
+            return np.where(strip > 0, strip.astype(np.int64) + (first - 1), 0)
+
+        sides = {  # the sides this window shares with another window
+            "top": _Edge(row_off, col_off, ids(labels[0])) if row_off > 0 else None,
+            "bottom": _Edge(row_off + h - 1, col_off, ids(labels[-1]))
+            if row_off + h < self.height
+            else None,
+            "left": _Edge(col_off, row_off, ids(labels[:, 0])) if col_off > 0 else None,
+            "right": _Edge(col_off + w - 1, row_off, ids(labels[:, -1]))
+            if col_off + w < self.width
+            else None,
+        }
+        edges = [e for e in sides.values() if e is not None and e.ids.any()]
+        on_sides = set(np.concatenate([e.ids for e in edges] + [[0]]).tolist())
+        for gid, piece in enumerate(pieces, start=first):
+            if gid in on_sides:
+                self._pending.add(gid, piece)
+            else:
+                self._done.append(piece)
+        for side, edge in sides.items():
+            if edge is not None and edge.ids.any():
+                self._join(edge, *_FACING[side])
+                self._sides[side].append(edge)
+
+    def _settle(self) -> None:
+        """Forget the sides now matched and finish the regions no longer waiting."""
+        self._forget_matched()
+        self._done.extend(self._pending.pop_finished(self._waiting_ids()))
+
+    def _join(self, edge: _Edge, across: str, step: int) -> None:
+        """Join the pieces on ``edge`` with those on the waiting sides facing it."""
+        for other in self._sides[across]:
+            lo, hi = max(edge.start, other.start), min(edge.stop, other.stop)
+            if other.line != edge.line + step or lo >= hi:
+                continue
+            mine = edge.ids[lo - edge.start : hi - edge.start]
+            theirs = other.ids[lo - other.start : hi - other.start]
+            pairs = np.column_stack([mine, theirs])
             for a, b in np.unique(pairs[(pairs > 0).all(axis=1)], axis=0).tolist():
-                pending.join(a, b)
-            left = east
-            below[c0 : c0 + w] = south
-        last_row = windows[0].row_off + windows[0].height == height
-        done.extend(pending.pop_finished([] if last_row else np.unique(below[below > 0]).tolist()))
-        above = below
-    geoms = np.array([p[0] for p in done], dtype=object)
-    # Drop vertices on straight edges (including those left at block edges), then
-    # normalise ring order and start, so every block size gives the same polygons.
-    geoms = shapely.normalize(shapely.simplify(geoms, 0.0))
-    sums = np.array([p[1] for p in done], dtype=np.float64)
-    counts = np.array([p[2] for p in done], dtype=np.float64)
-    return geoms, sums, counts
+                self._pending.join(a, b)
+
+    def _forget_matched(self) -> None:
+        """Drop the sides whose neighbouring pixels have all been traced."""
+        for side, edges in self._sides.items():
+            step = _FACING[side][1]
+            self._sides[side] = [
+                e
+                for e in edges
+                if not (
+                    self.coverage.covers(e.line + step, e.start, 1, len(e.ids))
+                    if side in ("top", "bottom")
+                    else self.coverage.covers(e.start, e.line + step, len(e.ids), 1)
+                )
+            ]
+
+    def _waiting_ids(self) -> list[int]:
+        ids = [e.ids[e.ids > 0] for edges in self._sides.values() for e in edges]
+        return np.unique(np.concatenate(ids)).tolist() if ids else []
 
 
 def _block_pieces(
-    mask_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader, win: Window
+    damaged: np.ndarray, prob: np.ndarray, col_off: int, row_off: int
 ) -> tuple[list[tuple[shapely.Geometry, float, float]], np.ndarray]:
-    """The damaged regions of one block and the (h, w) int32 raster of their numbers.
+    """The damaged regions of one window and the (h, w) int32 raster of their numbers.
 
     Returns N pieces (Polygon in global pixel coordinates, prob sum, valid prob
     pixel count) and their 1-based numbers per pixel (0 where not damaged).
     """
-    damaged = mask_ds.read(1, window=win) == 1
     if not damaged.any():
         return [], np.zeros(damaged.shape, dtype=np.int32)
-    polys, labels = _label_block(damaged, win.col_off, win.row_off)
-    prob = prob_ds.read(1, window=win)
-    # Only damaged pixels carry a polygon number: gather those, not the whole block.
+    polys, labels = _label_block(damaged, col_off, row_off)
+    # Only damaged pixels carry a polygon number: gather those, not the whole window.
     inside = damaged & (prob != NODATA)
     numbers = labels[inside]
     psum = np.bincount(numbers, weights=prob[inside], minlength=len(polys) + 1)

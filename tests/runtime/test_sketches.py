@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
@@ -122,11 +123,16 @@ def city(tmp_path: Path) -> Path:
     return write_raster(tmp_path / "city.tif", image, nodata=0)
 
 
-def test_infer_gives_the_same_quicklook_and_grid_with_or_without_the_taps(
-    tmp_path, city, monkeypatch
-):
+def test_infer_gives_the_same_outputs_with_or_without_the_taps(tmp_path, city, monkeypatch):
     bundle = make_varied_bundle(tmp_path / "bundle")
-    options = InferOptions(model=str(bundle), block_size=512, grid_m=40)
+    options = InferOptions(model=str(bundle), block_size=512, grid_m=40, threshold=0.45)
+    # Trace the damage in the writer too, as beside a GPU.
+    for_input = infer.Sketches.for_input.__func__
+    monkeypatch.setattr(
+        infer.Sketches,
+        "for_input",
+        classmethod(lambda cls, *a, **k: for_input(cls, *a, **{**k, "trace_damage": True})),
+    )
     run_inference([str(city)], tmp_path / "tapped", options)
 
     class Blind(infer.Sketches):
@@ -142,7 +148,9 @@ def test_infer_gives_the_same_quicklook_and_grid_with_or_without_the_taps(
     run_inference([str(city)], tmp_path / "read", options)
     name = "city_quicklook.png"
     assert (tmp_path / "tapped" / name).read_bytes() == (tmp_path / "read" / name).read_bytes()
-    tapped, read = (read_vector(tmp_path / d / "city_grid.gpkg") for d in ("tapped", "read"))
-    assert len(tapped) == len(read) > 0
-    for name, values in read.attributes.items():
-        np.testing.assert_allclose(tapped.attributes[name], values, rtol=1e-12, err_msg=name)
+    for name in ("city_grid.gpkg", "city_damage.gpkg"):
+        tapped, read = (read_vector(tmp_path / d / name) for d in ("tapped", "read"))
+        assert len(tapped) == len(read) > 0, name
+        assert shapely.equals(tapped.geometries, read.geometries).all(), name
+        for key, values in read.attributes.items():
+            np.testing.assert_allclose(tapped.attributes[key], values, rtol=1e-12, err_msg=key)

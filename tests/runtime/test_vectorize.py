@@ -12,7 +12,12 @@ from rasterio.transform import Affine
 
 from stmap.errors import RasterError
 from stmap.io.vectors import read_vector, write_vector
-from stmap.runtime.vectorize import damage_cutoff, damage_mask, damage_polygons
+from stmap.runtime.vectorize import (
+    DamageTracer,
+    damage_cutoff,
+    damage_mask,
+    damage_polygons,
+)
 from tests.conftest import write_band
 
 UTM = "EPSG:32637"
@@ -82,6 +87,34 @@ def test_random_mask_same_polygons_for_every_block_size(tmp_path: Path):
             == shapely.to_wkb(reference.geometries).tolist()
         )
         np.testing.assert_allclose(table.attributes["mean_prob"], reference.attributes["mean_prob"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_windows_traced_in_any_order_give_the_same_polygons(tmp_path: Path, seed: int):
+    """The run's writer traces blocks as they come (several readers may reorder them,
+    a resumed run sees only some): the rest read back, the polygons are the same."""
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((70, 90)) < 0.5).astype(np.uint8)
+    mask[rng.random(mask.shape) < 0.05] = 255
+    prob = rng.integers(0, 255, mask.shape).astype(np.uint8)
+    paths = write_band(tmp_path / "m.tif", mask), write_band(tmp_path / "p.tif", prob)
+    reference = damage_polygons(*paths, block_size=1024)
+    tracer = DamageTracer(70, 90, tile=8)
+    size = int(rng.choice([8, 16, 24]))
+    windows = [(r, c) for r in range(0, 70, size) for c in range(0, 90, size)]
+    for k in rng.permutation(len(windows))[: len(windows) * 2 // 3]:
+        r, c = windows[k]
+        window = mask[r : r + size, c : c + size]
+        if (window == 1).any() or rng.random() < 0.5:
+            tracer.add(r, c, window == 1, prob[r : r + size, c : c + size])
+        else:
+            tracer.add_empty(r, c, *window.shape)
+    table = damage_polygons(*paths, block_size=16, tracer=tracer)
+    assert (
+        shapely.to_wkb(table.geometries).tolist() == shapely.to_wkb(reference.geometries).tolist()
+    )
+    for name, values in reference.attributes.items():
+        np.testing.assert_array_equal(table.attributes[name], values, err_msg=name)
 
 
 def test_four_connectivity_splits_corner_neighbours(tmp_path: Path):
