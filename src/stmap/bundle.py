@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -219,14 +220,27 @@ def open_bundle(path: str | os.PathLike[str]) -> Bundle:
     source = resolve_bundle_path(path)
     if not source.exists():
         raise BundleError(f"{source}: model bundle not found")
-    root = _extract_zip(source) if source.is_file() else source
-    manifest = read_manifest(root, source)
-    verify_files(root, manifest, source)
-    return Bundle(root, manifest, source)
+    if not source.is_file():
+        manifest = read_manifest(source, source)
+        verify_files(source, manifest, source)
+        return Bundle(source, manifest, source)
+    unpacked = _extract_zip(source)
+    try:
+        root = _bundle_root(unpacked)
+        manifest = read_manifest(root, source)
+        verify_files(root, manifest, source)
+    except BaseException:
+        shutil.rmtree(unpacked, ignore_errors=True)
+        raise
+    bundle = Bundle(root, manifest, source)
+    # The unpacked copy lives as long as the bundle (or the process), not forever.
+    weakref.finalize(bundle, shutil.rmtree, unpacked, ignore_errors=True)
+    return bundle
 
 
 def _extract_zip(source: Path) -> Path:
-    """Unpack a zipped bundle into a private temporary directory, refusing anything unsafe."""
+    """Unpack a zipped bundle into a new private temporary directory, refusing anything
+    unsafe; the caller removes the directory."""
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -256,10 +270,15 @@ def _extract_zip(source: Path) -> Path:
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             shutil.rmtree(target, ignore_errors=True)
             raise BundleError(f"{source}: the zip is corrupted ({exc})") from exc
-    entries = [p for p in target.iterdir()]
-    if not (target / MANIFEST).exists() and len(entries) == 1 and entries[0].is_dir():
-        return entries[0]
     return target
+
+
+def _bundle_root(unpacked: Path) -> Path:
+    """The bundle inside an unpacked zip: its top level, or the one folder zipped."""
+    entries = list(unpacked.iterdir())
+    if not (unpacked / MANIFEST).exists() and len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return unpacked
 
 
 def write_bundle(

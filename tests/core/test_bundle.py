@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import tempfile
 import zipfile
 
 import pytest
@@ -110,6 +112,26 @@ def test_zipped_bundle_opens(tmp_path):
     bundle = open_bundle(archive)
     assert bundle.manifest.name == "tiny-test"
     assert bundle.hash() == open_bundle(path).hash()
+
+
+def test_a_zipped_bundle_leaves_no_unpacked_copy_behind(tmp_path, monkeypatch):
+    make_tiny_bundle(tmp_path / "b")
+    archive = shutil.make_archive(str(tmp_path / "bundle"), "zip", root_dir=tmp_path, base_dir="b")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    bundle = open_bundle(archive)
+    assert bundle.load_segmenter() is not None and any(scratch.iterdir())
+    del bundle
+    gc.collect()
+    assert not any(scratch.iterdir()), "the unpacked copy outlived its bundle"
+    # A zip whose bundle fails verification is removed at once too.
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as zf:
+        zf.writestr("b/manifest.json", "{not json")
+    with pytest.raises(BundleError):
+        open_bundle(broken)
+    assert not any(scratch.iterdir())
 
 
 @pytest.mark.parametrize("member", ["../evil.txt", "/abs.txt"])
