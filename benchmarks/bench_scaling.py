@@ -9,8 +9,9 @@ peak RSS, the kernel's high-water mark for that child alone (``os.wait4``). Seri
 - size: 1024² … 16384² px cities at the default block and batch sizes; peak RSS
   should not grow with the raster (issue #4: 16384² within 1.5 × 4096²);
 - block: ``--block-size`` 512 … 4096 on the 4096² city;
-- batch: ``--batch-size`` 1 … 64 on the 4096² city (eager batches are padded to a
-  multiple of 8 on the CPU, so batches under 8 cost as much compute as 8).
+- batch: ``--batch-size`` 1 … 64 on the 4096² city (the CPU backend pads short
+  batches to a multiple of 8, never past the largest batch it has seen, so
+  ``--batch-size 1`` computes one tile per forward).
 
 Script (the series, saved as results/cpu_scaling.md and .json), from the repository
 root; ``--max-size`` drops the larger cities (the 16384² one takes minutes):
