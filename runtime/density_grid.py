@@ -113,18 +113,38 @@ class GridTally:
 
     def add(self, row_off: int, col_off: int, prob: np.ndarray) -> None:
         """Tally an (h, w) uint8 window of probabilities × 255 (nodata 255)."""
+        for affine, (rows, cols) in self._chunks(row_off, col_off, *prob.shape):
+            chunk = prob[rows, cols]
+            pixel_m2 = abs(affine.determinant) * self.frame.metres_per_unit**2
+            self.tally.add_chunk(self.lattice, affine, chunk, self.cutoff, pixel_m2)
+        self.coverage.add(row_off, col_off, *prob.shape)
+
+    def add_nodata(self, row_off: int, col_off: int, height: int, width: int) -> None:
+        """A window without a valid pixel: its pixel centres still count for the cells."""
+        for affine, (rows, cols) in self._chunks(row_off, col_off, height, width):
+            h, w = rows.stop - rows.start, cols.stop - cols.start
+            self.tally.add_pixels(_cell_of_pixels(self.lattice, affine, h, w))
+        self.coverage.add(row_off, col_off, height, width)
+
+    def _chunks(self, row_off: int, col_off: int, height: int, width: int):
+        """The window cut along the block lattice: each chunk's affine (pixel → grid)
+        and its (rows, cols) slices within the window."""
         size = self.block_size
-        height, width = prob.shape
-        for r in range(row_off, row_off + height, size):
+        r = row_off
+        while r < row_off + height:
             r_stop = min((r // size + 1) * size, row_off + height)
-            for c in range(col_off, col_off + width, size):
+            c = col_off
+            while c < col_off + width:
                 c_stop = min((c // size + 1) * size, col_off + width)
                 r0, c0 = r // size * size, c // size * size
                 affine = self._affines[(r0, c0)] @ Affine.translation(c - c0, r - r0)
-                chunk = prob[r - row_off : r_stop - row_off, c - col_off : c_stop - col_off]
-                pixel_m2 = abs(affine.determinant) * self.frame.metres_per_unit**2
-                self.tally.add_chunk(self.lattice, affine, chunk, self.cutoff, pixel_m2)
-        self.coverage.add(row_off, col_off, height, width)
+                window = (
+                    slice(r - row_off, r_stop - row_off),
+                    slice(c - col_off, c_stop - col_off),
+                )
+                yield affine, window
+                c = c_stop
+            r = r_stop
 
     def fill(self, prob_path: str | os.PathLike[str]) -> None:
         """Tally what ``add`` has not seen, read from the raster at ``prob_path``."""
@@ -171,8 +191,9 @@ def damage_grid(
                 gsd_m=gsd_m,
                 block_size=block_size,
             )
+    elif (tally.cell_m, tally.cutoff) != (cell_m, damage_cutoff(threshold)):
+        raise ValueError("the tally was gathered with another cell size or threshold")
     tally.fill(prob_path)
-    cell_m = tally.cell_m
     points = _building_points(buildings, tally.to_grid)
     lattice, sums = tally.lattice.extended(points), tally.tally
     sums = sums.moved(tally.lattice, lattice)
@@ -342,6 +363,12 @@ class _Tally:
             self.damaged_m2,
         )
         return moved
+
+    def add_pixels(self, cells: np.ndarray) -> None:
+        """Count pixel centres, given as (h, w) flat cell indices, without data."""
+        lo = int(cells.min())
+        pixels = np.bincount(cells.ravel() - lo)
+        self.pixels[lo : lo + len(pixels)] += pixels
 
     def add_chunk(
         self, lattice: _Lattice, affine: Affine, prob: np.ndarray, cutoff: int, pixel_m2: float

@@ -108,7 +108,7 @@ class MapWorker:
         with streaming_env():
             blocks = strip.blocks(_block_cols(plan))
             result, run, _ = stream_blocks(
-                plan, strip.out, self.session, None, log.warning, blocks=blocks
+                plan, strip.out, self.session, None, log.warning, blocks=blocks, gather=False
             )
         times = result.times.as_dict()
         return StripResult(strip, result.resumed_blocks, result.tiles, result.seconds, times, run)

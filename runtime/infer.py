@@ -506,10 +506,14 @@ def stream_blocks(
     progress: ProgressFactory | None,
     warn: Callable[[str], None],
     blocks: Collection[int] | None = None,
-) -> tuple[PipelineResult, dict[str, Any], Sketches]:
+    *,
+    gather: bool = True,
+) -> tuple[PipelineResult, dict[str, Any], Sketches | None]:
     """Every block not yet journalled through the pipeline into the partial rasters.
 
     blocks: only these block indices (a strip of the scene); None: all of them.
+    gather: let the finishing steps gather what they need on the way (``Sketches``);
+        False for a strip, whose scene is finished elsewhere from the rasters.
     Returns the pipeline's result, the run's facts and what its taps gathered.
     """
     bundle, options, info = session.bundle, session.options, plan.info
@@ -565,22 +569,24 @@ def stream_blocks(
     )
     workers = options.workers or (1 if backend.device.type == "cpu" else 4)
     batcher = Batcher(backend, options.batch_size)
-    grid_tally = GridTally(
-        info.crs,
-        info.transform,
-        info.width,
-        info.height,
-        threshold=threshold,
-        cell_m=options.grid_m,
-        gsd_m=math.sqrt(plan.pixel_area_m2),  # used when the raster has no CRS
-    )
-    sketches = Sketches.for_input(
-        info,
-        len(plan.bands),
-        grid_tally,
-        sample_image=plan.model_transform is None and plan.aoi is None,
-        trace_damage=backend.device.type != "cpu",  # see Sketches: only where cores idle
-    )
+    sketches = None
+    if gather:
+        grid_tally = GridTally(
+            info.crs,
+            info.transform,
+            info.width,
+            info.height,
+            threshold=threshold,
+            cell_m=options.grid_m,
+            gsd_m=math.sqrt(plan.pixel_area_m2),  # used when the raster has no CRS
+        )
+        sketches = Sketches.for_input(
+            info,
+            len(plan.bands),
+            grid_tally,
+            sample_image=plan.model_transform is None and plan.aoi is None,
+            trace_damage=backend.device.type != "cpu",  # see Sketches: only where cores idle
+        )
     bar = progress(out.stem, info.width * info.height) if progress else nullcontext(None)
     with bar as advance:
         pipeline = Pipeline(
@@ -594,8 +600,8 @@ def stream_blocks(
             checkpoint_s=options.checkpoint_s,
             progress=advance,
             blocks=blocks,
-            source_tap=sketches.source_tap,
-            output_tap=sketches.output_tap,
+            source_tap=sketches.source_tap if sketches else None,
+            output_tap=sketches.output_tap if sketches else None,
         )
         try:
             result = pipeline.run()
@@ -641,6 +647,8 @@ def _finalise(
     """
     empty_dir(out.staging)
     prob, damage = out.partials[PROB], out.partials[DAMAGE]
+    if sketches is not None and sketches.failed:
+        sketches = None  # read everything back from the rasters
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stmap-finalise") as pool:
         cogs = pool.submit(_write_cogs, out)
         quicklook = pool.submit(

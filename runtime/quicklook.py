@@ -45,11 +45,6 @@ def quicklook_shape(width: int, height: int, max_size: int = MAX_SIZE) -> tuple[
     return max(1, round(height / scale)), max(1, round(width / scale))
 
 
-def image_thumbnail(width: int, height: int, bands: int, dtype: str) -> Thumbnail:
-    """An empty thumbnail of a width × height input image, at the quicklook's size."""
-    return Thumbnail(height, width, quicklook_shape(width, height), bands, dtype)
-
-
 def write_quicklook(
     image_path: str | os.PathLike[str],
     prob_path: str | os.PathLike[str],

@@ -4,13 +4,16 @@ On a CPU with a light model, writing the outputs after the run cost half as much
 as the run itself, most of it reading back and decoding rasters the pipeline had
 just held in memory. ``Sketches`` rides along the pipeline instead (its taps): the
 quicklook's thumbnails of the input and of the probabilities, the damage grid's
-per-cell tallies and, beside a GPU, the damaged regions traced block by block. Whatever a run did
-not see (blocks mapped before a resume, strips mapped by other workers) is read
-from the files at the end, so the outputs do not depend on how the run went.
+per-cell tallies and, beside a GPU, the damaged regions traced block by block.
+Whatever a run did not see (blocks mapped before a resume, strips mapped by other
+workers) is read from the files at the end, so the outputs do not depend on how
+the run went. Gathering is an optimisation: if it fails, it is dropped with a
+warning and everything is read back, rather than stopping the mapping.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,14 +22,16 @@ from stmap.io.raster import RasterInfo
 from stmap.io.writers import NODATA
 from stmap.runtime.density_grid import GridTally
 from stmap.runtime.grid import Block
-from stmap.runtime.quicklook import image_thumbnail
+from stmap.runtime.quicklook import quicklook_shape
 from stmap.runtime.thumbnail import Thumbnail
 from stmap.runtime.vectorize import DamageTracer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Sketches:
-    """Thumbnails filled by the pipeline's taps.
+    """What the pipeline's taps gathered for the finishing steps.
 
     image: the input's quicklook thumbnail, or None when the readers cannot sample
         it (the model runs on another grid, or an AOI masks the validity they see).
@@ -36,12 +41,14 @@ class Sketches:
         the run. Tracing costs a core for a quarter of a second per 4096² city: free
         beside a GPU, but on a CPU it fights the model's threads, which then lose
         more than it saves (measured on two cores: 2.1 → 2.2–2.6 s end to end).
+    failed: why gathering stopped, if it did; then none of it is to be used.
     """
 
     image: Thumbnail | None
     prob: Thumbnail
     grid: GridTally
     tracer: DamageTracer | None
+    failed: str | None = None
 
     @classmethod
     def for_input(
@@ -53,34 +60,51 @@ class Sketches:
         sample_image: bool,
         trace_damage: bool,
     ) -> Sketches:
-        image = image_thumbnail(info.width, info.height, bands, info.dtype)
-        prob = Thumbnail(info.height, info.width, image.pixels.shape[1:], 1)
+        shape = quicklook_shape(info.width, info.height)
+        image = Thumbnail(info.height, info.width, shape, bands, info.dtype)
+        prob = Thumbnail(info.height, info.width, shape, 1)
         tracer = DamageTracer(info.height, info.width) if trace_damage else None
         return cls(image if sample_image else None, prob, grid, tracer)
 
     def source_tap(self, block: Block, pixels: np.ndarray | None, valid: np.ndarray | None) -> None:
         """A reader's block (see ``Pipeline``): its samples into the image thumbnail."""
-        if self.image is None:
+        if self.image is None or self.failed:
             return
         out, src = block.out, block.source
-        if pixels is None:
-            self.image.add_empty(out.row_off, out.col_off, out.height, out.width, fill=0)
-            return
-        r0, c0 = out.row_off - src.row_off, out.col_off - src.col_off
-        view = pixels[:, r0 : r0 + out.height, c0 : c0 + out.width]
-        self.image.add(out.row_off, out.col_off, view, valid)
+        try:
+            if pixels is None:
+                self.image.add_empty(out.row_off, out.col_off, out.height, out.width, fill=0)
+                return
+            r0, c0 = out.row_off - src.row_off, out.col_off - src.col_off
+            view = pixels[:, r0 : r0 + out.height, c0 : c0 + out.width]
+            self.image.add(out.row_off, out.col_off, view, valid)
+        except Exception as exc:  # an optimisation must not stop the mapping
+            self._fail(exc)
 
     def output_tap(self, block: Block, layers: np.ndarray | None) -> None:
         """The writer's block: into the prob thumbnail, the grid and the damage tracer."""
+        if self.failed:
+            return
         out = block.out
-        if layers is None:
-            self.prob.add_empty(out.row_off, out.col_off, out.height, out.width, fill=NODATA)
-            nodata = np.full((out.height, out.width), NODATA, dtype=np.uint8)
-            self.grid.add(out.row_off, out.col_off, nodata)  # its cells still hold pixels
-            if self.tracer is not None:
-                self.tracer.add_empty(out.row_off, out.col_off, out.height, out.width)
-        else:
+        try:
+            if layers is None:
+                self.prob.add_empty(out.row_off, out.col_off, out.height, out.width, fill=NODATA)
+                self.grid.add_nodata(out.row_off, out.col_off, out.height, out.width)
+                if self.tracer is not None:
+                    self.tracer.add_empty(out.row_off, out.col_off, out.height, out.width)
+                return
             self.prob.add(out.row_off, out.col_off, layers[:1])
             self.grid.add(out.row_off, out.col_off, layers[0])
             if self.tracer is not None:
                 self.tracer.add(out.row_off, out.col_off, layers[1] == 1, layers[0])
+        except Exception as exc:  # an optimisation must not stop the mapping
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.failed is None:
+            self.failed = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "gathering the quicklook, grid and polygons while streaming failed (%s); "
+                "they will be computed from the finished rasters instead",
+                self.failed,
+            )

@@ -1,4 +1,5 @@
-"""Damaged areas as polygons, built block by block from the finished damage rasters.
+"""Damaged areas as polygons, traced window by window: from the blocks as a run
+streams them (``DamageTracer``, beside a GPU) and from the finished rasters.
 
 Connectivity: 4 (edge neighbours), for the polygons and for joining pieces across
 block edges alike, as `rasterio.features.shapes` does by default; two damaged
@@ -7,12 +8,13 @@ pixels that meet only at a corner belong to different polygons.
 Each block is polygonised in pixel coordinates (integers, exact), so pieces of one
 region cut by block edges share their vertices exactly and `shapely.union_all`
 glues them without slivers; coordinates go through the raster's transform once, at
-the end. Pieces are joined when their pixels are 4-neighbours across a block edge
-(read from the label strips along the edges, not from geometry tests), and a group
-is finished as soon as no member touches the row of blocks still to come, so only
-the pieces along one row of block edges wait in memory. Vertices on straight
-edges are dropped and rings normalised, so the polygons are the same for every
-block size, vertex for vertex.
+the end. Pieces are joined when their pixels are 4-neighbours across a window edge
+(read from the label strips along the edges, not from geometry tests), in whatever
+order the windows come, and a group is finished as soon as none of its pieces lies
+on an edge whose neighbour is still to come: in row-major order only the pieces
+along one row of window edges wait in memory. Vertices on straight edges are
+dropped and rings normalised, so the polygons are the same for every windowing,
+vertex for vertex.
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ def damage_polygons(
     `area_m2` (geodesic on the CRS's ellipsoid for a geographic CRS, planar area ×
     unit factor² for a projected one, NaN without CRS) and `mean_prob` (mean of
     prob / 255 over the polygon's pixels, nodata excluded; NaN if none), keeping
-    those with area_m2 >= min_area_m2. Working memory: one block of each raster
-    plus the pieces along one row of block edges, whatever the raster size.
+    those with area_m2 >= min_area_m2. Working memory, reading in row-major order:
+    one block of each raster plus the pieces along one row of block edges,
+    whatever the raster size.
     block_size: the windows read (and traced) from the rasters.
     tracer: what the run already traced; None: everything is read.
     """

@@ -3,6 +3,7 @@ equals what reading the finished rasters back gives, however the windows came.""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_a_thumbnail_is_the_pixel_under_each_cell_centre_whatever_the_windows():
 
     some.fill(reader)
     assert some.coverage.complete and np.array_equal(some.pixels, want) and some.valid.all()
-    # Only what was missing was read: three of the six 512-px tiles.
+    # Only what was missing was read: all but the three windows added.
     assert sum(w.width * w.height for w in read) == 1300 * 1100 - sum(
         windows[i].width * windows[i].height for i in (4, 0, 2)
     )
@@ -80,11 +81,49 @@ def test_coverage_lists_exactly_the_windows_not_seen():
     assert list(coverage.missing()) == [Window(0, 0, 512, 512), Window(1024, 0, 576, 512)]
 
 
-def random_prob(tmp_path: Path, transform: Affine, crs: str) -> Path:
+def random_prob(tmp_path: Path, transform: Affine, crs: str, shape=(1100, 1300)) -> Path:
     rng = np.random.default_rng(5)
-    prob = rng.integers(0, 255, (1100, 1300), dtype=np.uint8)
+    prob = rng.integers(0, 255, shape, dtype=np.uint8)
     prob[:200, :300] = 255  # nodata
     return write_band(tmp_path / "prob.tif", prob, transform, crs)
+
+
+@pytest.mark.parametrize(
+    "added",
+    [
+        pytest.param([(0, 0, 1536), (1536, 1536, 1536)], id="1536-px-blocks"),
+        pytest.param([(0, 0, 512), (512, 2048, 512)], id="fill-from-an-odd-tile"),
+        pytest.param([], id="nothing-added"),
+    ],
+)
+def test_any_windowing_of_the_grid_tally_counts_every_pixel_once(tmp_path, added):
+    """Windows crossing the tally's 1024-px lattice (blocks of 1536 px, or what a
+    resumed run reads back from an odd tile on) are cut along it, not skipped."""
+    transform = Affine(0.5, 0, 500000, 0, -0.5, 4000000)
+    path = random_prob(tmp_path, transform, UTM, shape=(2300, 3100))
+    reference = damage_grid(path, threshold=0.5, cell_m=25)
+    with rasterio.open(path) as ds:
+        prob = ds.read(1)
+        tally = GridTally(ds.crs, ds.transform, ds.width, ds.height, threshold=0.5, cell_m=25)
+    for r, c, size in added:
+        tally.add(r, c, prob[r : r + size, c : c + size])
+    grid = damage_grid(path, threshold=0.5, cell_m=25, tally=tally)
+    assert tally.tally.pixels.sum() == prob.size
+    for name, values in reference.attributes.items():
+        np.testing.assert_allclose(grid.attributes[name], values, rtol=1e-12, err_msg=name)
+
+
+def test_a_window_without_valid_pixels_still_counts_its_pixels(tmp_path):
+    transform = Affine(0.5, 0, 500000, 0, -0.5, 4000000)
+    prob = np.full((1024, 1536), 255, dtype=np.uint8)
+    prob[:, 1024:] = 200
+    path = write_band(tmp_path / "prob.tif", prob, transform, UTM)
+    reference = damage_grid(path, threshold=0.5, cell_m=50)
+    tally = GridTally(UTM, transform, 1536, 1024, threshold=0.5, cell_m=50)
+    tally.add_nodata(0, 0, 1024, 1024)
+    grid = damage_grid(path, threshold=0.5, cell_m=50, tally=tally)
+    for name, values in reference.attributes.items():
+        np.testing.assert_allclose(grid.attributes[name], values, rtol=1e-12, err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -133,7 +172,20 @@ def test_infer_gives_the_same_outputs_with_or_without_the_taps(tmp_path, city, m
         "for_input",
         classmethod(lambda cls, *a, **k: for_input(cls, *a, **{**k, "trace_damage": True})),
     )
+    gathered = []
+    finish = infer._finish
+
+    def check_gathered(plan, out, session, result, run, sketches, *rest):
+        gathered.append(
+            [t.coverage.complete for t in (sketches.image, sketches.prob, sketches.tracer)]
+            + [sketches.grid.coverage.complete]
+        )
+        return finish(plan, out, session, result, run, sketches, *rest)
+
+    monkeypatch.setattr(infer, "_finish", check_gathered)
     run_inference([str(city)], tmp_path / "tapped", options)
+    assert gathered == [[True] * 4], "the taps saw every block of a plain run"
+    monkeypatch.setattr(infer, "_finish", finish)
 
     class Blind(infer.Sketches):
         """Sketches that see no block: everything comes from reading the files."""
@@ -154,3 +206,33 @@ def test_infer_gives_the_same_outputs_with_or_without_the_taps(tmp_path, city, m
         assert shapely.equals(tapped.geometries, read.geometries).all(), name
         for key, values in read.attributes.items():
             np.testing.assert_allclose(tapped.attributes[key], values, rtol=1e-12, err_msg=key)
+
+
+def test_a_failing_tap_falls_back_to_reading_the_rasters(tmp_path, city, monkeypatch):
+    bundle = make_varied_bundle(tmp_path / "bundle")
+    options = InferOptions(model=str(bundle), block_size=512, grid_m=40)
+    run_inference([str(city)], tmp_path / "plain", options)
+
+    add = GridTally.add
+
+    def broken_in_the_pipeline(self, *args):
+        if threading.current_thread().name == "stmap-writer":  # the tap, not the read-back
+            raise RuntimeError("a bug in a tap")
+        return add(self, *args)
+
+    monkeypatch.setattr(GridTally, "add", broken_in_the_pipeline)
+    failures = []
+    finish = infer._finish
+
+    def note_failure(plan, out, session, result, run, sketches, *rest):
+        failures.append(sketches.failed)
+        return finish(plan, out, session, result, run, sketches, *rest)
+
+    monkeypatch.setattr(infer, "_finish", note_failure)
+    run_inference([str(city)], tmp_path / "broken", options)
+    assert failures == ["RuntimeError: a bug in a tap"]
+    for name in ("city_quicklook.png", "city_damage_prob.tif", "city_damage.tif"):
+        assert (tmp_path / "broken" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+    tapped, read = (read_vector(tmp_path / d / "city_grid.gpkg") for d in ("plain", "broken"))
+    for key, values in read.attributes.items():
+        np.testing.assert_allclose(tapped.attributes[key], values, rtol=1e-12, err_msg=key)
