@@ -4,7 +4,10 @@ One run measures, for one model on one backend, device and precision:
 
 1. model-only throughput: batches of uint8 tiles already on the device through the
    backend's ``infer`` (the pipeline's own ``Batcher``), warm-up first, the device
-   synchronised before every clock read, the median of several repeats;
+   synchronised before every clock read, the median of several repeats; measured
+   before and again after the end-to-end run, and averaged, because a shared
+   machine's speed drifts (±25 % within minutes on a 2-core cloud VM): the two
+   bracket the run they are compared with, and both are reported;
 2. end-to-end throughput: ``run_inference`` (the call ``stmap infer`` makes) on a
    synthetic city, with its per-stage times, the process's peak RSS and, on CUDA,
    the peak device memory;
@@ -112,7 +115,7 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
         batcher = Batcher(backend, options.batch_size)
         tile = manifest.tile_size
 
-        batch_s = _model_only_seconds(batcher, tile, options.repeats, options.min_repeat_s)
+        before_s = _model_only_seconds(batcher, tile, options.repeats, options.min_repeat_s)
         # With test-time augmentation a tile costs one forward per view.
         flops_per_tile = len(VIEWS[options.tta]) * count_flops_per_tile(
             InferenceModel(bundle.load_segmenter(), manifest.preprocessing("uint8")), tile
@@ -139,10 +142,12 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
         peak_device_mb = (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         )
+        after_s = _model_only_seconds(batcher, tile, options.repeats, options.min_repeat_s)
 
     overlap = summary["overlap"]
     stride = tile - overlap
-    tiles_per_s = batcher.size / batch_s
+    before, after = batcher.size / before_s, batcher.size / after_s
+    tiles_per_s = (before + after) / 2
     grid_tiles = TileGrid(options.size, options.size, tile, overlap).count
     model_mpx = tiles_per_s * stride**2 / 1e6
     e2e_mpx = summary["mpx_per_s"]
@@ -152,6 +157,8 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
         "model_tile_mpx_per_s": round(tiles_per_s * tile**2 / 1e6, 4),
         "model_grid_mpx_per_s": round(options.size**2 / (grid_tiles / tiles_per_s) / 1e6, 4),
         "model_tiles_per_s": round(tiles_per_s, 2),
+        "model_tiles_per_s_before": round(before, 2),  # the two measurements averaged
+        "model_tiles_per_s_after": round(after, 2),
         "end_to_end_mpx_per_s": e2e_mpx,
         "pipeline_mpx_per_s": round(summary["pixels"] / summary["times"]["pipeline"] / 1e6, 4),
         "efficiency": round(e2e_mpx / model_mpx, 4),

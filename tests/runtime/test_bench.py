@@ -69,6 +69,10 @@ def test_tiny_run_reports_every_field(result: dict[str, Any]) -> None:
 def test_tiny_run_figures_agree_with_each_other(result: dict[str, Any]) -> None:
     tile, stride = result["tile"], result["stride"]
     assert stride == tile - result["overlap"]
+    # Model-only is measured before and after the end-to-end run, and averaged.
+    before, after = result["model_tiles_per_s_before"], result["model_tiles_per_s_after"]
+    assert before > 0 and after > 0
+    assert result["model_tiles_per_s"] == pytest.approx((before + after) / 2, rel=1e-3)
     tile_ratio = result["model_tile_mpx_per_s"] / result["model_mpx_per_s"]
     assert tile_ratio == pytest.approx((tile / stride) ** 2, rel=1e-3)
     # efficiency is printed to 4 decimals: at a tiny size it can be small (0.03).

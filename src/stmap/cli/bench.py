@@ -59,8 +59,9 @@ def bench(
 ) -> None:
     """Measure model-only and end-to-end throughput on this machine, in one run.
 
-    Model-only: resident uint8 tiles through the backend; end-to-end: `stmap infer`
-    on a synthetic city; efficiency is their ratio. Also: per-stage times, peak
+    Model-only: resident uint8 tiles through the backend, measured before and after
+    the end-to-end run and averaged; end-to-end: `stmap infer` on a synthetic city;
+    efficiency is their ratio. Also: per-stage times, peak
     memory, FLOPs per tile against the measured matrix-multiply rate, km²/hour.
 
     \b
@@ -105,6 +106,10 @@ def _print_table(result: dict[str, Any]) -> None:
         ("model-only Mpx/s (stride² per tile)", result["model_mpx_per_s"]),
         ("model-only Mpx/s (tile² per tile)", result["model_tile_mpx_per_s"]),
         ("model-only tiles/s", result["model_tiles_per_s"]),
+        (
+            "model-only tiles/s before / after the run",
+            f"{result['model_tiles_per_s_before']} / {result['model_tiles_per_s_after']}",
+        ),
         ("end-to-end Mpx/s", result["end_to_end_mpx_per_s"]),
         ("efficiency (end-to-end / model-only)", result["efficiency"]),
         ("km²/hour end-to-end", result["km2_per_hour"]),
