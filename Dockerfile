@@ -26,8 +26,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 stmap
 COPY --from=build /opt/stmap /opt/stmap
-# MALLOC_ARENA_MAX: flat memory over many scenes (benchmarks/results/cpu_soak.md)
-ENV PATH=/opt/stmap/bin:$PATH PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=2
+# The allocator settings of stmap.memory: flat memory over many scenes
+# (benchmarks/results/cpu_soak.md), large CPU model buffers reused between forwards.
+ENV PATH=/opt/stmap/bin:$PATH PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=134217728
 USER 10001
 WORKDIR /data
 HEALTHCHECK --interval=5m --timeout=60s CMD ["stmap", "info", "--system"]

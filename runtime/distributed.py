@@ -47,6 +47,7 @@ from stmap.errors import DeviceError, InputError, Interrupted, RasterError, Stma
 from stmap.io.blocks import BlockReader, ReadSpec, streaming_env
 from stmap.io.writers import BlockWriter, prepare_output_dir
 from stmap.lazy import lazy_import
+from stmap.memory import ENVIRONMENT
 from stmap.runtime.backends.base import resolve_device
 from stmap.runtime.grid import BlockPlan, TileGrid
 from stmap.runtime.infer import (
@@ -363,10 +364,11 @@ def _block_cols(plan: InputPlan) -> int:
     return -(-plan.info.width // plan.block_size)
 
 
-# glibc gives each thread that allocates its own malloc arena: a long-lived worker's
-# peak memory then creeps up scene after scene (+190 MiB over 50 scenes in
-# benchmarks/results/cpu_soak.md) where two arenas keep it flat (+20 MiB).
-WORKER_ENV = {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
+# The allocator settings of stmap.memory, read by glibc when a worker starts: two
+# arenas keep a long-lived worker's memory flat scene after scene (+20 MiB over 50
+# scenes, +190 without, benchmarks/results/cpu_soak.md); large model buffers are
+# reused rather than faulted in afresh for every forward.
+WORKER_ENV = {"env_vars": ENVIRONMENT}
 
 
 def _connect(ray: ModuleType, address: str | None) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from stmap.cli import main
+from stmap.memory import ENVIRONMENT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,3 +75,10 @@ def test_the_healthcheck_runs_a_command_that_reports_gpus_backends_and_versions(
     report = json.loads(result.stdout)
     assert {"gpus", "installed_backends", "stmap", "torch", "cuda", "gdal"} <= set(report)
     assert "torch" in report["installed_backends"]
+
+
+def test_the_image_sets_the_allocator_settings_of_stmap_memory():
+    """glibc reads them when the process starts: the image must carry them all."""
+    env = " ".join(args for op, args in _stages()[-1] if op == "ENV")
+    for name, value in ENVIRONMENT.items():
+        assert f"{name}={value}" in env, f"the image does not set {name}={value}"

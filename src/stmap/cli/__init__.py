@@ -15,6 +15,7 @@ import click
 
 from stmap import __version__
 from stmap.errors import StmapError
+from stmap.memory import tune_allocator
 
 # name → ("module:attribute", one-line help shown by `stmap --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -82,3 +83,4 @@ def main() -> None:
     Quickstart:
       stmap synth demo.tif && stmap infer demo.tif -o out
     """
+    tune_allocator()  # large model buffers reused, not faulted in afresh (stmap.memory)
