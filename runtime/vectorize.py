@@ -20,6 +20,7 @@ vertex for vertex.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ import rasterio.features
 import shapely
 from pyproj import CRS, Geod
 from rasterio.crs import CRS as RioCRS
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from rasterio.windows import Window
 from scipy import ndimage
@@ -354,13 +356,17 @@ def _label_block(
     labels, count = ndimage.label(damaged, structure=_CROSS)
     labels = labels.astype(np.int32, copy=False)
     pieces: list[shapely.Geometry] = [None] * count
-    for geom, number in rasterio.features.shapes(
-        labels,
-        mask=damaged,
-        connectivity=CONNECTIVITY,
-        transform=Affine.translation(col_off, row_off),
-    ):
-        pieces[int(number) - 1] = shapely.geometry.shape(geom)
+    with warnings.catch_warnings():
+        # The window at (0, 0) has the identity transform, which rasterio takes for
+        # "not georeferenced": these are pixel coordinates on purpose.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for geom, number in rasterio.features.shapes(
+            labels,
+            mask=damaged,
+            connectivity=CONNECTIVITY,
+            transform=Affine.translation(col_off, row_off),
+        ):
+            pieces[int(number) - 1] = shapely.geometry.shape(geom)
     return pieces, labels
 
 
