@@ -112,19 +112,16 @@ class GridTally:
         self.coverage = Coverage(height, width)
 
     def add(self, row_off: int, col_off: int, prob: np.ndarray) -> None:
-        """Tally an (h, w) uint8 window of probabilities × 255 (nodata 255)."""
+        """Tally an (h, w) uint8 window of probabilities × 255 (nodata 255).
+
+        A window without valid pixels still counts its pixels for the cells: pass
+        ``np.broadcast_to(np.uint8(255), (h, w))``, a view that allocates nothing.
+        """
         for affine, (rows, cols) in self._chunks(row_off, col_off, *prob.shape):
             chunk = prob[rows, cols]
             pixel_m2 = abs(affine.determinant) * self.frame.metres_per_unit**2
             self.tally.add_chunk(self.lattice, affine, chunk, self.cutoff, pixel_m2)
         self.coverage.add(row_off, col_off, *prob.shape)
-
-    def add_nodata(self, row_off: int, col_off: int, height: int, width: int) -> None:
-        """A window without a valid pixel: its pixel centres still count for the cells."""
-        for affine, (rows, cols) in self._chunks(row_off, col_off, height, width):
-            h, w = rows.stop - rows.start, cols.stop - cols.start
-            self.tally.add_pixels(_cell_of_pixels(self.lattice, affine, h, w))
-        self.coverage.add(row_off, col_off, height, width)
 
     def _chunks(self, row_off: int, col_off: int, height: int, width: int):
         """The window cut along the block lattice: each chunk's affine (pixel → grid)
@@ -363,12 +360,6 @@ class _Tally:
             self.damaged_m2,
         )
         return moved
-
-    def add_pixels(self, cells: np.ndarray) -> None:
-        """Count pixel centres, given as (h, w) flat cell indices, without data."""
-        lo = int(cells.min())
-        pixels = np.bincount(cells.ravel() - lo)
-        self.pixels[lo : lo + len(pixels)] += pixels
 
     def add_chunk(
         self, lattice: _Lattice, affine: Affine, prob: np.ndarray, cutoff: int, pixel_m2: float

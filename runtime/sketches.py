@@ -61,10 +61,12 @@ class Sketches:
         trace_damage: bool,
     ) -> Sketches:
         shape = quicklook_shape(info.width, info.height)
-        image = Thumbnail(info.height, info.width, shape, bands, info.dtype)
-        prob = Thumbnail(info.height, info.width, shape, 1)
-        tracer = DamageTracer(info.height, info.width) if trace_damage else None
-        return cls(image if sample_image else None, prob, grid, tracer)
+        return cls(
+            Thumbnail(info.height, info.width, shape, bands, info.dtype) if sample_image else None,
+            Thumbnail(info.height, info.width, shape, 1),
+            grid,
+            DamageTracer(info.height, info.width) if trace_damage else None,
+        )
 
     def source_tap(self, block: Block, pixels: np.ndarray | None, valid: np.ndarray | None) -> None:
         """A reader's block (see ``Pipeline``): its samples into the image thumbnail."""
@@ -89,7 +91,8 @@ class Sketches:
         try:
             if layers is None:
                 self.prob.add_empty(out.row_off, out.col_off, out.height, out.width, fill=NODATA)
-                self.grid.add_nodata(out.row_off, out.col_off, out.height, out.width)
+                nodata = np.broadcast_to(np.uint8(NODATA), (out.height, out.width))
+                self.grid.add(out.row_off, out.col_off, nodata)  # its cells still hold pixels
                 if self.tracer is not None:
                     self.tracer.add_empty(out.row_off, out.col_off, out.height, out.width)
                 return

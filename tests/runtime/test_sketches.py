@@ -120,7 +120,7 @@ def test_a_window_without_valid_pixels_still_counts_its_pixels(tmp_path):
     path = write_band(tmp_path / "prob.tif", prob, transform, UTM)
     reference = damage_grid(path, threshold=0.5, cell_m=50)
     tally = GridTally(UTM, transform, 1536, 1024, threshold=0.5, cell_m=50)
-    tally.add_nodata(0, 0, 1024, 1024)
+    tally.add(0, 0, np.broadcast_to(np.uint8(255), (1024, 1024)))
     grid = damage_grid(path, threshold=0.5, cell_m=50, tally=tally)
     for name, values in reference.attributes.items():
         np.testing.assert_allclose(grid.attributes[name], values, rtol=1e-12, err_msg=name)
