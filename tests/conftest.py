@@ -25,6 +25,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Caches go to a folder of the test session, never to the user's home."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STMAP_CACHE_DIR", str(tmp_path_factory.mktemp("stmap-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def device() -> torch.device:
     """Tests run on the CPU unless a test asks for CUDA itself."""

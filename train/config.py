@@ -72,6 +72,15 @@ class TrainConfig(BaseModel):
         ),
     )
     num_workers: int = Field(2, ge=1, description="threads decoding tiles")
+    gsd_m: float = Field(
+        0.5, gt=0.05, le=10, description="metres per pixel xBD images are resampled to"
+    )
+    disaster_types: list[str] | None = Field(
+        None, description="xBD: keep only these metadata.disaster_type values (e.g. [earthquake])"
+    )
+    tile_cache: bool = Field(
+        True, description="xBD: keep decoded tiles in the user cache (keyed by file content)"
+    )
     lora_rank: int = Field(8, gt=0)
     lora_alpha: float = Field(16.0, gt=0)
     fewshot_lr: float = Field(3e-5, gt=0)

@@ -1,4 +1,4 @@
-"""Tensors of every tile a run uses, decoded once from either layout that stmap.io reads.
+"""Tensors of every tile a run uses, decoded once from any layout that stmap.io reads.
 
 Tiles are grouped by the region parsed from their id (``splits.region_of``), not by
 folder; either spelling of a region is accepted. Building masks for DPT are
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from rasterio.crs import CRS
 
 from stmap.errors import InputError
 from stmap.io import tiles as tile_io
+from stmap.io import xbd
 from stmap.train.splits import canonical_region, region_of
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,10 @@ DEFAULT_GSD_M = 0.5  # the method's Pléiades GSD, used when the data carries no
 class TileData:
     """N tiles in one order.
 
-    images: (N, 3, S, S) uint8 RGB; labels: (N, S, S) uint8, 1 = damaged;
-    buildings: (N, S, S) bool footprint masks; regions: canonical region per tile.
+    images: (N, 3, S, S) uint8 RGB; labels: (N, S, S) uint8, 1 = damaged, 0 = not,
+    255 = ignored (xBD's un-classified buildings); buildings: (N, S, S) bool footprint
+    masks; regions: canonical region per tile; notes: what reading the data found,
+    in sentences for the run's report.
     """
 
     tile_ids: list[str]
@@ -43,6 +47,7 @@ class TileData:
     buildings: torch.Tensor
     gsd_m: float  # ground sample distance of the S² tiles
     regions_with_footprints: frozenset[str]
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tile_ids)
@@ -53,8 +58,8 @@ class TileData:
         return torch.tensor([where[t] for t in tile_ids], dtype=torch.int64)
 
     def damaged_fractions(self) -> list[float]:
-        """Each tile's damaged fraction of its S² label."""
-        return self.labels.flatten(1).float().mean(1).tolist()
+        """Each tile's damaged fraction of its S² label (ignored pixels count as not damaged)."""
+        return (self.labels.flatten(1) == 1).float().mean(1).tolist()
 
     @property
     def region_names(self) -> list[str]:
@@ -68,12 +73,20 @@ def load_tile_data(
     footprint_dir: Path | None = None,
     tiles_meta_dir: Path | None = None,
     workers: int = 1,
+    gsd_m: float = DEFAULT_GSD_M,
+    disaster_types: Sequence[str] | None = None,
+    cache_dir: Path | None = None,
 ) -> TileData:
     """Decode every tile of ``regions`` (all found when None) under ``data_root``.
 
+    ``gsd_m``, ``disaster_types`` and ``cache_dir`` apply to the xBD layout, whose
+    images are resampled to ``gsd_m`` (the other layouts keep their own GSD).
     Raises InputError naming ``data_root`` when a region has no tiles.
     """
     wanted = None if regions is None else {canonical_region(r) for r in regions}
+    if xbd.is_xbd(data_root):
+        types = None if disaster_types is None else frozenset(disaster_types)
+        return _load_xbd(data_root, wanted, size, gsd_m, types, workers, cache_dir)
     layout = tile_io.detect_layout(data_root)
     if layout == "tiles":
         meta = tile_io.read_tiles_meta(tiles_meta_dir or data_root / "tiles_meta")
@@ -142,6 +155,78 @@ def load_tile_data(
         len(data.regions_with_footprints),
     )
     return data
+
+
+def _load_xbd(
+    data_root: Path,
+    wanted: set[str] | None,
+    size: int,
+    gsd_m: float,
+    disaster_types: frozenset[str] | None,
+    workers: int,
+    cache_dir: Path | None,
+) -> TileData:
+    """xBD's post-disaster images as tiles at ``gsd_m``; the region is the disaster."""
+    catalog = xbd.read_catalog(data_root, disaster_types)
+    found = sorted({i.disaster for i in catalog.images})
+    missing = sorted((wanted or set()) - set(found))
+    if missing:
+        raise InputError(
+            f"{data_root}: no xBD images of disaster {missing[0]!r}; "
+            f"disasters found there: {', '.join(found)}"
+        )
+    catalog.images = [i for i in catalog.images if wanted is None or i.disaster in wanted]
+    tiles = xbd.xbd_tiles(catalog, size, gsd_m, workers, cache_dir)
+    if not tiles.tile_ids:
+        raise InputError(f"{data_root}: no xBD image gave a complete {size}² tile at {gsd_m} m")
+    regions = [region_of(t) for t in tiles.tile_ids]
+    data = TileData(
+        tile_ids=tiles.tile_ids,
+        regions=regions,
+        images=torch.from_numpy(tiles.images),
+        labels=torch.from_numpy(tiles.labels),
+        buildings=torch.from_numpy(tiles.buildings),
+        gsd_m=gsd_m,
+        regions_with_footprints=frozenset(regions),
+        notes=_xbd_notes(catalog, tiles, gsd_m),
+    )
+    log.info("%d xBD tiles of %d disasters at %.2f m", len(data), len(found), gsd_m)
+    return data
+
+
+def _xbd_notes(catalog: xbd.XbdCatalog, tiles: xbd.XbdTiles, gsd_m: float) -> list[str]:
+    """Fitted pixel sizes and residuals per disaster, and what was skipped, for the report."""
+    notes = []
+    for disaster in sorted({i.disaster for i in catalog.images}):
+        images = [i for i in catalog.images if i.disaster == disaster]
+        fits = [i.fit for i in images if i.fit is not None]
+        if fits:
+            sizes = [f.pixel_size_m for f in fits]
+            notes.append(
+                f"xBD {disaster}: {len(images)} post-disaster images; pixel size fitted from the "
+                f"xy↔lng_lat vertices: median {statistics.median(sizes):.3f} m "
+                f"({min(sizes):.3f}–{max(sizes):.3f}), RMS residual ≤ "
+                f"{max(f.rms_px for f in fits):.2f} px, max {max(f.max_px for f in fits):.2f} px "
+                f"(metadata gsd {images[0].metadata_gsd} m is the sensor's, not used); "
+                f"{len(images) - len(fits)} without buildings took the median; "
+                f"resampled to {gsd_m:g} m."
+            )
+        else:
+            notes.append(
+                f"xBD {disaster}: {len(images)} images without any building to fit; "
+                f"read as {gsd_m:g} m pixels."
+            )
+    skipped = catalog.skipped + tiles.skipped
+    if skipped or catalog.pre_disaster:
+        counts = Counter(reason.split(":")[0] for _, reason in skipped)
+        listed = "; ".join(f"{n} {why}" for why, n in sorted(counts.items()))
+        notes.append(
+            f"xBD skipped: {listed or 'nothing'}; {catalog.pre_disaster} pre-disaster images "
+            "not read (stmap maps post-event imagery)."
+        )
+        for path, reason in skipped:
+            log.warning("%s: skipped (%s)", path, reason)
+    return notes
 
 
 def _all_regions(data_root: Path) -> set[str]:

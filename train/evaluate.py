@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from stmap.bundle import open_bundle
+from stmap.cache import user_cache_dir
 from stmap.model import Normalize
 from stmap.train.datasets import load_tile_data
 from stmap.train.loop import Inputs, evaluate, resolve_device
@@ -41,7 +42,14 @@ def evaluate_bundle(
     target = resolve_device(device)
     model = bundle.load_segmenter().to(target)
     data = load_tile_data(
-        Path(data_root), regions, manifest.tile_size, footprint_dir, tiles_meta_dir, workers
+        Path(data_root),
+        regions,
+        manifest.tile_size,
+        footprint_dir,
+        tiles_meta_dir,
+        workers,
+        gsd_m=manifest.gsd_m,
+        cache_dir=user_cache_dir("xbd-tiles"),
     )
     inputs = Inputs(data, Normalize(manifest.preprocessing("uint8")), target)
     everything = torch.arange(len(data))
@@ -55,6 +63,7 @@ def evaluate_bundle(
             f"Bundle {bundle.source} ({manifest.backbone}, tile {manifest.tile_size}, "
             f"threshold {manifest.threshold:g}) on all {len(data)} tiles of "
             f"{', '.join(data.region_names)}; std is 0 with a single evaluation.",
+            *data.notes,
         ],
         "bundle": str(bundle.source),
         "overlays": [],

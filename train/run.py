@@ -15,6 +15,7 @@ from typing import Any
 
 from stmap import __version__
 from stmap.bundle import Normalization, manifest_for, write_bundle
+from stmap.cache import user_cache_dir
 from stmap.errors import InputError, OutputExistsError
 from stmap.model import DamageSegmenter, Normalize, Preprocessing, SegmenterConfig, get_spec
 from stmap.provenance import git_commit
@@ -53,6 +54,9 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
         config.footprint_dir,
         config.tiles_meta_dir,
         config.num_workers,
+        gsd_m=config.gsd_m,
+        disaster_types=config.disaster_types,
+        cache_dir=user_cache_dir("xbd-tiles") if config.tile_cache else None,
     )
     if config.lambda_dpt and len(data.regions_with_footprints) < len(data.region_names):
         bare = sorted(set(data.region_names) - data.regions_with_footprints)
@@ -200,7 +204,7 @@ def run_facts(
             f"{config.fewshot_lr:g}, weight decay {config.fewshot_weight_decay:g}, "
             f"{config.fewshot_epochs} steps, fp32; PC prototypes from the shots."
         )
-    return facts + result.notes
+    return facts + data.notes + result.notes
 
 
 def rope_state(config: TrainConfig) -> str:

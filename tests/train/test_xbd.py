@@ -151,3 +151,23 @@ def test_an_undecodable_image_is_skipped_with_its_reason(tmp_path):
     assert [path for path, _ in tiles.skipped] == [broken]
     assert tiles.skipped[0][1].startswith("unreadable image")
     assert len(tiles.tile_ids) == 4  # the other image's 2 × 2 tiles
+
+
+def test_training_data_from_xbd_has_disasters_as_regions_and_reports_the_fit(tmp_path):
+    from stmap.train.datasets import load_tile_data
+
+    make_xbd(tmp_path, {"turkey-earthquake": 2, "texas-flood": 1}, pixel_m=0.25, size=512)
+    data = load_tile_data(tmp_path, None, 128, gsd_m=0.5, disaster_types=["earthquake"])
+    assert data.region_names == ["turkey-earthquake"]
+    assert len(data) == 8 and data.gsd_m == 0.5
+    assert data.regions_with_footprints == {"turkey-earthquake"}
+    assert set(torch_unique(data.labels)) == {0, 1, xbd.IGNORE}
+    assert max(data.damaged_fractions()) <= 1.0
+    assert any("median 0.250 m" in note and "not used" in note for note in data.notes)
+    assert any("3 pre-disaster images not read" in note for note in data.notes)
+    with pytest.raises(xbd.InputError, match="no xBD images of disaster 'nepal-flooding'"):
+        load_tile_data(tmp_path, ["nepal-flooding"], 128)
+
+
+def torch_unique(tensor) -> list[int]:
+    return [int(v) for v in tensor.unique()]
