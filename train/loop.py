@@ -322,7 +322,7 @@ def adapt_fewshot(
     generator = torch.Generator().manual_seed(config.seed + fold)
     lambda_pc = config.lambda_pc
     prototypes = (None, None)
-    if lambda_pc and not bool(inputs.data.labels[shots].any()):
+    if lambda_pc and not bool((inputs.data.labels[shots] == 1).any()):
         log.warning("fold %d: the %d shot(s) hold no damage; PC is off for them", fold, len(shots))
         lambda_pc = 0.0
     elif lambda_pc:

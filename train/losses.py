@@ -24,6 +24,7 @@ NORM_EPS = 1e-8  # the reference's guard in every L2 normalisation
 UNDAMAGED, DAMAGED, NON_BUILDING, IGNORED = 0, 1, 2, -1
 MIN_BUILDING_FRACTION = 0.02  # r_b below this: non-building
 MAX_UNDAMAGED_RATIO = 0.02  # r_d at most this: undamaged
+IGNORE_LABEL = 255  # a pixel label that no loss or metric counts (xBD's un-classified)
 MIN_DAMAGED_RATIO = 0.10  # r_d at least this: damaged; in between: ignored
 
 
@@ -32,12 +33,19 @@ def _l2_normalise(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def _binary_mask(mask: torch.Tensor, b: int, h: int, w: int, name: str) -> torch.Tensor:
-    """(B, 1, H, W) or (B, H, W) labels → (B, 1, H, W) bool, True where > 0.5."""
+    """(B, 1, H, W) or (B, H, W) labels → (B, 1, H, W) bool, True where > 0.5 (and not
+    IGNORE_LABEL: an ignored pixel is never damaged)."""
     if mask.numel() != b * h * w or mask.shape[0] != b or tuple(mask.shape[-2:]) != (h, w):
         raise InputError(
             f"{name} has shape {tuple(mask.shape)}; expected ({b}, 1, {h}, {w}) or ({b}, {h}, {w})"
         )
-    return mask.reshape(b, 1, h, w) > 0.5
+    mask = mask.reshape(b, 1, h, w)
+    return (mask > 0.5) & (mask != IGNORE_LABEL)
+
+
+def _known(target: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """(B, 1, H, W) bool: pixels whose label is known (not IGNORE_LABEL)."""
+    return target.reshape(b, 1, h, w) != IGNORE_LABEL
 
 
 def _bhw(logits: torch.Tensor) -> tuple[int, int, int]:
@@ -49,17 +57,20 @@ def _bhw(logits: torch.Tensor) -> tuple[int, int, int]:
 def focal_loss(
     logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.70, gamma: float = 2.0
 ) -> torch.Tensor:
-    """Binary focal loss, mean over pixels; ``alpha`` weights the damaged class.
+    """Binary focal loss, mean over the pixels with a known label; ``alpha`` weights the
+    damaged class.
 
-    logits: (B, 1, H, W) float; target: (B, 1, H, W) or (B, H, W) labels. Built on
-    BCE-with-logits (p_t = exp(−BCE)) so that large logits stay finite.
+    logits: (B, 1, H, W) float; target: (B, 1, H, W) or (B, H, W) labels, IGNORE_LABEL
+    where unknown (with none known the loss is a zero that still carries a gradient).
+    Built on BCE-with-logits (p_t = exp(−BCE)) so that large logits stay finite.
     """
     logits = logits.float()
     t = _binary_mask(target, *_bhw(logits), "target").float()
+    known = _known(target, *_bhw(logits)).float()
     bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
     p_t = torch.exp(-bce)
     alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
-    return (alpha_t * (1.0 - p_t) ** gamma * bce).mean()
+    return (alpha_t * (1.0 - p_t) ** gamma * bce * known).sum() / known.sum().clamp_min(1.0)
 
 
 @torch.no_grad()
@@ -126,7 +137,7 @@ def pc_loss(
     b, h, w = _bhw(logits)
     truth = _binary_mask(target, b, h, w, "target")
     y_proto = assign_prototypes(pixel_embedding, prototypes, prototype_labels, (h, w))
-    agree = (y_proto == truth).float()
+    agree = ((y_proto == truth) & _known(target, b, h, w)).float()
     bce = F.binary_cross_entropy_with_logits(logits, y_proto.float(), reduction="none")
     return (bce * agree).sum() / agree.sum().clamp_min(1.0)
 
@@ -147,6 +158,7 @@ def dpt_patch_labels(
         raise InputError(f"tile size {h}×{w} is not divisible by the DPT grid {grid}")
     damaged = _binary_mask(target, b, h, w, "target")
     building = _binary_mask(building_mask, b, h, w, "building_mask").to(damaged.device)
+    building &= _known(target, b, h, w)  # an unknown grade tells neither way
     ph, pw = h // grid, w // grid
 
     def per_patch(mask: torch.Tensor) -> torch.Tensor:

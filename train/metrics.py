@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from stmap.errors import InputError
+from stmap.train.losses import IGNORE_LABEL
 
 METRICS = ("precision", "recall", "accuracy", "f1", "iou1", "iou0", "miou")
 
@@ -39,7 +40,8 @@ class ConfusionCounts:
         """Add one batch. prediction: logits (probabilities with ``from_logits=False``),
         any shape with as many elements as target, e.g. (B, 1, H, W) float. A pixel is
         predicted damaged when its probability is > ``threshold`` (sigmoid > 0.5, as
-        the method scores) and is damaged when its target is > 0.5."""
+        the method scores) and is damaged when its target is > 0.5; pixels whose
+        target is IGNORE_LABEL (255) are not counted."""
         if prediction.numel() != target.numel():
             raise InputError(
                 f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} "
@@ -47,14 +49,21 @@ class ConfusionCounts:
             )
         prob = torch.sigmoid(prediction.float()) if from_logits else prediction
         pred = (prob > threshold).reshape(-1)
-        truth = (target > 0.5).reshape(-1).to(pred.device)
-        tp, fp, fn = torch.stack(
-            [(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()]
+        target = target.reshape(-1).to(pred.device)
+        known = target != IGNORE_LABEL
+        truth = target > 0.5
+        tp, fp, fn, n = torch.stack(
+            [
+                (pred & truth & known).sum(),
+                (pred & ~truth & known).sum(),
+                (~pred & truth & known).sum(),
+                known.sum(),
+            ]
         ).tolist()
         self.tp += tp
         self.fp += fp
         self.fn += fn
-        self.tn += pred.numel() - tp - fp - fn
+        self.tn += n - tp - fp - fn
 
     def __add__(self, other: ConfusionCounts) -> ConfusionCounts:
         return ConfusionCounts(

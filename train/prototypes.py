@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from stmap.errors import InputError
 from stmap.lazy import lazy_import
+from stmap.train.losses import IGNORE_LABEL
 
 NORM_EPS = 1e-8  # the reference's guard in every L2 normalisation
 _CLASS_NAMES = {1: "damaged", 0: "other (not damaged)"}
@@ -30,7 +31,7 @@ def sample_pixel_embeddings(
     """Per image, at most ``per_class`` damaged and ``per_class`` other pixels' embeddings.
 
     embedding: (B, E, h, w) float, upsampled nearest to the label size; target:
-    (B, 1, H, W) or (B, H, W) labels (> 0.5 is damaged). Pixels are drawn without
+    (B, 1, H, W) or (B, H, W) labels (> 0.5 is damaged, 255 unknown). Pixels are drawn without
     replacement and a class short of ``per_class`` is not topped up from the other.
     Returns, on the CPU, vectors (N, E) float32 L2-normalised and labels (N,) int64
     (1 damaged, 0 other), each image's damaged pixels first.
@@ -41,12 +42,14 @@ def sample_pixel_embeddings(
         raise InputError(
             f"target has shape {tuple(target.shape)}; expected ({b}, 1, H, W) or ({b}, H, W)"
         )
-    damaged = (target.reshape(b, h * w) > 0.5).cpu()
+    flat_target = target.reshape(b, h * w).cpu()
+    known = flat_target != IGNORE_LABEL  # an unknown pixel is drawn into neither class
+    damaged = (flat_target > 0.5) & known
     vectors, labels = [], []
     for image in range(b):
         up = F.interpolate(embedding[image : image + 1].float(), size=(h, w), mode="nearest")
         flat = up.reshape(e, h * w).T
-        for label, members in ((1, damaged[image]), (0, ~damaged[image])):
+        for label, members in ((1, damaged[image]), (0, ~damaged[image] & known[image])):
             index = members.nonzero().flatten()
             if index.numel() > per_class:
                 index = index[torch.randperm(index.numel(), generator=generator)[:per_class]]

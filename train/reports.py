@@ -139,13 +139,13 @@ def write_overlays(
     from stmap.train.loop import predict
 
     data = inputs.data
-    sample = overlay_sample(data.labels[index].flatten(1).amax(1) > 0, index, count)
+    sample = overlay_sample((data.labels[index].flatten(1) == 1).any(1), index, count)
     names = []
     for batch, logits in predict(model, inputs, sample, batch_size):
         predicted = (torch.sigmoid(logits[:, 0]) > threshold).cpu()
         for position, mask in zip(batch.tolist(), predicted, strict=True):
             name = f"{data.tile_ids[position]}.png"
-            image = overlay(data.images[position], data.labels[position].bool(), mask)
+            image = overlay(data.images[position], data.labels[position] == 1, mask)
             write_png(directory / name, image)
             names.append(name)
     return names

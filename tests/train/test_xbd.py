@@ -171,3 +171,44 @@ def test_training_data_from_xbd_has_disasters_as_regions_and_reports_the_fit(tmp
 
 def torch_unique(tensor) -> list[int]:
     return [int(v) for v in tensor.unique()]
+
+
+def test_a_short_lodo_run_and_evaluate_on_xbd_end_to_end(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from stmap.cli import main
+
+    disasters = {"turkey-earthquake": 2, "mexico-earthquake": 2, "texas-flood": 1}
+    make_xbd(tmp_path / "xbd", disasters, size=512, pixel_m=0.25)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        [
+            "train", "--config", "lodo",
+            "--set", f"data_root={tmp_path / 'xbd'}",
+            "--set", f"out_dir={out}",
+            "--set", "backbone=tiny",
+            "--set", "decoder_channels=8",
+            "--set", "epochs=1",
+            "--set", "k_folds=2",
+            "--set", "batch_size=4",
+            "--set", "overlays=2",
+            "--set", "disaster_types=[earthquake]",
+            "--json",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert 0.0 <= payload["mean_over_regions"]["lodo"]["iou1"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert "| mexico-earthquake |" in report and "| turkey-earthquake |" in report
+    assert "texas-flood" not in report  # disaster_types kept the earthquakes only
+    assert "pixel size fitted" in report and "not used" in report
+    result = CliRunner().invoke(
+        main, ["evaluate", "--model", payload["bundle"], str(tmp_path / "xbd"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.stdout)["summary"]["evaluate"]["regions"]
+    assert set(scored) == set(disasters)  # evaluate scores every disaster unless filtered

@@ -81,9 +81,10 @@ def write_xbd_image(
 def make_xbd(
     root: Path, disasters: dict[str, int], *, size: int = 256, pixel_m: float = 0.5
 ) -> Path:
-    """``disasters`` {name: post-disaster images} under ``root/train``, with a pre image each."""
+    """``disasters`` {name: post-disaster images} under ``root/train``, with a pre image each;
+    a disaster named ``*earthquake*`` is of type earthquake, any other flooding."""
     for d, (disaster, count) in enumerate(disasters.items()):
-        kind = "earthquake" if d % 2 == 0 else "flooding"
+        kind = "earthquake" if "earthquake" in disaster else "flooding"
         for n in range(count):
             origin = (400_000.0 + d * 5_000 + n * size * pixel_m, 4_160_000.0)
             for phase in ("pre", "post"):

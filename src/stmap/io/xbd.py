@@ -25,6 +25,7 @@ import json
 import math
 import re
 import statistics
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 from pyproj import CRS, Transformer
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import rasterize
 from rasterio.transform import Affine
 
@@ -181,12 +183,14 @@ def label_arrays(image: XbdImage) -> tuple[np.ndarray, np.ndarray]:
     shapes = [(b.polygon, _label_value(b.subtype)) for b in burn_order]
     # Identity transform: polygons are in pixels. Damaged burns last so that it wins
     # where polygons of different grades overlap.
-    rasterize(shapes, out=labels, transform=Affine.identity(), all_touched=False)
-    rasterize(
-        [(b.polygon, 1) for b in image.buildings],
-        transform=Affine.identity(),
-        out=buildings.view(np.uint8),
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        rasterize(shapes, out=labels, transform=Affine.identity())
+        rasterize(
+            [(b.polygon, 1) for b in image.buildings],
+            transform=Affine.identity(),
+            out=buildings.view(np.uint8),
+        )
     return labels, buildings
 
 
@@ -474,10 +478,8 @@ def _concatenate(parts: list[np.ndarray], empty: tuple[int, ...], dtype: type) -
 
 def _read_png(image: XbdImage) -> np.ndarray:
     """The image's first three bands, (3, H, W) uint8; raises _SkipError with the reason."""
-    import warnings
-
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
 
     try:
         with warnings.catch_warnings():
