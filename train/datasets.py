@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shapely
@@ -48,6 +49,8 @@ class TileData:
     gsd_m: float  # ground sample distance of the S² tiles
     regions_with_footprints: frozenset[str]
     notes: list[str] = field(default_factory=list)
+    # tile id → (CRS, transform) where the layout places tiles on the map (xBD's fit)
+    georef: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tile_ids)
@@ -189,6 +192,7 @@ def _load_xbd(
         gsd_m=gsd_m,
         regions_with_footprints=frozenset(regions),
         notes=_xbd_notes(catalog, tiles, gsd_m),
+        georef=tiles.georef,
     )
     log.info("%d xBD tiles of %d disasters at %.2f m", len(data), len(found), gsd_m)
     return data

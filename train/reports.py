@@ -133,7 +133,8 @@ def write_overlays(
 ) -> list[str]:
     """Overlays of ``model`` on up to ``count`` tiles of ``index`` (damaged first), as PNGs.
 
-    Returns the file names written in ``directory`` (``<tile id>.png``).
+    Returns the file names written in ``directory`` (``<tile id>.png``); tiles the data
+    places on the map get their CRS and transform (``.aux.xml`` and a world file).
     """
     from stmap.io.tiles import write_png
     from stmap.train.loop import predict
@@ -146,7 +147,7 @@ def write_overlays(
         for position, mask in zip(batch.tolist(), predicted, strict=True):
             name = f"{data.tile_ids[position]}.png"
             image = overlay(data.images[position], data.labels[position] == 1, mask)
-            write_png(directory / name, image)
+            write_png(directory / name, image, data.georef.get(data.tile_ids[position]))
             names.append(name)
     return names
 

@@ -212,3 +212,22 @@ def test_a_short_lodo_run_and_evaluate_on_xbd_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     scored = json.loads(result.stdout)["summary"]["evaluate"]["regions"]
     assert set(scored) == set(disasters)  # evaluate scores every disaster unless filtered
+
+
+def test_tiles_of_fitted_images_are_placed_on_the_map(tmp_path):
+    import rasterio
+
+    from stmap.io.tiles import write_png
+
+    make_xbd(tmp_path, {"turkey-earthquake": 1}, size=512, pixel_m=0.25)
+    tiles = xbd.xbd_tiles(xbd.read_catalog(tmp_path), 128, 0.5)
+    crs, transform = tiles.georef["turkey-earthquake_r1_c1_train00000000"]
+    assert crs == UTM
+    # tile (1, 1) starts 128 px of 0.5 m right of and below the image's corner
+    assert transform.a == pytest.approx(0.5, rel=2e-3)
+    assert transform.e == pytest.approx(-0.5, rel=2e-3)
+    assert (transform.c, transform.f) == pytest.approx((400_064.0, 4_159_936.0), abs=0.1)
+    write_png(tmp_path / "overlay.png", tiles.images[3], (crs, transform))
+    with rasterio.open(tmp_path / "overlay.png") as written:
+        assert written.crs.to_epsg() == 32637
+        assert written.transform.almost_equals(transform)

@@ -389,10 +389,14 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write (3, H, W) uint8 RGB as a PNG."""
+def write_png(path: Path, image: np.ndarray, georef: tuple[Any, Affine] | None = None) -> None:
+    """Write (3, H, W) uint8 RGB as a PNG; with ``georef`` (CRS, transform) GDAL adds a
+    world file and an ``.aux.xml`` with the CRS, so GIS software places it on the map."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {"driver": "PNG", "width": image.shape[2], "height": image.shape[1]}
+    profile: dict[str, Any] = {"driver": "PNG", "width": image.shape[2], "height": image.shape[1]}
+    if georef is not None:
+        crs, transform = georef
+        profile.update(crs=CRS.from_user_input(crs), transform=transform, worldfile="YES")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "w", count=3, dtype="uint8", **profile) as dst:

@@ -183,14 +183,12 @@ def label_arrays(image: XbdImage) -> tuple[np.ndarray, np.ndarray]:
     shapes = [(b.polygon, _label_value(b.subtype)) for b in burn_order]
     # Identity transform: polygons are in pixels. Damaged burns last so that it wins
     # where polygons of different grades overlap.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        rasterize(shapes, out=labels, transform=Affine.identity())
-        rasterize(
-            [(b.polygon, 1) for b in image.buildings],
-            transform=Affine.identity(),
-            out=buildings.view(np.uint8),
-        )
+    rasterize(shapes, out=labels, transform=Affine.identity())
+    rasterize(
+        [(b.polygon, 1) for b in image.buildings],
+        transform=Affine.identity(),
+        out=buildings.view(np.uint8),
+    )
     return labels, buildings
 
 
@@ -379,6 +377,7 @@ class XbdTiles:
     buildings: np.ndarray
     pixel_sizes: dict[str, float]
     skipped: list[tuple[Path, str]]
+    georef: dict[str, tuple[CRS, Affine]]  # tile id → CRS and transform, for fitted images
 
 
 def xbd_tiles(
@@ -405,19 +404,27 @@ def xbd_tiles(
         except _SkipError as exc:
             return str(exc)
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    # PNGs and pixel-space polygons carry no georeferencing, which is expected. (Filters
+    # are process-wide, so they are set here, around the threads, not inside them.)
+    with warnings.catch_warnings(), ThreadPoolExecutor(max(1, workers)) as pool:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         parts = list(pool.map(one, catalog.images))
-    tile_ids, kept, skipped = [], [], []
+    tile_ids, kept, skipped, georef = [], [], [], {}
     for image, part in zip(catalog.images, parts, strict=True):
         if isinstance(part, str):
             skipped.append((image.image, part))
             continue
         kept.append(part)
         number = _STEM.match(image.stem)["id"]  # type: ignore[index]
-        tile_ids += [
-            f"{image.disaster}_r{k // part.columns}_c{k % part.columns}_{image.split}{number}"
-            for k in range(len(part.images))
-        ]
+        for k in range(len(part.images)):
+            row, col = divmod(k, part.columns)
+            tile_id = f"{image.disaster}_r{row}_c{col}_{image.split}{number}"
+            tile_ids.append(tile_id)
+            if image.fit is not None:
+                # the resampled grid spans the image: its pixel is W / out_w image pixels
+                scale = Affine.scale(image.width / part.width, image.height / part.height)
+                corner = Affine.translation(col * size, row * size)
+                georef[tile_id] = (image.fit.crs, image.fit.transform @ scale @ corner)
     return XbdTiles(
         tile_ids=tile_ids,
         images=_concatenate([p.images for p in kept], (0, 3, size, size), np.uint8),
@@ -425,6 +432,7 @@ def xbd_tiles(
         buildings=_concatenate([p.buildings for p in kept], (0, size, size), bool),
         pixel_sizes=sizes,
         skipped=skipped,
+        georef=georef,
     )
 
 
@@ -434,6 +442,8 @@ class _ImageTiles:
     labels: np.ndarray
     buildings: np.ndarray
     columns: int  # tiles per row, to name them
+    width: int  # the resampled image's size in pixels
+    height: int
 
 
 def _image_tiles(
@@ -447,7 +457,10 @@ def _image_tiles(
         try:
             with np.load(cached) as stored:
                 return _ImageTiles(
-                    stored["images"], stored["labels"], stored["buildings"], int(stored["columns"])
+                    stored["images"],
+                    stored["labels"],
+                    stored["buildings"],
+                    *(int(stored[k]) for k in ("columns", "width", "height")),
                 )
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is rebuilt, never trusted
@@ -466,6 +479,8 @@ def _image_tiles(
         np.stack([labels[y : y + size, x : x + size] for y, x in corners]),
         np.stack([buildings[y : y + size, x : x + size] for y, x in corners]).astype(bool),
         out_w // size,
+        out_w,
+        out_h,
     )
     if cached is not None:
         _save_npz(cached, tiles)
@@ -482,17 +497,15 @@ def _read_png(image: XbdImage) -> np.ndarray:
     from rasterio.errors import RasterioIOError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(image.image) as src:
-                if src.count < 3 or src.dtypes[0] != "uint8":
-                    raise _SkipError(f"unreadable image: {src.count} × {src.dtypes[0]}, not RGB")
-                if (src.width, src.height) != (image.width, image.height):
-                    raise _SkipError(
-                        f"unreadable image: {src.width}×{src.height} px but its label says "
-                        f"{image.width}×{image.height}"
-                    )
-                return src.read([1, 2, 3])
+        with rasterio.open(image.image) as src:
+            if src.count < 3 or src.dtypes[0] != "uint8":
+                raise _SkipError(f"unreadable image: {src.count} × {src.dtypes[0]}, not RGB")
+            if (src.width, src.height) != (image.width, image.height):
+                raise _SkipError(
+                    f"unreadable image: {src.width}×{src.height} px but its label says "
+                    f"{image.width}×{image.height}"
+                )
+            return src.read([1, 2, 3])
     except RasterioIOError as exc:
         raise _SkipError(f"unreadable image: {exc}") from None
 
@@ -513,7 +526,7 @@ def _cache_key(image: XbdImage, pixel_m: float, size: int, gsd_m: float) -> str:
     """SHA-256 of the image and label bytes and of what the tiles depend on."""
     import hashlib
 
-    digest = hashlib.sha256(f"xbd-tiles-v1 {size} {gsd_m!r} {pixel_m!r}".encode())
+    digest = hashlib.sha256(f"xbd-tiles-v2 {size} {gsd_m!r} {pixel_m!r}".encode())
     for path in (image.image, image.label):
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -536,6 +549,8 @@ def _save_npz(path: Path, tiles: _ImageTiles) -> None:
                 labels=tiles.labels,
                 buildings=tiles.buildings,
                 columns=tiles.columns,
+                width=tiles.width,
+                height=tiles.height,
             )
         os.replace(temporary, path)
     except BaseException:
