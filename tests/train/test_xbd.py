@@ -231,3 +231,19 @@ def test_tiles_of_fitted_images_are_placed_on_the_map(tmp_path):
     with rasterio.open(tmp_path / "overlay.png") as written:
         assert written.crs.to_epsg() == 32637
         assert written.transform.almost_equals(transform)
+
+
+def test_train_on_an_xbd_folder_with_nothing_usable_exits_2_naming_it(tmp_path):
+    from click.testing import CliRunner
+
+    from stmap.cli import main
+
+    make_xbd(tmp_path / "xbd", {"turkey-earthquake": 1})
+    for label in (tmp_path / "xbd" / "train" / "labels").glob("*_post_disaster.json"):
+        label.write_text('{"features": {"xy": [{"wkt": "POLYGON ((0 0, 1"}]}}')
+    args = ["train", "--config", "lodo", "--set", f"data_root={tmp_path / 'xbd'}"]
+    args += ["--set", "backbone=tiny"]
+    result = CliRunner().invoke(main, [*args, "--set", f"out_dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'xbd'}: no usable post-disaster xBD image" in result.output
+    assert "1 invalid WKT" in result.output and "Traceback" not in result.output
