@@ -375,7 +375,7 @@ def plan_input(
     if options.aoi is not None:
         if info.crs is None:
             raise RasterError(f"--aoi {options.aoi}: {path} has no CRS to place the AOI on")
-        aoi = read_aoi(options.aoi, info.crs)
+        aoi = read_aoi(options.aoi, info.crs, within=_bounds(info))
         aoi.check_overlap(_bounds(info), path)
     stem = stem or _stem(path)
     return InputPlan(info, stem, bands, masked, scale, area, gsd, block_size, tuple(notes), aoi=aoi)

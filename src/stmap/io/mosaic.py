@@ -142,7 +142,7 @@ def build_mosaic(
     union = _union([s.bounds_in(target) for s in sources])
     extent = union
     if aoi is not None:
-        area = read_aoi(aoi, target)
+        area = read_aoi(aoi, target, within=union)
         area.check_overlap(union, "the inputs")
         extent = _intersection(area.bounds, union)
     grid = aligned_grid(extent, target, step)
