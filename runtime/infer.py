@@ -30,7 +30,7 @@ from stmap.bundle import Bundle, Manifest, open_bundle
 from stmap.errors import InputError, Interrupted, OutputExistsError, RasterError, VectorError
 from stmap.io.aoi import Aoi, read_aoi
 from stmap.io.blocks import ReadSpec, describe_bands, file_identity, streaming_env
-from stmap.io.footprints import read_footprints
+from stmap.io.footprints import footprint_files, read_footprints
 from stmap.io.inputs import SceneInput, expand_inputs
 from stmap.io.mosaic import Mosaic, build_mosaic
 from stmap.io.outdir import check_name, check_writes, outdir_lock, read_paths
@@ -310,9 +310,9 @@ def plan_run(
     scenes = expand_inputs(inputs, options.asset)
     for scene in scenes:
         check_name(scene.id, scene.href)
-    _check_vector_paths(options)
     bundle_files = [str(bundle.source), *(str(bundle.root / name) for name in manifest.files)]
-    hrefs = [*map(str, inputs), *(s.href for s in scenes), options.footprints, options.aoi]
+    footprints = [options.footprints, *_footprint_files(options)]
+    hrefs = [*map(str, inputs), *(s.href for s in scenes), *footprints, options.aoi]
     reads = read_paths([*hrefs, *bundle_files])
     with streaming_env():  # remote inputs are opened with the settings they are read with
         if options.mosaic is None:
@@ -789,11 +789,14 @@ def _check_products(plans: Sequence[InputPlan], options: InferOptions) -> None:
         raise InputError(f"--tta {options.tta}: unknown mode; choose one of {', '.join(TTA_MODES)}")
 
 
-def _check_vector_paths(options: InferOptions) -> None:
-    """A local --footprints file that is not there is refused now, not after the run."""
-    path = options.footprints
-    if path and not path.startswith("/vsi") and "://" not in path and not os.path.exists(path):
-        raise VectorError(f"--footprints {path}: file not found")
+def _footprint_files(options: InferOptions) -> list[str]:
+    """The files --footprints stands for (a STAC document's too), refused now, not after
+    the run, when a local one is not there."""
+    files = footprint_files(options.footprints) if options.footprints else []
+    for path in files:
+        if not path.startswith("/vsi") and "://" not in path and not os.path.exists(path):
+            raise VectorError(f"--footprints {path}: file not found")
+    return files
 
 
 def _check_outputs(

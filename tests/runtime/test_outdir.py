@@ -128,6 +128,24 @@ def test_missing_footprints_are_refused_before_the_run(tmp_path, bundle):
     assert not out.exists()
 
 
+def test_footprints_a_stac_document_names_are_checked_before_the_run(tmp_path, bundle):
+    scene = write_raster(tmp_path / "city.tif", smooth_image(64, 64))
+    out = tmp_path / "out"
+    doc = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "osm",
+        "properties": {"datetime": "2023-02-07T08:15:00Z"},
+        "assets": {"footprints": {"href": "gone.gpkg", "roles": ["footprints"]}},
+    }
+    (tmp_path / "footprints.json").write_text(json.dumps(doc))
+    args = ["-o", str(out), "--footprints", str(tmp_path / "footprints.json")]
+    result = infer(str(scene), *args, bundle=bundle)
+    assert result.exit_code == 2, result.output
+    assert f"--footprints {tmp_path / 'gone.gpkg'}: file not found" in result.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("journal", [b"{}", b"", b"\xff\xfe", b'{"version": 1}'])
 def test_a_forged_journal_never_licenses_overwriting(tmp_path, bundle, journal):
     scene = write_raster(tmp_path / "city.tif", smooth_image(64, 64))
@@ -185,3 +203,17 @@ def test_names_are_checked_or_made_safe():
     for bad in ("../x", "a/b", "-x", ".x", "x!", "x;y", "a\tb", "\udcff", "x ", "", "é" * 101):
         assert name_problem(bad) is not None
         assert name_problem(safe_name(bad)) is None
+
+
+@pytest.mark.parametrize("planted", ["city_damage.tif", ".city.journal.json", ".city.staging"])
+def test_a_link_planted_in_outdir_cannot_redirect_a_write(tmp_path, bundle, planted):
+    scene = write_raster(tmp_path / "city.tif", smooth_image(64, 64))
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (out / planted).symlink_to(victim)
+    result = infer(str(scene), "-o", str(out), "--restart", bundle=bundle)
+    assert result.exit_code == 2, result.output
+    assert f"{out / planted}: an output path outside -o {out}" in result.stderr
+    assert victim.read_text() == "precious"
