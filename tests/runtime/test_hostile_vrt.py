@@ -44,3 +44,21 @@ def test_a_vrt_python_pixel_function_never_runs(tmp_path: Path, command: str) ->
     )
     assert not marker.exists(), "the VRT's Python ran"
     assert done.returncode in (0, 2), done.stderr
+
+
+def test_a_vrt_that_reads_itself_is_refused_without_output(tmp_path: Path) -> None:
+    source = '<SimpleSource><SourceFilename relativeToVRT="1">loop.vrt</SourceFilename>'
+    band = f'<VRTRasterBand dataType="Byte" band="{{n}}">{source}</SimpleSource></VRTRasterBand>'
+    vrt = tmp_path / "loop.vrt"
+    vrt.write_text(VRT.format(bands="\n".join(band.format(n=n) for n in (1, 2, 3))))
+    out = tmp_path / "out"
+    bundle = make_varied_bundle(tmp_path / "bundle")
+    done = subprocess.run(
+        [sys.executable, "-c", STMAP, "infer", str(vrt), "-o", str(out), "--model", str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Recursion detected" in done.stderr
+    assert not out.exists()
