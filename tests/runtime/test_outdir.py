@@ -79,6 +79,19 @@ def test_an_output_never_overwrites_an_input(tmp_path, bundle, restart):
     assert snapshot(data) == before
 
 
+def test_a_mosaic_never_overwrites_one_of_its_members(tmp_path, bundle):
+    data = tmp_path / "d"
+    data.mkdir()
+    member = write_raster(data / "a_damage.tif", smooth_image(64, 64))
+    other = write_raster(data / "b.tif", smooth_image(64, 64, seed=1))
+    before = snapshot(data)
+    args = ["-o", str(data), "--mosaic", "a", "--restart"]
+    result = infer(str(member), str(other), *args, bundle=bundle)
+    assert result.exit_code == 2, result.output
+    assert f"{member}: an input of this run would be overwritten" in result.stderr
+    assert snapshot(data) == before
+
+
 def test_footprints_and_hard_links_to_inputs_are_inputs_too(tmp_path, bundle):
     scene = write_raster(tmp_path / "city.tif", smooth_image(64, 64))
     out = tmp_path / "out"
