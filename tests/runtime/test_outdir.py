@@ -230,3 +230,17 @@ def test_a_link_planted_in_outdir_cannot_redirect_a_write(tmp_path, bundle, plan
     assert result.exit_code == 2, result.output
     assert f"{out / planted}: an output path outside -o {out}" in result.stderr
     assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_link_planted_as_the_lock_file_is_refused_and_its_target_kept(tmp_path, bundle, link):
+    scene = write_raster(tmp_path / "city.tif", smooth_image(64, 64))
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (out / LOCK_FILE).symlink_to(victim) if link == "symbolic" else os.link(victim, out / LOCK_FILE)
+    result = infer(str(scene), "-o", str(out), bundle=bundle)
+    assert result.exit_code == 2, result.output
+    assert f"{out / LOCK_FILE}: " in result.stderr and "remove it" in result.stderr
+    assert victim.read_text() == "precious"

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import os
 import re
+import stat
 import time
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -162,32 +163,60 @@ def outdir_lock(outdir: Path) -> Iterator[Path]:
 
 
 def _acquire(path: Path, outdir: Path) -> int:
-    """The locked file descriptor of ``path``; InputError when another process holds it."""
+    """The locked file descriptor of ``path``; InputError when another process holds it,
+    or when something else lies under its name (a link planted there must not make
+    stmap truncate the file it points to)."""
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:
-            raise InputError(f"-o {outdir}: cannot create {path.name} there ({exc})") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
-            os.close(fd)
-            pid, started = [*holder, "?", "?"][:2]
             raise InputError(
-                f"-o {outdir}: OUTDIR is in use by PID {pid} (started {started}); wait for that "
-                "run to end, or choose another -o"
-            ) from None
+                f"{path}: cannot open OUTDIR's lock file ({exc.strerror or exc}); remove it, "
+                "or choose another -o"
+            ) from exc
         try:
+            _check_lock_file(fd, path)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise InputError(
+                f"-o {outdir}: OUTDIR is in use by {holder}; wait for that run to end, "
+                "or choose another -o"
+            ) from None
         except FileNotFoundError:
             same = False  # its holder removed it as we opened it: lock the new one
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, OSError):  # a file system without locks
+                raise InputError(
+                    f"{path}: cannot lock OUTDIR ({exc.strerror or exc}); choose another -o"
+                ) from exc
+            raise
         if same:
             os.ftruncate(fd, 0)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             os.pwrite(fd, f"{os.getpid()} {stamp}\n".encode(), 0)
             return fd
         os.close(fd)
+
+
+def _check_lock_file(fd: int, path: Path) -> None:
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        raise InputError(
+            f"{path}: not a lock file of stmap's (not a plain file, or a link to another "
+            "file); remove it, or choose another -o"
+        )
+
+
+def _holder(fd: int) -> str:
+    """ "PID n (started t)" from a lock file, whatever bytes it holds."""
+    words = os.pread(fd, 200, 0).decode("ascii", "replace").split()
+    pid = words[0] if words and words[0].isdigit() else "?"
+    started = words[1] if len(words) > 1 and re.fullmatch(r"[\w:+-]{1,40}", words[1]) else "?"
+    return f"PID {pid} (started {started})"
 
 
 def _remove_if_empty(folder: Path) -> None:
