@@ -244,3 +244,16 @@ def test_a_link_planted_as_the_lock_file_is_refused_and_its_target_kept(tmp_path
     assert result.exit_code == 2, result.output
     assert f"{out / LOCK_FILE}: " in result.stderr and "remove it" in result.stderr
     assert victim.read_text() == "precious"
+
+
+def test_a_link_planted_under_a_temporary_name_is_not_written_through(tmp_path, bundle):
+    """The journal is replaced atomically through ``..city.journal.json.tmp`` in OUTDIR."""
+    scene = write_raster(tmp_path / "city.tif", smooth_image(64, 64))
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (out / "..city.journal.json.tmp").symlink_to(victim)
+    result = infer(str(scene), "-o", str(out), bundle=bundle)
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "precious"
