@@ -33,7 +33,7 @@ from stmap.io.blocks import ReadSpec, describe_bands, file_identity, streaming_e
 from stmap.io.footprints import footprint_files, read_footprints
 from stmap.io.inputs import SceneInput, expand_inputs
 from stmap.io.mosaic import Mosaic, build_mosaic
-from stmap.io.outdir import check_name, check_writes, outdir_lock, read_paths
+from stmap.io.outdir import check_name, check_writes, outdir_lock, output_name, read_paths
 from stmap.io.raster import RasterInfo, describe_raster, ground_pixel_size
 from stmap.io.vectors import VectorTable, write_vector
 from stmap.io.writers import (
@@ -308,15 +308,17 @@ def plan_run(
     if options.mosaic is None and (options.crs is not None or options.gsd is not None):
         raise InputError("--crs and --gsd set the grid of a mosaic: use them with --mosaic NAME")
     scenes = expand_inputs(inputs, options.asset)
-    for scene in scenes:
-        check_name(scene.id, scene.href)
+    stems = [output_name(s.id, s.href) for s in scenes]
     bundle_files = [str(bundle.source), *(str(bundle.root / name) for name in manifest.files)]
     footprints = [options.footprints, *_footprint_files(options)]
     hrefs = [*map(str, inputs), *(s.href for s in scenes), *footprints, options.aoi]
     reads = read_paths([*hrefs, *bundle_files])
     with streaming_env():  # remote inputs are opened with the settings they are read with
         if options.mosaic is None:
-            plans = [plan_input(s.href, manifest, options, stem=s.id) for s in scenes]
+            plans = [
+                plan_input(s.href, manifest, options, stem=stem)
+                for s, stem in zip(scenes, stems, strict=True)
+            ]
         else:
             plans = [plan_mosaic(scenes, Path(outdir), manifest, options, reads)]
     _check_products(plans, options)

@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from stmap.cli import main
-from stmap.io.outdir import LOCK_FILE, check_name, name_problem, safe_name
+from stmap.errors import InputError
+from stmap.io.outdir import LOCK_FILE, check_name, name_problem, output_name, safe_name
 from tests.runtime.infer_data import make_varied_bundle, smooth_image, write_raster
 
 
@@ -257,3 +258,10 @@ def test_a_link_planted_under_a_temporary_name_is_not_written_through(tmp_path, 
     result = infer(str(scene), "-o", str(out), bundle=bundle)
     assert result.exit_code == 0, result.output
     assert victim.read_text() == "precious"
+
+
+def test_a_remote_files_name_is_made_safe_a_local_ones_is_checked():
+    """A URL's file cannot be renamed by the user: its name is made safe, not refused."""
+    assert output_name("a%20b", "/vsicurl/https://example.org/a%20b.tif") == "a_20b"
+    with pytest.raises(InputError, match=r"a%20b.tif: its name 'a%20b' cannot name"):
+        output_name("a%20b", "/data/a%20b.tif")

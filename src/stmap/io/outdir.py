@@ -7,8 +7,9 @@ letters, digits, ``_``, ``-``, ``.`` and inner spaces, starting with a letter, a
 digit or ``_`` (GeoPackage refuses a layer starting with ``-`` and other signs; a
 leading ``.`` would hide outputs among the work files; GDAL reads meaning into
 ``!``, ``;`` and others). A name the user chose (a file's stem, ``--mosaic``) that
-breaks the rule is refused, naming the fix; a STAC item id, which the user did not
-write, is made safe instead (unsafe characters become ``_``).
+breaks the rule is refused, naming the fix; a STAC item id or the name of a remote
+file, which the user did not write and cannot change, is made safe instead (unsafe
+characters become ``_``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def check_name(name: str, what: str) -> str:
             "digits, _ - . and inner spaces, starting with a letter, a digit or _"
         )
     return name
+
+
+def output_name(name: str, href: str) -> str:
+    """The output name of a scene read from ``href``: ``name`` checked where the user can
+    rename the file (a local path), made safe where they cannot (a URL, a /vsi path)."""
+    return safe_name(name) if href.startswith("/vsi") else check_name(name, href)
 
 
 def safe_name(name: str) -> str:
