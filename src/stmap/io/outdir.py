@@ -42,7 +42,7 @@ def name_problem(name: str) -> str | None:
         return f"it is longer than {NAME_BYTES} bytes"
     bad = sorted({c for c in name if not _safe(c)})
     if bad:
-        return f"it holds {', '.join(map(ascii, bad))}"
+        return f"it holds {', '.join(map(repr, bad))}"
     if not (name[0].isalnum() or name[0] == "_"):
         return f"it starts with {name[0]!r}"
     if name != name.strip():
@@ -55,10 +55,15 @@ def check_name(name: str, what: str) -> str:
     problem = name_problem(name)
     if problem is not None:
         raise InputError(
-            f"{what}: its name {name!r} cannot name the outputs ({problem}); use letters, "
+            f"{what}: its name {_show(name)} cannot name the outputs ({problem}); use letters, "
             "digits, _ - . and inner spaces, starting with a letter, a digit or _"
         )
     return name
+
+
+def _show(name: str) -> str:
+    """A name for a message: escaped, and cut when long (it may be megabytes)."""
+    return repr(name) if len(name) <= 80 else repr(name[:80]) + "…"
 
 
 def output_name(name: str, href: str) -> str:
@@ -101,14 +106,15 @@ def check_writes(outdir: Path, writes: Iterable[Path], reads: Collection[Path]) 
     """Refuse, before anything is written, a path outside ``outdir``, one written twice,
     or one the run reads (the same path, a link to it, or the same file)."""
     root = outdir.resolve()
-    read_paths = {path.resolve() for path in reads}
+    read_targets = {path.resolve() for path in reads}
     read_files = {_inode(path) for path in reads} - {None}
     seen: set[Path] = set()
     for path in writes:
         target = path.resolve()
         if not target.is_relative_to(root) or target == root:
             raise InputError(
-                f"{path}: an output path outside -o {outdir}; rename the input it comes from"
+                f"{path}: an output path outside -o {outdir} (it resolves to {target}); "
+                "remove what lies there, or rename the input it comes from"
             )
         if target in seen:
             raise InputError(
@@ -116,7 +122,7 @@ def check_writes(outdir: Path, writes: Iterable[Path], reads: Collection[Path]) 
                 "inputs, or map them separately"
             )
         seen.add(target)
-        if target in read_paths or _inode(target) in read_files:
+        if target in read_targets or _inode(target) in read_files:
             raise InputError(
                 f"{path}: an input of this run would be overwritten by an output; "
                 "choose another -o, or move the input"
