@@ -55,13 +55,13 @@ def check_name(name: str, what: str) -> str:
     problem = name_problem(name)
     if problem is not None:
         raise InputError(
-            f"{what}: its name {_show(name)} cannot name the outputs ({problem}); use letters, "
+            f"{what}: its name {show_name(name)} cannot name the outputs ({problem}); use letters, "
             "digits, _ - . and inner spaces, starting with a letter, a digit or _"
         )
     return name
 
 
-def _show(name: str) -> str:
+def show_name(name: str) -> str:
     """A name for a message: escaped, and cut when long (it may be megabytes)."""
     return repr(name) if len(name) <= 80 else repr(name[:80]) + "…"
 

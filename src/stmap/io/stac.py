@@ -29,7 +29,7 @@ from pystac.utils import str_to_datetime
 
 from stmap.errors import InputError
 from stmap.io.inputs import SceneInput, remote_path
-from stmap.io.outdir import safe_name
+from stmap.io.outdir import safe_name, show_name
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,11 @@ def _scene(doc: Mapping[str, Any], where: Path, asset: str) -> SceneInput:
         )
     except _PYSTAC_ERRORS as exc:
         raise InputError(
-            f"{where}: item {_show(name)} is not a STAC Item pystac can read ({exc})"
+            f"{where}: item {show_name(name)} is not a STAC Item pystac can read ({exc})"
         ) from exc
     output_name = safe_name(name)
     if output_name != name:
-        log.info("%s: item %r names its outputs %r (a safe file name)", where, name, output_name)
+        log.info("%s: item %s names its outputs %r", where, show_name(name), output_name)
     return SceneInput(href=_asset_href(item, where, asset), id=output_name, datetime=when)
 
 
@@ -165,7 +165,7 @@ def _reduced(
     """
     assets = doc.get("assets")
     if not isinstance(assets, Mapping) or not assets:
-        raise InputError(f"{where}: item {_show(name)} has no assets")
+        raise InputError(f"{where}: item {show_name(name)} has no assets")
     reduced_assets = {}
     for key, value in assets.items():
         if not isinstance(value, Mapping):
@@ -189,23 +189,23 @@ def _reduced(
 def _asset_href(item: pystac.Item, where: Path, asset: str) -> str:
     name = item.id
     if not item.assets:
-        raise InputError(f"{where}: item {_show(name)} has no assets")
+        raise InputError(f"{where}: item {show_name(name)} has no assets")
     chosen = item.assets.get(asset)
     if chosen is None:
         by_role = [value for value in item.assets.values() if asset in (value.roles or [])]
         if len(by_role) > 1:
             raise InputError(
-                f"{where}: item {_show(name)} has {len(by_role)} assets with role {asset!r}; "
+                f"{where}: item {show_name(name)} has {len(by_role)} assets with role {asset!r}; "
                 f"choose one with --asset (keys: {', '.join(item.assets)})"
             )
         chosen = by_role[0] if by_role else None
     if chosen is None:
         raise InputError(
-            f"{where}: item {_show(name)} has no asset {asset!r} (by key or role); its assets "
+            f"{where}: item {show_name(name)} has no asset {asset!r} (by key or role); its assets "
             f"are {', '.join(item.assets)}: choose one with --asset"
         )
     if not chosen.href:
-        raise InputError(f"{where}: asset {asset!r} of item {_show(name)} has no usable href")
+        raise InputError(f"{where}: asset {asset!r} of item {show_name(name)} has no usable href")
     return remote_path(chosen.href) or str(_local(chosen.get_absolute_href() or chosen.href))
 
 
@@ -217,11 +217,6 @@ def _local(href: str) -> Path:
     return Path(href)
 
 
-def _show(name: str) -> str:
-    """An item id for a message: ids come from strangers, and may be megabytes long."""
-    return repr(name if len(name) <= 80 else name[:80] + "…")
-
-
 def _item_id(item: Mapping[str, Any], where: Path) -> str:
     name = item.get("id")
     return str(name) if name not in (None, "") else where.stem
@@ -231,7 +226,7 @@ def _item_datetime(item: Mapping[str, Any], where: Path, name: str) -> datetime 
     """The acquisition time: ``datetime``, else ``start_datetime``; None when neither."""
     properties = item.get("properties") or {}
     if not isinstance(properties, Mapping):
-        raise InputError(f"{where}: item {_show(name)} has 'properties' not an object")
+        raise InputError(f"{where}: item {show_name(name)} has 'properties' not an object")
     text = properties.get("datetime") or properties.get("start_datetime")
     if text is None:
         return None
@@ -239,6 +234,6 @@ def _item_datetime(item: Mapping[str, Any], where: Path, name: str) -> datetime 
         return str_to_datetime(str(text))
     except (ValueError, OverflowError):
         raise InputError(
-            f"{where}: item {_show(name)} has datetime {text!r}, not an "
+            f"{where}: item {show_name(name)} has datetime {text!r}, not an "
             "RFC 3339 date-time such as 2023-02-07T08:15:00Z"
         ) from None
