@@ -30,9 +30,10 @@ from stmap.bundle import Bundle, Manifest, open_bundle
 from stmap.errors import InputError, Interrupted, OutputExistsError, RasterError, VectorError
 from stmap.io.aoi import Aoi, read_aoi
 from stmap.io.blocks import ReadSpec, describe_bands, file_identity, streaming_env
-from stmap.io.footprints import read_footprints
+from stmap.io.footprints import footprint_files, read_footprints
 from stmap.io.inputs import SceneInput, expand_inputs
 from stmap.io.mosaic import Mosaic, build_mosaic
+from stmap.io.outdir import check_name, check_writes, outdir_lock, output_name, read_paths
 from stmap.io.raster import RasterInfo, describe_raster, ground_pixel_size
 from stmap.io.vectors import VectorTable, write_vector
 from stmap.io.writers import (
@@ -173,6 +174,12 @@ class OutputPaths:
     def staging(self) -> Path:
         return self.outdir / f".{self.stem}.staging"
 
+    @property
+    def writes(self) -> list[Path]:
+        """Every path the run may create for this input: outputs and work files."""
+        finals = [self.outdir / name for name in self.finals]
+        return [*finals, self.journal, *self.partials.values(), self.staging]
+
     def discard_work(self) -> None:
         remove(self.journal, *self.partials.values(), self.staging)
 
@@ -247,11 +254,12 @@ def run_inference(
     or outputs, before any work where they can be known in advance; Interrupted
     (exit 130) on Ctrl-C or SIGTERM, with the journal kept for resume.
     """
-    run = plan_run(inputs, outdir, options)
-    session = run.session()
-    prepare_output_dir(run.outdir)
-    with streaming_env():
-        return [map_input(plan, out, session, progress) for plan, out in run.inputs]
+    with outdir_lock(Path(outdir)):
+        run = plan_run(inputs, outdir, options)
+        session = run.session()
+        prepare_output_dir(run.outdir)
+        with streaming_env():
+            return [map_input(plan, out, session, progress) for plan, out in run.inputs]
 
 
 def map_scenes(
@@ -269,16 +277,17 @@ def map_scenes(
     written to ``OUTDIR/run_summary.json``: a batch is judged by its totals.
     """
     start = time.perf_counter()
-    if distributed is None:
-        summaries = run_inference(inputs, outdir, options, progress=progress)
-    else:
-        from stmap.runtime.distributed import run_on_ray
+    with outdir_lock(Path(outdir)):  # held until run_summary.json is written too
+        if distributed is None:
+            summaries = run_inference(inputs, outdir, options, progress=progress)
+        else:
+            from stmap.runtime.distributed import run_on_ray
 
-        summaries = run_on_ray(inputs, outdir, options, address=address)
-    if len(summaries) == 1:
-        return summaries[0]
-    combined = run_summary(summaries, time.perf_counter() - start)
-    write_json(Path(outdir) / RUN_SUMMARY, combined)
+            summaries = run_on_ray(inputs, outdir, options, address=address)
+        if len(summaries) == 1:
+            return summaries[0]
+        combined = run_summary(summaries, time.perf_counter() - start)
+        write_json(Path(outdir) / RUN_SUMMARY, combined)
     return combined
 
 
@@ -299,15 +308,24 @@ def plan_run(
     if options.mosaic is None and (options.crs is not None or options.gsd is not None):
         raise InputError("--crs and --gsd set the grid of a mosaic: use them with --mosaic NAME")
     scenes = expand_inputs(inputs, options.asset)
+    stems = [output_name(s.id, s.href) for s in scenes]
+    bundle_files = [str(bundle.source), *(str(bundle.root / name) for name in manifest.files)]
+    footprints = [options.footprints, *_footprint_files(options)]
+    hrefs = [*map(str, inputs), *(s.href for s in scenes), *footprints, options.aoi]
+    reads = read_paths([*hrefs, *bundle_files])
     with streaming_env():  # remote inputs are opened with the settings they are read with
         if options.mosaic is None:
-            plans = [plan_input(s.href, manifest, options, stem=s.id) for s in scenes]
+            plans = [
+                plan_input(s.href, manifest, options, stem=stem)
+                for s, stem in zip(scenes, stems, strict=True)
+            ]
         else:
-            plans = [plan_mosaic(scenes, Path(outdir), manifest, options)]
+            plans = [plan_mosaic(scenes, Path(outdir), manifest, options, reads)]
     _check_products(plans, options)
     outdir = Path(outdir)
     paths = [OutputPaths(outdir, plan.stem, options.footprints is not None) for plan in plans]
-    _check_outputs(paths, options.restart)
+    summary = [outdir / RUN_SUMMARY] if len(paths) > 1 else []
+    _check_outputs(paths, options.restart, reads, summary)
     planned = tuple(zip(plans, paths, strict=True))
     return RunPlan(bundle, options, threshold, overlap, outdir, planned)
 
@@ -359,26 +377,31 @@ def plan_input(
     if options.aoi is not None:
         if info.crs is None:
             raise RasterError(f"--aoi {options.aoi}: {path} has no CRS to place the AOI on")
-        aoi = read_aoi(options.aoi, info.crs)
+        aoi = read_aoi(options.aoi, info.crs, within=_bounds(info))
         aoi.check_overlap(_bounds(info), path)
     stem = stem or _stem(path)
     return InputPlan(info, stem, bands, masked, scale, area, gsd, block_size, tuple(notes), aoi=aoi)
 
 
 def plan_mosaic(
-    scenes: Sequence[SceneInput], outdir: Path, manifest: Manifest, options: InferOptions
+    scenes: Sequence[SceneInput],
+    outdir: Path,
+    manifest: Manifest,
+    options: InferOptions,
+    reads: Collection[Path] = (),
 ) -> InputPlan:
     """All scenes as one raster named ``options.mosaic``: a VRT in OUTDIR's work area.
 
-    The VRT is written only once the inputs, the options and the outputs are checked.
+    The VRT is written only once the inputs, the options and the outputs are checked
+    (reads: the files the run reads, which no output may overwrite).
     """
-    name = options.mosaic
-    if not name or Path(name).name != name or name.startswith("."):
-        raise InputError(f"--mosaic {name!r}: must be a plain file name, it names the outputs")
-    _check_outputs([OutputPaths(outdir, name, options.footprints is not None)], options.restart)
+    name = check_name(options.mosaic or "", "--mosaic")
+    out = OutputPaths(outdir, name, options.footprints is not None)
+    workdir = outdir / f".{name}.mosaic"
+    _check_outputs([out], options.restart, reads, [workdir])
     mosaic = build_mosaic(
         scenes,
-        outdir / f".{name}.mosaic",
+        workdir,
         gsd_m=manifest.gsd_m if options.gsd is None else options.gsd,
         crs=options.crs,
         aoi=options.aoi,
@@ -768,7 +791,24 @@ def _check_products(plans: Sequence[InputPlan], options: InferOptions) -> None:
         raise InputError(f"--tta {options.tta}: unknown mode; choose one of {', '.join(TTA_MODES)}")
 
 
-def _check_outputs(paths: Sequence[OutputPaths], restart: bool) -> None:
+def _footprint_files(options: InferOptions) -> list[str]:
+    """The files --footprints stands for (a STAC document's too), refused now, not after
+    the run, when a local one is not there."""
+    files = footprint_files(options.footprints) if options.footprints else []
+    for path in files:
+        if not path.startswith("/vsi") and "://" not in path and not os.path.exists(path):
+            raise VectorError(f"--footprints {path}: file not found")
+    return files
+
+
+def _check_outputs(
+    paths: Sequence[OutputPaths],
+    restart: bool,
+    reads: Collection[Path] = (),
+    extra: Sequence[Path] = (),
+) -> None:
+    """Refuse outputs that collide, leave OUTDIR, overwrite an input (``reads``) or,
+    without ``restart``, a file that exists; ``extra``: other paths the run writes."""
     stems = [p.stem for p in paths]
     for stem in stems:
         if stems.count(stem) > 1:
@@ -776,17 +816,26 @@ def _check_outputs(paths: Sequence[OutputPaths], restart: bool) -> None:
                 f"two inputs are named {stem!r}: their outputs would collide in one directory; "
                 "rename one or map them separately"
             )
+    if paths:
+        check_writes(paths[0].outdir, [*(w for p in paths for w in p.writes), *extra], reads)
     if restart:
         return
     for out in paths:
-        if out.journal.exists():
+        if Journal.load(out.journal) is not None and all(p.exists() for p in out.partials.values()):
             continue  # an interrupted run may have published some: resuming finishes them
         for name in out.finals:
-            if (out.outdir / name).exists():
+            if not (out.outdir / name).exists():
+                continue
+            if out.journal.exists():  # unreadable, forged or orphaned: it licenses nothing
                 raise OutputExistsError(
-                    f"{out.outdir / name}: already exists; pass --restart to overwrite it, "
+                    f"{out.journal}: not the journal of a run that can be resumed, and "
+                    f"{out.outdir / name} already exists; pass --restart to overwrite it, "
                     "or choose another -o"
                 )
+            raise OutputExistsError(
+                f"{out.outdir / name}: already exists; pass --restart to overwrite it, "
+                "or choose another -o"
+            )
 
 
 def _stem(path: str) -> str:

@@ -68,3 +68,21 @@ def json_documents(valid: Any) -> st.SearchStrategy[bytes]:
 
 
 DEEP_NESTING = b"[" * 100_000  # beyond the JSON parser's recursion limit
+
+# Pieces of names that have escaped directories, hidden files or confused GDAL and
+# GeoPackage elsewhere: traversal, separators, NUL, option-like and shell signs.
+PATH_PIECES = ["..", ".", "/", "\\", "\x00", "~", "-", " ", "!", ";", "\n", "/etc/passwd", "C:\\"]
+
+
+def _surrogates(raw: bytes) -> str:
+    """Bytes as Python names a file whose name is not UTF-8 (``os.fsdecode``)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+# Output names from a stranger: STAC ids, file stems, --mosaic NAME.
+hostile_names = st.one_of(
+    st.text(max_size=40),
+    st.lists(st.sampled_from(PATH_PIECES) | st.text(max_size=6), max_size=8).map("".join),
+    st.binary(max_size=30).map(_surrogates),
+    st.integers(250, 5000).map(lambda n: "x" * n),
+)

@@ -15,8 +15,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from stmap.errors import InputError
+from stmap.io.outdir import name_problem
 from tests.fuzz.counting import fuzz_target
-from tests.fuzz.strategies import DEEP_NESTING, json_documents
+from tests.fuzz.strategies import DEEP_NESTING, hostile_names, json_documents
 
 stac = pytest.importorskip("stmap.io.stac", reason="stmap.io.stac (read_stac) is not written yet")
 
@@ -91,3 +92,20 @@ def test_any_catalog_gives_scenes_or_an_input_error(catalog, item):
 def test_stac_documents_found_by_fuzzing_are_refused(document):
     content = DEEP_NESTING if document is None else json.dumps(document).encode()
     assert _read({"doc.json": content}, "doc.json") is None
+
+
+@example("./../../escape", b"")
+@example("x" * 100_000, b"")
+@example("", b"\xff\xfe/../")
+@given(hostile_names, st.binary(max_size=20))
+@fuzz_target
+def test_any_item_id_gives_a_safe_output_name(name, raw):
+    """An id names outputs: whatever it holds (traversal, NUL, megabytes, bytes that are
+    not UTF-8 spliced into the file), the scene's name is safe, or the file is refused."""
+    document = json.dumps({**ITEM, "id": name}).encode()
+    inside = raw.replace(b'"', b"").replace(b"\\", b"")  # stays within the id's string
+    spliced = document.replace(b'"id": "', b'"id": "' + inside, 1)
+    for content in (document, spliced):
+        scenes = _read({"item.json": content}, "item.json")
+        assert scenes is None or all(name_problem(s.id) is None for s in scenes)
+    assert _read({"item.json": document}, "item.json") is not None, "an id alone is no reason"

@@ -274,7 +274,12 @@ def run_cli(args: Sequence[str], sabotage: Sabotage = Sabotage()) -> int:
 
 
 def _child(args: Sequence[str], sabotage: Sabotage, log: str) -> None:
-    """A forked run: its stdout and stderr go to ``log``; its exit code is stmap's."""
+    """A forked run: its stdout and stderr go to ``log``; its exit code is stmap's.
+
+    SIGINT gets Python's default handler back: the fork server ignores it, and so does
+    a test runner started as a background job, yet the tests send it as Ctrl-C would.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with open(log, "wb") as stream:
         os.dup2(stream.fileno(), 1)
         os.dup2(stream.fileno(), 2)

@@ -1,6 +1,7 @@
 """An interrupted run resumes only with what it was made with; anything else is refused.
 
-The journal of a killed run records the input (path, size, modification time), the
+The journal of a killed run records the input (path, size, modification time and a
+digest of its content and of the files GDAL reads with it), the
 model's hash and the options the outputs depend on. Running into the same OUTDIR
 with another model, overlap, bands or a changed input is refused with exit 2,
 naming what differs and the fix, and leaves the interrupted run's work as it was;
@@ -10,11 +11,13 @@ naming what differs and the fix, and leaves the interrupted run's work as it was
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from stmap.io.outdir import LOCK_FILE
 from tests.reliability.killpoints import Sabotage, run_stmap
 from tests.reliability.outputs import STEM, infer_args, journalled_blocks
 from tests.runtime.infer_data import make_varied_bundle, smooth_image, write_raster
@@ -36,7 +39,8 @@ def interrupted(tmp_path_factory, scene, bundle) -> Path:
 
 
 def work_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    """The killed run's work files; its lock file (which the kernel released) may go."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != LOCK_FILE}
 
 
 def assert_refused_then_restarted(args: list[str], out: Path, tmp_path: Path, *expected: str):
@@ -79,3 +83,17 @@ def test_a_changed_input_is_refused(tmp_path, bundle):
     write_raster(scene, smooth_image(1100, 1300, seed=1))  # new pixels, same name
     args = infer_args(scene, out, bundle)
     assert_refused_then_restarted(args, out, tmp_path, "input", "mtime_ns")
+
+
+def test_an_input_changed_under_the_same_size_and_time_is_refused(tmp_path, bundle):
+    """Size and modification time alone let a replaced file pass (cp -p, touch -r, a
+    restore from backup): the content digest does not."""
+    scene = write_raster(tmp_path / f"{STEM}.tif", smooth_image(1100, 1300), compress="none")
+    out = tmp_path / "out"
+    interrupt(scene, out, bundle)
+    stat = scene.stat()
+    write_raster(scene, smooth_image(1100, 1300, seed=1), compress="none")
+    os.utime(scene, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert scene.stat().st_size == stat.st_size
+    args = infer_args(scene, out, bundle)
+    assert_refused_then_restarted(args, out, tmp_path, "input content changed")

@@ -15,7 +15,7 @@ from rasterio.transform import Affine
 from stmap.cli import main
 from stmap.io.aoi import Aoi
 from stmap.io.blocks import BlockReader
-from stmap.io.vectors import read_vector, write_vector
+from stmap.io.vectors import VectorTable, read_vector, write_vector
 from stmap.runtime.infer import InferOptions, run_inference
 from tests.runtime.infer_data import make_varied_bundle, smooth_image, write_raster
 from tests.runtime.mosaic_data import make_city, write_aoi
@@ -137,3 +137,32 @@ def _infer_with_aoi(scene: Path, out: Path, bundle: Path, aoi: Path):
     """``stmap infer SCENE -o OUT --model BUNDLE --aoi AOI`` through the CLI."""
     args = ["infer", str(scene), "-o", str(out), "--model", str(bundle), "--aoi", str(aoi)]
     return CliRunner().invoke(main, args)
+
+
+@pytest.mark.parametrize(
+    "lonlat",
+    [(-180, -90, 180, 90), (0, -90, 180, 90), (-180, 30, 180, 45)],
+    ids=["world", "hemisphere", "latitude-band"],
+)
+def test_a_large_lonlat_aoi_holding_the_raster_maps_all_of_it(
+    bundle: Path, tmp_path: Path, lonlat: tuple[float, float, float, float]
+) -> None:
+    """Reprojected whole to UTM, a world AOI degenerated (exit 1), a hemisphere became
+    empty (exit 0, nothing mapped) and a band of latitude was refused as not overlapping."""
+    scene = write_raster(tmp_path / "scene.tif", smooth_image(128, 128))  # at 39.0° E, 37.9° N
+    aoi = tmp_path / "aoi.gpkg"
+    write_vector(aoi, VectorTable(np.array([shapely.box(*lonlat)]), {}, "EPSG:4326"))
+    options = InferOptions(model=str(bundle), aoi=str(aoi))
+    (summary,) = run_inference([str(scene)], tmp_path / "out", options)
+    assert summary["skipped_pixels"] == 0 and summary["valid_pixels"] == 128 * 128
+
+
+def test_an_aoi_clipped_away_is_refused_as_not_overlapping(
+    bundle: Path, scene: Path, tmp_path: Path
+) -> None:
+    aoi = tmp_path / "west.gpkg"
+    write_vector(aoi, VectorTable(np.array([shapely.box(-180, -90, 0, 90)]), {}, "EPSG:4326"))
+    result = _infer_with_aoi(scene, tmp_path / "out", bundle, aoi)
+    assert result.exit_code == 2, result.output
+    assert "does not overlap" in result.output and "the AOI spans nothing near it" in result.output
+    assert not (tmp_path / "out").exists()

@@ -20,9 +20,12 @@ from stmap.runtime.infer import InferOptions, run_inference
 from stmap.runtime.journal import Journal
 from tests.runtime.infer_data import make_varied_bundle, read_band, smooth_image, write_raster
 
-# `stmap` with a model slowed down, so that a test can stop it half-way.
+# `stmap` with a model slowed down, so that a test can stop it half-way. SIGINT gets
+# Python's default handler back: a runner started as a background job ignores it, and
+# the child would inherit that.
 SLOW_STMAP = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from stmap.runtime.backends import torch_backend
 
 infer = torch_backend.TorchBackend.infer

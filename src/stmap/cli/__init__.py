@@ -7,6 +7,7 @@ Each command lives in its own module and is imported on first use, so ``stmap
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import tempfile
 import traceback
@@ -84,3 +85,7 @@ def main() -> None:
       stmap synth demo.tif && stmap infer demo.tif -o out
     """
     tune_allocator()  # large model buffers reused, not faulted in afresh (stmap.memory)
+    # A VRT is a text file anyone can hand over, and GDAL runs the Python pixel
+    # functions it carries when this is YES; stmap needs none. GDAL reads the
+    # variable when it opens a VRT, so this holds for every command and worker.
+    os.environ["GDAL_VRT_ENABLE_PYTHON"] = "NO"

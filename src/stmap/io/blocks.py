@@ -36,6 +36,7 @@ from rasterio.windows import Window as RioWindow
 from stmap.errors import RasterError
 from stmap.io.aoi import Aoi
 from stmap.io.raster import RasterInfo, open_raster
+from stmap.io.sources import content_digest, dataset_files
 
 READ_CACHE_BYTES = 128 << 20  # GDAL block cache: two rows of 512-px tiles of a 40k-px-wide RGB
 REMOTE_READS = {
@@ -99,13 +100,17 @@ class ReadSpec:
 
 
 def file_identity(info: RasterInfo) -> dict[str, Any]:
-    """What identifies an input for resuming: path, size and modification time of a
-    local file, plus the raster's shape, dtype and georeferencing (all a /vsi path has)."""
+    """What identifies an input for resuming: path, size, modification time and a digest
+    of the content of a local file and of every file GDAL reads with it (sidecars, a
+    VRT's sources), plus the raster's shape, dtype and georeferencing (all a /vsi path has)."""
     identity: dict[str, Any] = {"path": info.path}
     if os.path.exists(info.path):
         stat = os.stat(info.path)
         identity.update(
-            path=os.path.abspath(info.path), size=stat.st_size, mtime_ns=stat.st_mtime_ns
+            path=os.path.abspath(info.path),
+            size=stat.st_size,
+            mtime_ns=stat.st_mtime_ns,
+            content=content_digest(dataset_files(info.path)),
         )
     identity.update(
         shape=[info.count, info.height, info.width],

@@ -41,6 +41,7 @@ from stmap.errors import InputError, RasterError
 from stmap.io.aoi import Bounds, read_aoi
 from stmap.io.inputs import SceneInput
 from stmap.io.raster import open_raster
+from stmap.io.sources import content_digest, dataset_files
 from stmap.io.writers import remove
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def build_mosaic(
     union = _union([s.bounds_in(target) for s in sources])
     extent = union
     if aoi is not None:
-        area = read_aoi(aoi, target)
+        area = read_aoi(aoi, target, within=union)
         area.check_overlap(union, "the inputs")
         extent = _intersection(area.bounds, union)
     grid = aligned_grid(extent, target, step)
@@ -378,11 +379,17 @@ def _source(
 
 
 def _file_stamp(href: str) -> dict[str, Any]:
-    """What identifies an input for resuming: a local file's size and modification time."""
+    """What identifies an input for resuming: a local file's size, modification time and
+    a digest of its content (and of the files GDAL reads with it)."""
     if not os.path.exists(href):
         return {"href": href}
     stat = os.stat(href)
-    return {"href": os.path.abspath(href), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {
+        "href": os.path.abspath(href),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "content": content_digest(dataset_files(href)),
+    }
 
 
 def _abs(href: str) -> str:

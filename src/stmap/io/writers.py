@@ -177,6 +177,7 @@ def write_text(path: Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically (a temporary file, then a rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        tmp.unlink(missing_ok=True)  # a link left under this name is not written through
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
@@ -235,6 +236,7 @@ def prepare_output_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".stmap-write-test-{os.getpid()}"
+        probe.unlink(missing_ok=True)  # a link left under this name is not written through
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
