@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rasterio.transform import Affine
 
@@ -33,7 +34,15 @@ from stmap.io.blocks import ReadSpec, describe_bands, file_identity, streaming_e
 from stmap.io.footprints import read_footprints
 from stmap.io.inputs import SceneInput, expand_inputs
 from stmap.io.mosaic import Mosaic, build_mosaic
-from stmap.io.raster import RasterInfo, describe_raster, ground_pixel_size
+from stmap.io.raster import (
+    BitDepth,
+    GroundPixel,
+    RasterInfo,
+    bit_depth,
+    check_geotransform,
+    describe_raster,
+    ground_pixel,
+)
 from stmap.io.vectors import VectorTable, write_vector
 from stmap.io.writers import (
     BlockWriter,
@@ -120,6 +129,14 @@ class InputPlan:
     notes: tuple[str, ...] = ()
     aoi: Aoi | None = None  # in the raster's CRS
     mosaic: Mosaic | None = None  # when the raster is a mosaic of the run's inputs
+    depth: BitDepth | None = None  # the range integer pixels fill; None: the dtype's
+    ground: GroundPixel | None = None  # the pixel's size in the CRS and on the ground
+    warnings: tuple[str, ...] = ()  # known at planning, reported with the run's
+
+    @property
+    def value_max(self) -> float | None:
+        """The raw value the model's 1.0 stands for; None: the manifest's for the dtype."""
+        return self.depth.value_max if self.depth and self.depth.source != "dtype" else None
 
     @property
     def model_shape(self) -> tuple[int, int]:
@@ -199,14 +216,21 @@ class Session:
     device: torch.device
     backends: dict[str, Backend] = field(default_factory=dict)
 
-    def backend(self, dtype: str) -> Backend:
-        """The backend for rasters of ``dtype`` (the model's input scaling depends on it)."""
-        if dtype not in self.backends:
+    def backend(self, dtype: str, value_max: float | None = None) -> Backend:
+        """The backend for rasters of ``dtype`` whose pixels fill 0..``value_max`` (the
+        model's input scaling depends on both; None: the manifest's scaling for ``dtype``)."""
+        key = dtype if value_max is None else f"{dtype}/{value_max:g}"
+        if key not in self.backends:
+            bundle = self.bundle
+            if value_max is not None:  # the same weights, scaled for this file's bit depth
+                scaling = {**bundle.manifest.input_scaling, dtype: value_max}
+                manifest = bundle.manifest.model_copy(update={"input_scaling": scaling})
+                bundle = Bundle(bundle.root, manifest, bundle.source)
             backend = create_backend(
-                self.options.backend, self.bundle, self.device, self.options.precision, dtype
+                self.options.backend, bundle, self.device, self.options.precision, dtype
             )
-            self.backends[dtype] = with_tta(backend, self.options.tta)
-        return self.backends[dtype]
+            self.backends[key] = with_tta(backend, self.options.tta)
+        return self.backends[key]
 
 
 @dataclass(frozen=True)
@@ -320,12 +344,18 @@ def plan_input(
     stem: names its outputs (default: the file's stem).
     """
     info = describe_raster(path)
+    check_geotransform(info)
     notes: list[str] = []
     if not info.is_georeferenced and not options.allow_ungeoreferenced:
         raise RasterError(
             f"{path}: has no georeferencing (CRS and geotransform), so its maps could not "
             "be placed; georeference it, or pass --allow-ungeoreferenced to map it in pixel "
             f"coordinates at the model's {manifest.gsd_m} m GSD"
+        )
+    if len(set(info.dtypes)) > 1:
+        raise RasterError(
+            f"{path}: its bands mix data types ({', '.join(info.dtypes)}); the model reads "
+            "one; convert it to one (gdal_translate -ot)"
         )
     if info.dtype not in manifest.input_scaling:
         raise RasterError(
@@ -335,7 +365,15 @@ def plan_input(
     bands_info = describe_bands(path)
     bands = select_bands(path, bands_info, manifest.bands, options.bands)
     masked = not all(bands_info[b - 1].all_valid for b in bands)
-    gsd = ground_pixel_size(info.crs, info.transform, info.width, info.height)
+    depth, warnings = _bit_depth(path, info, bands, manifest)
+    ground = ground_pixel(info.crs, info.transform, info.width, info.height)
+    gsd = ground.size_m if ground else None
+    if ground is not None and ground.scale is not None:
+        notes.append(
+            f"pixels of {ground.crs_size[0]:.4g} × {ground.crs_size[1]:.4g} CRS units are "
+            f"{gsd[0]:.4g} × {gsd[1]:.4g} m on the ground (projection scale factor "
+            f"{ground.scale[0]:.4g} at the centre): the ground size is used"
+        )
     if gsd is None:
         notes.append(f"no georeferencing: pixels taken to be {manifest.gsd_m} m, the model's GSD")
         scale, area = (1.0, 1.0), manifest.gsd_m**2
@@ -362,7 +400,39 @@ def plan_input(
         aoi = read_aoi(options.aoi, info.crs)
         aoi.check_overlap(_bounds(info), path)
     stem = stem or _stem(path)
-    return InputPlan(info, stem, bands, masked, scale, area, gsd, block_size, tuple(notes), aoi=aoi)
+    return InputPlan(
+        info,
+        stem,
+        bands,
+        masked,
+        scale,
+        area,
+        gsd,
+        block_size,
+        tuple(notes),
+        aoi=aoi,
+        depth=depth,
+        ground=ground,
+        warnings=tuple(warnings),
+    )
+
+
+def _bit_depth(
+    path: str, info: RasterInfo, bands: tuple[int, ...], manifest: Manifest
+) -> tuple[BitDepth, list[str]]:
+    """The range the pixels fill (``bit_depth`` for integers wider than a byte, the
+    dtype's otherwise), and a warning when sampled pixels exceed it (they saturate)."""
+    if info.dtype == "uint8" or not np.issubdtype(np.dtype(info.dtype), np.integer):
+        bits = 8 * np.dtype(info.dtype).itemsize
+        return BitDepth(info.dtype, bits, "dtype", None), []
+    depth = bit_depth(path, bands)
+    warnings = []
+    if depth.sampled_max is not None and depth.sampled_max > depth.value_max:
+        warnings.append(
+            f"{path}: pixels up to {depth.sampled_max} exceed the {depth.bits}-bit range the "
+            f"file states (NBITS={depth.bits}); the model sees them brighter than white"
+        )
+    return depth, warnings
 
 
 def plan_mosaic(
@@ -444,6 +514,8 @@ def map_input(
     warn = _Warnings()
     for note in plan.notes:
         log.info("%s: %s", plan.info.path, note)
+    for message in plan.warnings:
+        warn(message)
     result, run, sketches = (stream or stream_blocks)(plan, out, session, progress, warn)
     if result.valid_pixels == 0:
         warn(f"{plan.info.path}: no valid pixel (all nodata or masked); the outputs are empty")
@@ -474,7 +546,7 @@ def _finish(
     if not math.isfinite(damaged_area):  # polygons have no area without a CRS
         damaged_area = result.damaged_pixels * plan.pixel_area_m2
     summary = build_summary(
-        source=_source_facts(plan, session.bundle.manifest.bands),
+        source=_source_facts(plan, session.bundle.manifest),
         bundle=session.bundle,
         run=run,
         pipeline=result,
@@ -518,7 +590,7 @@ def stream_blocks(
     """
     bundle, options, info = session.bundle, session.options, plan.info
     manifest, threshold, overlap = bundle.manifest, session.threshold, session.overlap
-    backend = session.backend(info.dtype)
+    backend = session.backend(info.dtype, plan.value_max)
     identity = {
         "input": plan.mosaic.identity if plan.mosaic else file_identity(info),
         **({"aoi": plan.aoi.key} if plan.aoi else {}),
@@ -530,6 +602,7 @@ def stream_blocks(
         "precision": backend.precision,
         "tta": options.tta,
         "scale": list(plan.scale),
+        "value_max": plan.value_max,
         "stmap": __version__,
     }
     journal = _open_journal(out, identity, options.restart, warn)
@@ -809,8 +882,8 @@ def _bounds(info: RasterInfo) -> tuple[float, float, float, float]:
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def _source_facts(plan: InputPlan, band_names: Sequence[str]) -> dict[str, Any]:
-    info = plan.info
+def _source_facts(plan: InputPlan, manifest: Manifest) -> dict[str, Any]:
+    info, band_names = plan.info, manifest.bands
     return {
         "path": info.path,
         "width": info.width,
@@ -822,6 +895,9 @@ def _source_facts(plan: InputPlan, band_names: Sequence[str]) -> dict[str, Any]:
         "gsd_m": list(plan.gsd_m) if plan.gsd_m else None,
         "bands": dict(zip(band_names, plan.bands, strict=True)),
         "resampled": plan.scale != (1.0, 1.0),
+        "pixel_values": plan.depth.describe() if plan.depth else None,
+        "value_max": plan.value_max or manifest.input_scaling.get(info.dtype),
+        "ground_pixel": plan.ground.describe() if plan.ground else None,
         "model_grid": list(plan.model_shape),
         "notes": list(plan.notes),
         "aoi": plan.aoi.path if plan.aoi else None,

@@ -24,6 +24,7 @@ from pyogrio.errors import DataLayerError, DataSourceError, FieldError, Geometry
 from pyproj import CRS, Transformer
 
 from stmap.errors import VectorError
+from stmap.io.paths import check_input_path
 from stmap.io.writers import write_failure
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,7 @@ def read_vector(
     Raises VectorError naming the file for a missing or unreadable file, an
     unknown layer, or a layer without CRS when `crs` is given.
     """
-    text = os.fspath(path)
-    if not text.startswith("/vsi") and not os.path.exists(text):
-        raise VectorError(f"{text}: file not found")
+    text = check_input_path(path, VectorError)
     try:
         info = pyogrio.read_info(text, layer=layer)
     except _OGR_ERRORS as exc:
