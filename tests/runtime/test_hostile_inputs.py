@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import resource
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from click.testing import CliRunner
 from pyproj import Transformer
 from rasterio.transform import Affine, from_origin
@@ -20,6 +25,7 @@ from stmap.bundle import MANIFEST, open_bundle
 from stmap.cli import main
 from stmap.errors import BundleError, VectorError
 from stmap.io.footprints import read_footprints
+from stmap.io.vectors import VectorTable, write_vector
 from stmap.synth import generate_city
 from tests.runtime.infer_data import make_varied_bundle, smooth_image, write_raster
 
@@ -318,3 +324,121 @@ def test_utm_and_geographic_pixels_keep_their_size(tmp_path, bundle):
     along_row = step * 111_320 * math.cos(math.radians(37.6))
     assert source["gsd_m"][0] == pytest.approx(along_row, rel=0.01)
     assert source["gsd_m"][1] == pytest.approx(0.5, rel=0.01)
+
+
+# Point 5: memory bounded by the user's choices ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--block-size", "65536"], "--block-size 65536 needs ~"),
+        (["--block-size", "65536", "--memory-budget", "4G"], "(budget 4 GiB, --memory-budget)"),
+        (["--overlap", "127", "--memory-budget", "4G"], "--overlap 127 needs ~"),
+    ],
+)
+def test_sizes_beyond_the_memory_budget_are_refused_with_the_fix(tmp_path, bundle, args, fragment):
+    # 70 000² px, sparse: nothing is read before the refusal
+    path = tmp_path / "huge.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=70_000, height=70_000, count=3,
+                       dtype="uint8", crs="EPSG:32637", tiled=True, SPARSE_OK=True,
+                       transform=from_origin(500000.0, 4200000.0, 0.5, 0.5)):  # fmt: skip
+        pass
+    out = tmp_path / "out"
+    result = infer(str(path), "-o", str(out), *args, bundle=bundle)
+    assert_refused(result, fragment, out=out)
+    assert re.search(r"use (--block-size|≤) \d+", result.stderr), result.stderr
+
+
+def test_a_memory_budget_that_is_not_a_size_is_refused(tmp_path, bundle):
+    scene = write_raster(tmp_path / "s.tif", smooth_image(64, 64))
+    out = tmp_path / "out"
+    result = infer(str(scene), "-o", str(out), "--memory-budget", "lots", bundle=bundle)
+    assert_refused(result, "--memory-budget lots: not a size", out=out)
+
+
+def test_the_automatic_block_size_shrinks_to_the_budget(tmp_path, bundle):
+    scene = write_raster(tmp_path / "s.tif", smooth_image(1100, 1100), block=512)
+    summary = summary_of(
+        infer(str(scene), "-o", str(tmp_path / "out"), "--memory-budget", "40M", bundle=bundle)
+    )
+    assert summary["block_size"] == 512  # 2048 would need ~60 MiB
+
+
+@pytest.mark.parametrize("gsd", [300.04, 4.5])
+def test_imagery_far_coarser_than_the_model_is_refused_with_the_ratio(tmp_path, bundle, gsd):
+    # rasterio's RGB.byte.tif: 300 m pixels (612 GB to resample to 0.5 m)
+    path = write_raster(tmp_path / "coarse.tif", smooth_image(718, 791), gsd=gsd)
+    out = tmp_path / "out"
+    result = infer(str(path), "-o", str(out), bundle=bundle)
+    ratio = f"{gsd / 0.5:.3g}×"
+    assert_refused(result, f"are {ratio} the model's 0.5 m (at most 8× is accepted)", out=out)
+
+
+def _in_subprocess(code: str, limit_gib: float = 6) -> subprocess.CompletedProcess:
+    """Run ``code`` with its address space limited: an unbounded allocation fails fast."""
+
+    def limit() -> None:
+        size = int(limit_gib * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+    )
+
+
+def test_a_footprint_reaching_1e300_is_cut_to_the_raster(tmp_path):
+    prob = tmp_path / "prob.tif"
+    write_raster(prob, np.full((1, 300, 300), 200, np.uint8), nodata=255)
+    code = f"""
+import json, numpy as np, shapely
+from stmap.io.vectors import VectorTable
+from stmap.runtime.buildings import building_damage
+geoms = np.array([shapely.box(500010, 4199900, 1e300, 4199950),
+                  shapely.box(500010, 4199900, 500020, 4199950)], dtype=object)
+out = building_damage({str(prob)!r}, VectorTable(geoms, {{}}, "EPSG:32637"),
+                      threshold=0.5, buffers_m=(0, 10))
+print(json.dumps([out.attributes["label"].tolist(), out.attributes["unknown_fraction"].tolist(),
+                  shapely.total_bounds(out.geometries).tolist()]))
+"""
+    result = _in_subprocess(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    labels, unknown, bounds = json.loads(result.stdout)
+    assert labels == ["unknown", "damaged"] and unknown[0] == pytest.approx(1.0)
+    assert unknown[1] == 0 and bounds[2] < 500000 + 0.5 * (300 + 2048 + 100)
+
+
+def test_many_overlapping_footprints_are_coloured_in_bounded_batches(tmp_path, monkeypatch):
+    from stmap.runtime import buildings
+
+    prob = tmp_path / "prob.tif"
+    write_raster(prob, np.full((1, 64, 64), 200, np.uint8), nodata=255)
+    n = 3 * buildings.LAYER_BATCH  # all overlapping: n² pairs if coloured at once
+    geoms = np.array([shapely.box(500010, 4199980, 500012, 4199982)] * n, dtype=object)
+    seen = []
+    colour = buildings.overlap_layers
+    monkeypatch.setattr(buildings, "overlap_layers", lambda g: seen.append(len(g)) or colour(g))
+    out = buildings.building_damage(
+        prob, VectorTable(geoms, {}, "EPSG:32637"), threshold=0.5, buffers_m=(0,)
+    )
+    assert max(seen) <= buildings.LAYER_BATCH and sum(seen) == n
+    assert np.all(out.attributes["damaged_fraction"] == 1.0)
+    assert np.all(out.attributes["unknown_fraction"] == 0.0)
+
+
+def test_a_footprint_with_a_nan_vertex_is_refused_before_the_run(tmp_path, bundle):
+    scene = write_raster(tmp_path / "s.tif", smooth_image(64, 64))
+    path = tmp_path / "nan.gpkg"
+    nan = shapely.Polygon([(500001, 4199990), (500010, 4199990), (np.nan, 4199999)])
+    write_vector(path, VectorTable(np.array([nan, shapely.box(500001, 4199980, 500005, 4199985)]),
+                                   {"id": np.array([1, 2])}, "EPSG:32637"))  # fmt: skip
+    with pytest.raises(VectorError, match="nan.gpkg: feature 1 has a non-finite coordinate"):
+        read_footprints(path)
+    out = tmp_path / "out"
+    result = infer(str(scene), "-o", str(out), "--footprints", str(path), bundle=bundle)
+    assert_refused(result, "nan.gpkg: feature 1 has a non-finite coordinate", out=out)
