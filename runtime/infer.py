@@ -27,7 +27,7 @@ import torch
 from rasterio.transform import Affine
 
 from stmap import __version__
-from stmap.budget import BlockCost, check_block, default_budget, largest_block
+from stmap.budget import BlockCost, check_block, check_raster, default_budget, largest_block
 from stmap.bundle import Bundle, Manifest, open_bundle
 from stmap.errors import InputError, Interrupted, OutputExistsError, RasterError, VectorError
 from stmap.io.aoi import Aoi, read_aoi
@@ -447,6 +447,7 @@ def _check_memory(
     a chosen size that does not fit is refused; the automatic one shrinks to fit."""
     block_size = choose_block_size(options.block_size, info.block_shape)
     budget = options.memory_budget or default_budget()
+    check_raster(info.path, info.height, info.width, budget)
     overlap = manifest.tile_size // 8 if options.overlap is None else options.overlap
     itemsize = np.dtype(info.dtype).itemsize
     shape = (info.height, info.width)

@@ -131,13 +131,22 @@ def largest_block(cost: BlockCost, budget: int, step: int = 512) -> int | None:
     return None
 
 
-def check_count(what: str, count: int, each: float, budget: int, fix: str) -> None:
-    """InputError when ``count`` items of ``each`` bytes exceed ``budget``."""
-    need = count * each
+# Bookkeeping per 512-px tile of a raster, whatever is read: coverage maps of the
+# finishing steps, the journal's block list, the block plan (generous).
+BYTES_PER_TILE = 64
+TILE_PX = 512
+
+
+def check_raster(name: str, height: int, width: int, budget: int) -> None:
+    """InputError when a raster is so large that its bookkeeping alone exceeds the budget
+    (a header may claim 2³¹ × 2³¹ pixels in a few bytes)."""
+    tiles = math.ceil(height / TILE_PX) * math.ceil(width / TILE_PX)
+    need = tiles * BYTES_PER_TILE
     if need > budget:
         raise InputError(
-            f"{what}: {count} of them need ~{gib(need)} (budget {gib(budget)}, "
-            f"--memory-budget); {fix}"
+            f"{name}: {width} × {height} px need ~{gib(need)} of bookkeeping alone (budget "
+            f"{gib(budget)}, --memory-budget); crop it (gdal_translate -srcwin) or map it in "
+            "parts"
         )
 
 

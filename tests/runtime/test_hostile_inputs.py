@@ -442,3 +442,15 @@ def test_a_footprint_with_a_nan_vertex_is_refused_before_the_run(tmp_path, bundl
     out = tmp_path / "out"
     result = infer(str(scene), "-o", str(out), "--footprints", str(path), bundle=bundle)
     assert_refused(result, "nan.gpkg: feature 1 has a non-finite coordinate", out=out)
+
+
+def test_a_raster_header_claiming_billions_of_pixels_is_refused(tmp_path, bundle):
+    bands = "".join(f'<VRTRasterBand dataType="Byte" band="{i}"/>' for i in (1, 2, 3))
+    path = tmp_path / "giant.vrt"
+    path.write_text(
+        '<VRTDataset rasterXSize="2000000000" rasterYSize="2000000000"><SRS>EPSG:32637</SRS>'
+        f"<GeoTransform>500000, 0.5, 0, 4200000, 0, -0.5</GeoTransform>{bands}</VRTDataset>"
+    )
+    out = tmp_path / "out"
+    result = infer(str(path), "-o", str(out), "--grid", "1e9", bundle=bundle)
+    assert_refused(result, "giant.vrt: 2000000000 × 2000000000 px need ~", out=out)
