@@ -377,7 +377,7 @@ def plan_input(
     bands_info = describe_bands(path)
     bands = select_bands(path, bands_info, manifest.bands, options.bands)
     masked = not all(bands_info[b - 1].all_valid for b in bands)
-    depth, warnings = _bit_depth(path, info, bands, manifest)
+    depth, warnings = _bit_depth(path, info, bands)
     ground = ground_pixel(info.crs, info.transform, info.width, info.height)
     gsd = ground.size_m if ground else None
     if ground is not None and ground.scale is not None:
@@ -465,11 +465,10 @@ def _check_memory(
     return block_size
 
 
-def _bit_depth(
-    path: str, info: RasterInfo, bands: tuple[int, ...], manifest: Manifest
-) -> tuple[BitDepth, list[str]]:
+def _bit_depth(path: str, info: RasterInfo, bands: tuple[int, ...]) -> tuple[BitDepth, list[str]]:
     """The range the pixels fill (``bit_depth`` for integers wider than a byte, the
-    dtype's otherwise), and a warning when sampled pixels exceed it (they saturate)."""
+    dtype's otherwise), and a warning when sampled pixels exceed it: scaled beyond 1.0,
+    they are brighter than anything the model was trained on."""
     if info.dtype == "uint8" or not np.issubdtype(np.dtype(info.dtype), np.integer):
         bits = 8 * np.dtype(info.dtype).itemsize
         return BitDepth(info.dtype, bits, "dtype", None), []
