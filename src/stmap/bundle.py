@@ -111,6 +111,16 @@ class Manifest(_Strict):
                 raise ValueError(
                     f"input_scaling {dtype}: {value}; must be a positive finite number"
                 )
+            # x * a + b on the device: a std of 5e-324 is positive, yet 1 / (255 * std) is inf
+            try:
+                a, b = self.preprocessing(dtype).scale_and_shift()
+            except (ZeroDivisionError, OverflowError):
+                a, b = [math.inf], []
+            if not all(math.isfinite(v) for v in (*a, *b)):
+                raise ValueError(
+                    f"input_scaling {dtype} {value} with std {list(self.normalization.std)} and "
+                    f"mean {list(self.normalization.mean)} gives non-finite pixel coefficients"
+                )
         return self
 
     def segmenter_config(self) -> SegmenterConfig:

@@ -247,6 +247,15 @@ def test_a_vrt_mixing_data_types_is_refused(tmp_path, bundle):
         ({"gsd_m": 300.0}, "gsd_m 300.0"),
         ({"gsd_m": "NaN"}, "gsd_m"),
         ({"tile_size": 100000}, "tile_size 100000"),
+        # found by fuzzing: positive and finite, yet 1 / (255 × std) overflows
+        ({"normalization": {"mean": [0.5] * 3, "std": [1e-12, 1e-12, 5e-324]}}, "non-finite"),
+        (
+            {
+                "normalization": {"mean": [0.5] * 3, "std": [1e-300] * 3},
+                "input_scaling": {"uint8": 1e-300},
+            },
+            "non-finite",
+        ),
     ],
 )
 def test_manifests_that_are_not_self_consistent_are_refused_at_open(tmp_path, change, fragment):
