@@ -463,3 +463,13 @@ def test_a_raster_header_claiming_billions_of_pixels_is_refused(tmp_path, bundle
     out = tmp_path / "out"
     result = infer(str(path), "-o", str(out), "--grid", "1e9", bundle=bundle)
     assert_refused(result, "giant.vrt: 2000000000 × 2000000000 px need ~", out=out)
+
+
+def test_a_band_the_model_does_not_read_has_no_say_in_validity(tmp_path, bundle):
+    data = smooth_image(128, 128, bands=4)
+    data[:3, :, :64] = 0  # red, green, blue nodata on the left; band 4 valid everywhere
+    data[3] = 200
+    path = write_raster(tmp_path / "rgbn.tif", data, nodata=0)
+    summary = summary_of(infer(str(path), "-o", str(tmp_path / "out"), bundle=bundle))
+    assert summary["inputs"][0]["bands"] == {"red": 1, "green": 2, "blue": 3}
+    assert summary["valid_pixels"] == 128 * 64
