@@ -290,6 +290,11 @@ def test_the_crash_report_survives_undecodable_text(tmp_path, monkeypatch):
         log = _write_traceback()
     text = Path(log).read_text(encoding="utf-8")
     assert "\\udcff\\udcfe.tif" in text and "ValueError: bad \\udcff name" in text
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "missing"))
+    try:
+        raise ValueError("no place for the log")
+    except ValueError:
+        assert _write_traceback().startswith("stderr above")
 
 
 # Point 10: ground sample distance ----------------------------------------------------

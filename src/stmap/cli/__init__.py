@@ -71,18 +71,23 @@ class LazyGroup(click.Group):
 
 def _write_traceback() -> str:
     """The crash report's path; it is written whatever bytes the arguments or error hold
-    (a file name that is not UTF-8 arrives as surrogate escapes)."""
-    with tempfile.NamedTemporaryFile(
-        "w",
-        prefix="stmap-crash-",
-        suffix=".log",
-        delete=False,
-        encoding="utf-8",
-        errors="backslashreplace",
-    ) as f:
-        f.write(f"stmap {__version__}\n{' '.join(sys.argv)}\n\n")
-        traceback.print_exc(file=f)
-        return f.name
+    (a file name that is not UTF-8 arrives as surrogate escapes), and where no file can
+    be written the traceback goes to stderr instead."""
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w",
+            prefix="stmap-crash-",
+            suffix=".log",
+            delete=False,
+            encoding="utf-8",
+            errors="backslashreplace",
+        ) as f:
+            f.write(f"stmap {__version__}\n{' '.join(sys.argv)}\n\n")
+            traceback.print_exc(file=f)
+            return f.name
+    except OSError:
+        traceback.print_exc(file=sys.stderr)
+        return "stderr above (no crash log could be written)"
 
 
 def _printable(text: str) -> str:
