@@ -35,6 +35,7 @@ from stmap.io.blocks import ReadSpec, describe_bands, file_identity, streaming_e
 from stmap.io.footprints import read_footprints
 from stmap.io.inputs import SceneInput, expand_inputs
 from stmap.io.mosaic import Mosaic, build_mosaic
+from stmap.io.paths import check_utf8
 from stmap.io.raster import (
     BitDepth,
     GroundPixel,
@@ -318,6 +319,7 @@ def plan_run(
     """Validate the model, the options, every input and its outputs, before any work."""
     if not inputs:
         raise InputError("no input raster given")
+    check_utf8(outdir, what="-o ")
     bundle = open_bundle(options.model)
     manifest = bundle.manifest
     threshold = manifest.threshold if options.threshold is None else options.threshold

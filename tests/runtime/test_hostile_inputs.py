@@ -276,7 +276,12 @@ def test_a_file_name_that_is_not_utf8_is_refused(tmp_path, bundle):
     os.rename(write_raster(tmp_path / "scene.tif", smooth_image(64, 64)), tmp_path / name)
     out = tmp_path / "out"
     result = infer(os.path.join(str(tmp_path), name), "-o", str(out), bundle=bundle)
-    assert_refused(result, "sc\\xffne.tif: the file name is not valid UTF-8", out=out)
+    assert_refused(result, "sc\\xffne.tif: the name is not valid UTF-8", out=out)
+    scene = write_raster(tmp_path / "scene.tif", smooth_image(64, 64))
+    out = tmp_path / os.fsdecode(b"out\xff")
+    result = infer(str(scene), "-o", str(out), bundle=bundle)
+    assert_refused(result, "-o ", "out\\xff: the name is not valid UTF-8", out=out)
+    assert not out.exists()
 
 
 def test_the_crash_report_survives_undecodable_text(tmp_path, monkeypatch):

@@ -35,6 +35,22 @@ def is_virtual(text: str) -> bool:
     return text.startswith("/vsi") or "://" in text
 
 
+def check_utf8(
+    path: str | os.PathLike[str], error: type[InputError] = InputError, *, what: str = ""
+) -> str:
+    """``path`` as text when its name is valid UTF-8 (GeoPackage layers, JSON summaries
+    and HTML reports carry it); else ``error`` naming it."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(
+            f"{what}{printable(text)}: the name is not valid UTF-8, so the outputs could not "
+            "record it; rename it"
+        ) from None
+    return text
+
+
 def check_input_path(
     path: str | os.PathLike[str],
     error: type[InputError] = InputError,
@@ -47,15 +63,8 @@ def check_input_path(
     what: prefixed to the message (e.g. ``"--footprints "``).
     directory: a directory is what is expected (a bundle folder), not a refusal.
     """
-    text = os.fspath(path)
+    text = check_utf8(path, error, what=what)
     name = f"{what}{printable(text)}"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise error(
-            f"{name}: the file name is not valid UTF-8, so its outputs could not be named; "
-            "rename the file"
-        ) from None
     if is_virtual(text):
         return text
     try:
