@@ -33,12 +33,16 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from stmap.errors import InputError, RasterError
-from stmap.io.raster import open_raster
+from stmap.io.raster import ground_sample_distance, open_raster
 from stmap.io.vectors import VectorTable, crs_string, transform_geometries
 
 from .vectorize import NODATA, apply_affine, damage_cutoff
 
 LABEL_FRACTION = 0.25  # damaged_fraction from which a building is labelled "damaged"
+# Footprints coloured into non-overlapping layers together, per block window: the
+# colouring holds every overlapping pair of them, at most LAYER_BATCH² (16 MB of
+# indices), however many footprints overlap.
+LAYER_BATCH = 1024
 LABELS = ("damaged", "undamaged", "unknown")
 # Footprint identifiers, matched lower-case, besides any "*_id" column: GeoPackage and
 # Esri FIDs, OpenStreetMap (osm_id; @id and id from Overpass), Overture (id, a GERS
@@ -73,12 +77,12 @@ def building_damage(
     label_fraction: damaged_fraction from which a building is labelled "damaged".
     unknown_limit: unknown_fraction above which a building is labelled "unknown".
 
-    Returns the N footprints in the raster's CRS, in input order, with every source
-    attribute (identifiers first, see `ids_first`; a source column with a result's
-    name is replaced) followed by float64 `damaged_fraction` (damaged / valid pixels),
-    `damaged_fraction_b{M}m`..., `mean_prob`, `max_prob` (prob / 255 over valid
-    pixels; NaN without any), `unknown_fraction` (nodata or outside pixels / all
-    pixels) and the str `label`.
+    Returns the N footprints in the raster's CRS (cut near it, `clip_to_raster`), in
+    input order, with every source attribute (identifiers first, see `ids_first`; a
+    source column with a result's name is replaced) followed by float64
+    `damaged_fraction` (damaged / valid pixels), `damaged_fraction_b{M}m`...,
+    `mean_prob`, `max_prob` (prob / 255 over valid pixels; NaN without any),
+    `unknown_fraction` (nodata or outside pixels / all pixels) and the str `label`.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
@@ -87,9 +91,13 @@ def building_damage(
     extra = list(dict.fromkeys(float(m) for m in buffers_m if m > 0))
     with open_raster(prob_path) as ds:
         geoms = _in_raster_crs(footprints, ds)
-        sets = [geoms] + [buffer_metres(geoms, m, ds.crs, ds.name) for m in extra]
+        margin = block_size + _metres_in_pixels(max(extra, default=0.0), ds)
+        clipped, outside = clip_to_raster(geoms, ds.transform, ds.width, ds.height, margin)
+        sets = [clipped] + [buffer_metres(clipped, m, ds.crs, ds.name) for m in extra]
         pixel_sets = [apply_affine(g, ~ds.transform) for g in sets]
         stats = _accumulate(ds, pixel_sets, block_size, damage_cutoff(threshold))
+        for count in stats:  # the pixels beyond the clip are outside, hence nodata
+            count.total += outside
         crs = crs_string(ds.crs) if ds.crs is not None else footprints.crs
 
     base = stats[0]
@@ -107,7 +115,7 @@ def building_damage(
         {k: v for k, v in footprints.attributes.items() if k not in columns}, footprints.fid_name
     )
     return VectorTable(
-        geometries=geoms,
+        geometries=clipped,
         attributes={**attributes, **columns},
         crs=crs,
         fid_name=footprints.fid_name,
@@ -186,6 +194,41 @@ def buffer_metres(geoms: np.ndarray, metres: float, crs: object, source: str) ->
     utm = (32600 if lat >= 0 else 32700) + min(int((lon + 180) // 6) + 1, 60)
     local = transform_geometries(geoms, parsed, f"EPSG:{utm}")
     return transform_geometries(shapely.buffer(local, metres), f"EPSG:{utm}", parsed)
+
+
+def clip_to_raster(
+    geoms: np.ndarray, transform: Affine, width: int, height: int, margin: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) geometries cut to the box around the raster grown by ``margin`` pixels, and
+    (N,) int64 pixels of each left beyond the cut (by area; footprints inside the box
+    are returned unchanged).
+
+    A footprint reaching x = 1e300 would otherwise make the block grid, and memory,
+    as large as it; its pixels beyond the raster count as nodata either way.
+    """
+    corners = [
+        transform @ (c, r) for c in (-margin, width + margin) for r in (-margin, height + margin)
+    ]
+    xs, ys = zip(*corners, strict=True)
+    frame = (min(xs), min(ys), max(xs), max(ys))
+    beyond = ~shapely.within(geoms, shapely.box(*frame)) & ~shapely.is_empty(geoms)
+    outside = np.zeros(len(geoms), dtype=np.int64)
+    if not beyond.any():
+        return geoms, outside
+    clipped = geoms.copy()
+    # A rectangle clip only interpolates along edges: no overlay arithmetic to overflow.
+    clipped[beyond] = shapely.clip_by_rect(geoms[beyond], *frame)
+    pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        lost = (shapely.area(geoms[beyond]) - shapely.area(clipped[beyond])) / pixel_area
+    outside[beyond] = np.rint(np.clip(np.nan_to_num(lost, posinf=2.0**62), 0, 2.0**62))
+    return clipped, outside
+
+
+def _metres_in_pixels(metres: float, ds: rasterio.DatasetReader) -> float:
+    """How many pixels ``metres`` span on the ground at the raster's centre."""
+    gsd = ground_sample_distance(ds.crs, ds.transform, ds.width, ds.height)
+    return metres / gsd if gsd else 0.0
 
 
 def overlap_layers(pixel_geoms: np.ndarray) -> np.ndarray:
@@ -302,7 +345,10 @@ def _accumulate(
     """Tally every geometry set over the raster, one block window at a time.
 
     pixel_sets: S arrays of the same N features in pixel coordinates (set 0 the
-    footprints, the others their buffers). The block grid starts at pixel (0, 0)
+    footprints, the others their buffers), clipped near the raster
+    (``clip_to_raster``). Footprints found in a window are coloured and burnt in
+    batches of LAYER_BATCH, so memory does not grow with how many overlap. The block
+    grid starts at pixel (0, 0)
     and extends past the raster where footprints do, so their pixels outside it
     count as nodata; geometries that miss the raster entirely are not rasterised.
     """
@@ -310,7 +356,6 @@ def _accumulate(
     n = len(pixel_sets[0])
     usable = [np.flatnonzero(shapely.intersects(g, raster_box)) for g in pixel_sets]
     trees = [shapely.STRtree(g[u]) for g, u in zip(pixel_sets, usable, strict=True)]
-    layers = [overlap_layers(g[u]) for g, u in zip(pixel_sets, usable, strict=True)]
     counts = [_Counts.zeros(n) for _ in pixel_sets]
 
     # The pixel under each footprint's inner point, for footprints without a pixel.
@@ -331,15 +376,17 @@ def _accumulate(
         near = near[(cols[near] >= c0) & (cols[near] < c0 + block_size)]
         near = near[(rows[near] >= r0) & (rows[near] < r0 + block_size)]
         point_prob[near] = prob[rows[near] - r0, cols[near] - c0]
-        for geoms, u, layer, local, count in zip(
-            pixel_sets, usable, layers, found, counts, strict=True
-        ):
-            for value in np.unique(layer[local]).tolist():
-                sel = u[local[layer[local] == value]]
-                burnt = _burn_ids(geoms[sel], win, prob.shape)
-                if burnt is not None:
-                    ids, part = burnt
-                    count.add_block(sel, ids, prob[part], cutoff)
+        for geoms, u, local, count in zip(pixel_sets, usable, found, counts, strict=True):
+            local = np.sort(local)
+            for start in range(0, len(local), LAYER_BATCH):  # memory bounded by the batch
+                batch = u[local[start : start + LAYER_BATCH]]
+                layer = overlap_layers(geoms[batch])
+                for value in np.unique(layer).tolist():
+                    sel = batch[layer == value]
+                    burnt = _burn_ids(geoms[sel], win, prob.shape)
+                    if burnt is not None:
+                        ids, part = burnt
+                        count.add_block(sel, ids, prob[part], cutoff)
     for count in counts:
         count.fill_empty(point_prob, cutoff)
     return counts

@@ -22,10 +22,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rasterio.transform import Affine
 
 from stmap import __version__
+from stmap.budget import BlockCost, check_block, check_raster, default_budget, largest_block
 from stmap.bundle import Bundle, Manifest, open_bundle
 from stmap.errors import InputError, Interrupted, OutputExistsError, RasterError, VectorError
 from stmap.io.aoi import Aoi, read_aoi
@@ -34,7 +36,16 @@ from stmap.io.footprints import footprint_files, read_footprints
 from stmap.io.inputs import SceneInput, expand_inputs
 from stmap.io.mosaic import Mosaic, build_mosaic
 from stmap.io.outdir import check_name, check_writes, outdir_lock, output_name, read_paths
-from stmap.io.raster import RasterInfo, describe_raster, ground_pixel_size
+from stmap.io.paths import check_utf8
+from stmap.io.raster import (
+    BitDepth,
+    GroundPixel,
+    RasterInfo,
+    bit_depth,
+    check_geotransform,
+    describe_raster,
+    ground_pixel,
+)
 from stmap.io.vectors import VectorTable, write_vector
 from stmap.io.writers import (
     BlockWriter,
@@ -73,6 +84,10 @@ from stmap.runtime.vectorize import damage_cutoff, damage_polygons
 log = logging.getLogger(__name__)
 
 RESAMPLE_TOLERANCE = 0.10  # resample when the input's GSD is off the model's by more
+# Imagery coarser than this many times the model's GSD is refused: at 8× a 0.5 m model
+# sees 4 m pixels, where a 10 m building is under three pixels across.
+MAX_COARSER = 8.0
+READ_BUFFERS = 2 + 4 + 1  # the pipeline's read pool: queue depth + readers (at most 4) + 1
 MAX_GRID_CELLS = 10_000_000  # per input: the grid's tallies stay within ~300 MB
 RUN_SUMMARY = "run_summary.json"  # the combined summary of a run over several inputs
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
@@ -89,6 +104,7 @@ class InferOptions:
     batch_size: int | None = None
     overlap: int | None = None  # default: tile / 8 (16 px at 128-px tiles)
     block_size: int | None = None
+    memory_budget: int | None = None  # bytes; default: stmap.budget.default_budget()
     bands: tuple[int, ...] | None = None
     footprints: str | None = None
     threshold: float | None = None
@@ -121,6 +137,14 @@ class InputPlan:
     notes: tuple[str, ...] = ()
     aoi: Aoi | None = None  # in the raster's CRS
     mosaic: Mosaic | None = None  # when the raster is a mosaic of the run's inputs
+    depth: BitDepth | None = None  # the range integer pixels fill; None: the dtype's
+    ground: GroundPixel | None = None  # the pixel's size in the CRS and on the ground
+    warnings: tuple[str, ...] = ()  # known at planning, reported with the run's
+
+    @property
+    def value_max(self) -> float | None:
+        """The raw value the model's 1.0 stands for; None: the manifest's for the dtype."""
+        return self.depth.value_max if self.depth and self.depth.source != "dtype" else None
 
     @property
     def model_shape(self) -> tuple[int, int]:
@@ -206,14 +230,21 @@ class Session:
     device: torch.device
     backends: dict[str, Backend] = field(default_factory=dict)
 
-    def backend(self, dtype: str) -> Backend:
-        """The backend for rasters of ``dtype`` (the model's input scaling depends on it)."""
-        if dtype not in self.backends:
+    def backend(self, dtype: str, value_max: float | None = None) -> Backend:
+        """The backend for rasters of ``dtype`` whose pixels fill 0..``value_max`` (the
+        model's input scaling depends on both; None: the manifest's scaling for ``dtype``)."""
+        key = dtype if value_max is None else f"{dtype}/{value_max:g}"
+        if key not in self.backends:
+            bundle = self.bundle
+            if value_max is not None:  # the same weights, scaled for this file's bit depth
+                scaling = {**bundle.manifest.input_scaling, dtype: value_max}
+                manifest = bundle.manifest.model_copy(update={"input_scaling": scaling})
+                bundle = Bundle(bundle.root, manifest, bundle.source)
             backend = create_backend(
-                self.options.backend, self.bundle, self.device, self.options.precision, dtype
+                self.options.backend, bundle, self.device, self.options.precision, dtype
             )
-            self.backends[dtype] = with_tta(backend, self.options.tta)
-        return self.backends[dtype]
+            self.backends[key] = with_tta(backend, self.options.tta)
+        return self.backends[key]
 
 
 @dataclass(frozen=True)
@@ -297,6 +328,7 @@ def plan_run(
     """Validate the model, the options, every input and its outputs, before any work."""
     if not inputs:
         raise InputError("no input raster given")
+    check_utf8(outdir, what="-o ")
     bundle = open_bundle(options.model)
     manifest = bundle.manifest
     threshold = manifest.threshold if options.threshold is None else options.threshold
@@ -321,11 +353,17 @@ def plan_run(
             ]
         else:
             plans = [plan_mosaic(scenes, Path(outdir), manifest, options, reads)]
-    _check_products(plans, options)
     outdir = Path(outdir)
     paths = [OutputPaths(outdir, plan.stem, options.footprints is not None) for plan in plans]
     summary = [outdir / RUN_SUMMARY] if len(paths) > 1 else []
-    _check_outputs(paths, options.restart, reads, summary)
+    try:  # collisions first: a file that must not be touched is not even read as a product
+        _check_outputs(paths, options.restart, reads, summary)
+        _check_products(plans, options)
+    except InputError:
+        for plan in plans:  # a refused run leaves no work file behind
+            if plan.mosaic is not None:
+                remove(plan.mosaic.workdir)
+        raise
     planned = tuple(zip(plans, paths, strict=True))
     return RunPlan(bundle, options, threshold, overlap, outdir, planned)
 
@@ -338,12 +376,18 @@ def plan_input(
     stem: names its outputs (default: the file's stem).
     """
     info = describe_raster(path)
+    check_geotransform(info)
     notes: list[str] = []
     if not info.is_georeferenced and not options.allow_ungeoreferenced:
         raise RasterError(
             f"{path}: has no georeferencing (CRS and geotransform), so its maps could not "
             "be placed; georeference it, or pass --allow-ungeoreferenced to map it in pixel "
             f"coordinates at the model's {manifest.gsd_m} m GSD"
+        )
+    if len(set(info.dtypes)) > 1:
+        raise RasterError(
+            f"{path}: its bands mix data types ({', '.join(info.dtypes)}); the model reads "
+            "one; convert it to one (gdal_translate -ot)"
         )
     if info.dtype not in manifest.input_scaling:
         raise RasterError(
@@ -353,12 +397,27 @@ def plan_input(
     bands_info = describe_bands(path)
     bands = select_bands(path, bands_info, manifest.bands, options.bands)
     masked = not all(bands_info[b - 1].all_valid for b in bands)
-    gsd = ground_pixel_size(info.crs, info.transform, info.width, info.height)
+    depth, warnings = _bit_depth(path, info, bands)
+    ground = ground_pixel(info.crs, info.transform, info.width, info.height)
+    gsd = ground.size_m if ground else None
+    if ground is not None and ground.scale is not None:
+        notes.append(
+            f"pixels of {ground.crs_size[0]:.4g} × {ground.crs_size[1]:.4g} CRS units are "
+            f"{gsd[0]:.4g} × {gsd[1]:.4g} m on the ground (projection scale factor "
+            f"{ground.scale[0]:.4g} at the centre): the ground size is used"
+        )
     if gsd is None:
         notes.append(f"no georeferencing: pixels taken to be {manifest.gsd_m} m, the model's GSD")
         scale, area = (1.0, 1.0), manifest.gsd_m**2
     else:
         ratios = (gsd[1] / manifest.gsd_m, gsd[0] / manifest.gsd_m)
+        if max(ratios) > MAX_COARSER:
+            raise RasterError(
+                f"{path}: pixels of {gsd[0]:.3g} × {gsd[1]:.3g} m are {max(ratios):.3g}× the "
+                f"model's {manifest.gsd_m} m (at most {MAX_COARSER:g}× is accepted): "
+                "buildings are too few pixels for it to see; give imagery of at most "
+                f"{MAX_COARSER * manifest.gsd_m:g} m pixels"
+            )
         off = any(abs(r - 1) > RESAMPLE_TOLERANCE for r in ratios)
         scale = ratios if off else (1.0, 1.0)
         area = gsd[0] * gsd[1] * _skew_factor(info.transform)
@@ -372,7 +431,7 @@ def plan_input(
             "rotated or south-up geotransform: the model sees the image as stored; outputs "
             "carry the same geotransform"
         )
-    block_size = choose_block_size(options.block_size, info.block_shape)
+    block_size = _check_memory(options, manifest, info, bands, scale)
     aoi = None
     if options.aoi is not None:
         if info.crs is None:
@@ -380,7 +439,67 @@ def plan_input(
         aoi = read_aoi(options.aoi, info.crs, within=_bounds(info))
         aoi.check_overlap(_bounds(info), path)
     stem = stem or _stem(path)
-    return InputPlan(info, stem, bands, masked, scale, area, gsd, block_size, tuple(notes), aoi=aoi)
+    return InputPlan(
+        info,
+        stem,
+        bands,
+        masked,
+        scale,
+        area,
+        gsd,
+        block_size,
+        tuple(notes),
+        aoi=aoi,
+        depth=depth,
+        ground=ground,
+        warnings=tuple(warnings),
+    )
+
+
+def _check_memory(
+    options: InferOptions,
+    manifest: Manifest,
+    info: RasterInfo,
+    bands: tuple[int, ...],
+    scale: tuple[float, float],
+) -> int:
+    """The block size, checked against the memory budget before anything is allocated:
+    a chosen size that does not fit is refused; the automatic one shrinks to fit."""
+    block_size = choose_block_size(options.block_size, info.block_shape)
+    budget = options.memory_budget or default_budget()
+    check_raster(info.path, info.height, info.width, budget)
+    overlap = manifest.tile_size // 8 if options.overlap is None else options.overlap
+    itemsize = np.dtype(info.dtype).itemsize
+    shape = (info.height, info.width)
+    tile = manifest.tile_size
+    cost = BlockCost(block_size, shape, scale, tile, overlap, len(bands), itemsize, READ_BUFFERS)
+    if options.block_size is None:
+        block_size = largest_block(cost, budget) or block_size
+        cost = replace(cost, block=block_size)
+    check_block(
+        cost,
+        budget,
+        block_option=options.block_size is not None,
+        overlap_option=options.overlap is not None,
+    )
+    return block_size
+
+
+def _bit_depth(path: str, info: RasterInfo, bands: tuple[int, ...]) -> tuple[BitDepth, list[str]]:
+    """The range the pixels fill (``bit_depth`` for integers wider than a byte, the
+    dtype's otherwise), and a warning when sampled pixels exceed it: scaled beyond 1.0,
+    they are brighter than anything the model was trained on."""
+    if info.dtype == "uint8" or not np.issubdtype(np.dtype(info.dtype), np.integer):
+        bits = 8 * np.dtype(info.dtype).itemsize
+        return BitDepth(info.dtype, bits, "dtype", None), []
+    depth = bit_depth(path, bands)
+    warnings = []
+    if depth.sampled_max is not None and depth.sampled_max > depth.value_max:
+        warnings.append(
+            f"{path}: pixels up to {depth.sampled_max} exceed the {depth.bits}-bit range the "
+            f"file states (NBITS={depth.bits}); the model sees them brighter than white"
+        )
+    return depth, warnings
 
 
 def plan_mosaic(
@@ -467,6 +586,8 @@ def map_input(
     warn = _Warnings()
     for note in plan.notes:
         log.info("%s: %s", plan.info.path, note)
+    for message in plan.warnings:
+        warn(message)
     result, run, sketches = (stream or stream_blocks)(plan, out, session, progress, warn)
     if result.valid_pixels == 0:
         warn(f"{plan.info.path}: no valid pixel (all nodata or masked); the outputs are empty")
@@ -497,7 +618,7 @@ def _finish(
     if not math.isfinite(damaged_area):  # polygons have no area without a CRS
         damaged_area = result.damaged_pixels * plan.pixel_area_m2
     summary = build_summary(
-        source=_source_facts(plan, session.bundle.manifest.bands),
+        source=_source_facts(plan, session.bundle.manifest),
         bundle=session.bundle,
         run=run,
         pipeline=result,
@@ -541,7 +662,7 @@ def stream_blocks(
     """
     bundle, options, info = session.bundle, session.options, plan.info
     manifest, threshold, overlap = bundle.manifest, session.threshold, session.overlap
-    backend = session.backend(info.dtype)
+    backend = session.backend(info.dtype, plan.value_max)
     identity = {
         "input": plan.mosaic.identity if plan.mosaic else file_identity(info),
         **({"aoi": plan.aoi.key} if plan.aoi else {}),
@@ -553,6 +674,7 @@ def stream_blocks(
         "precision": backend.precision,
         "tta": options.tta,
         "scale": list(plan.scale),
+        "value_max": plan.value_max,
         "stmap": __version__,
     }
     journal = _open_journal(out, identity, options.restart, warn)
@@ -789,6 +911,10 @@ def _check_products(plans: Sequence[InputPlan], options: InferOptions) -> None:
             raise InputError(f"--building-buffer {metres:g}: must be 0 or more metres")
     if options.tta not in TTA_MODES:
         raise InputError(f"--tta {options.tta}: unknown mode; choose one of {', '.join(TTA_MODES)}")
+    if options.footprints is not None:  # bad geometries (NaN vertices) refused now, not after
+        for plan in plans:
+            if plan.info.crs is not None:
+                read_footprints(options.footprints, crs=plan.info.crs, bbox=_bounds(plan.info))
 
 
 def _footprint_files(options: InferOptions) -> list[str]:
@@ -858,8 +984,8 @@ def _bounds(info: RasterInfo) -> tuple[float, float, float, float]:
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def _source_facts(plan: InputPlan, band_names: Sequence[str]) -> dict[str, Any]:
-    info = plan.info
+def _source_facts(plan: InputPlan, manifest: Manifest) -> dict[str, Any]:
+    info, band_names = plan.info, manifest.bands
     return {
         "path": info.path,
         "width": info.width,
@@ -871,6 +997,9 @@ def _source_facts(plan: InputPlan, band_names: Sequence[str]) -> dict[str, Any]:
         "gsd_m": list(plan.gsd_m) if plan.gsd_m else None,
         "bands": dict(zip(band_names, plan.bands, strict=True)),
         "resampled": plan.scale != (1.0, 1.0),
+        "pixel_values": plan.depth.describe() if plan.depth else None,
+        "value_max": plan.value_max or manifest.input_scaling.get(info.dtype),
+        "ground_pixel": plan.ground.describe() if plan.ground else None,
         "model_grid": list(plan.model_shape),
         "notes": list(plan.notes),
         "aoi": plan.aoi.path if plan.aoi else None,

@@ -20,6 +20,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from stmap.errors import RasterError
+from stmap.io.blocks import band_validity
 from stmap.io.raster import open_raster
 from stmap.io.writers import NODATA, write_png
 
@@ -80,7 +81,7 @@ def write_quicklook(
             prob = Thumbnail(prob_ds.height, prob_ds.width, image.pixels.shape[1:], 1)
 
         def read_image(window: Window) -> tuple[np.ndarray, np.ndarray]:
-            return img.read(list(bands), window=window), img.dataset_mask(window=window) > 0
+            return img.read(list(bands), window=window), band_validity(img, tuple(bands), window)
 
         image.fill(read_image)
         prob.fill(lambda window: (prob_ds.read([1], window=window), None))

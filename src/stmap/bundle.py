@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,9 +22,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stmap.errors import BundleError, OutputExistsError
+from stmap.io.paths import check_input_path
 from stmap.model.preprocess import Preprocessing
 from stmap.model.segmenter import DamageSegmenter, SegmenterConfig
 
@@ -33,6 +35,11 @@ WEIGHTS = "weights.safetensors"
 DEFAULT = "default"
 MAX_ZIP_MEMBER_BYTES = 8 << 30  # refuse zip members (or bombs) beyond 8 GiB uncompressed
 MAX_ZIP_RATIO = 100  # weights compress ~1.1:1; a member over 1 MiB packed 100:1 is a bomb
+# What a manifest may say: imagery of 5 cm to 10 m pixels (building damage needs
+# sub-metre pixels; 10 m is already coarser than most buildings), tiles of 8 to
+# 4096 px (a 4096² tile is 200 MB of float32 RGB before the model's activations).
+GSD_RANGE_M = (0.05, 10.0)
+TILE_RANGE = (8, 4096)
 
 
 class _Strict(BaseModel):
@@ -48,6 +55,17 @@ class Architecture(_Strict):
 class Normalization(_Strict):
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _usable(self) -> Normalization:
+        """Finite means and positive finite stds, one of each per band: the maths divides."""
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"{len(self.mean)} means for {len(self.std)} stds")
+        if not all(math.isfinite(m) for m in self.mean):
+            raise ValueError(f"mean {list(self.mean)}: every mean must be a finite number")
+        if not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ValueError(f"std {list(self.std)}: every std must be a positive finite number")
+        return self
 
 
 class Manifest(_Strict):
@@ -72,6 +90,38 @@ class Manifest(_Strict):
     metrics: dict[str, Any] = Field(default_factory=dict)
     exports: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="file name → SHA-256")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        """Refuse, when the bundle is opened, what would divide by zero or allocate without
+        bound later: the ranges are GSD_RANGE_M and TILE_RANGE."""
+        low, high = GSD_RANGE_M
+        if not (math.isfinite(self.gsd_m) and low <= self.gsd_m <= high):
+            raise ValueError(f"gsd_m {self.gsd_m}: must lie between {low} and {high} metres")
+        low, high = TILE_RANGE
+        if not low <= self.tile_size <= high:
+            raise ValueError(f"tile_size {self.tile_size}: must lie between {low} and {high} px")
+        if len(self.normalization.mean) != len(self.bands):
+            raise ValueError(
+                f"normalization has {len(self.normalization.mean)} values for "
+                f"{len(self.bands)} bands"
+            )
+        for dtype, value in self.input_scaling.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"input_scaling {dtype}: {value}; must be a positive finite number"
+                )
+            # x * a + b on the device: a std of 5e-324 is positive, yet 1 / (255 * std) is inf
+            try:
+                a, b = self.preprocessing(dtype).scale_and_shift()
+            except (ZeroDivisionError, OverflowError):
+                a, b = [math.inf], []
+            if not all(math.isfinite(v) for v in (*a, *b)):
+                raise ValueError(
+                    f"input_scaling {dtype} {value} with std {list(self.normalization.std)} and "
+                    f"mean {list(self.normalization.mean)} gives non-finite pixel coefficients"
+                )
+        return self
 
     def segmenter_config(self) -> SegmenterConfig:
         return SegmenterConfig(
@@ -196,7 +246,9 @@ def read_manifest(root: Path, source: Path | None = None) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise BundleError(f"{source}: invalid manifest field {where!r}: {first['msg']}") from exc
+        message = first["msg"].removeprefix("Value error, ")
+        field = f" field {where!r}" if where else ""
+        raise BundleError(f"{source}: invalid manifest{field}: {message}") from exc
 
 
 def verify_files(root: Path, manifest: Manifest, source: Path) -> None:
@@ -220,6 +272,7 @@ def open_bundle(path: str | os.PathLike[str]) -> Bundle:
     source = resolve_bundle_path(path)
     if not source.exists():
         raise BundleError(f"{source}: model bundle not found")
+    check_input_path(source, BundleError, directory=True)
     if not source.is_file():
         manifest = read_manifest(source, source)
         verify_files(source, manifest, source)

@@ -116,14 +116,9 @@ def test_footprints_in_another_crs_give_per_building_damage(tmp_path, bundle):
     assert "area_m2" in damage.attributes and "mean_prob" in damage.attributes
 
 
-@pytest.mark.parametrize("problem", ["unreadable", "elsewhere"])
-def test_unusable_footprints_are_a_warning_not_a_crash(tmp_path, bundle, problem):
+def test_footprints_elsewhere_are_a_warning_not_a_crash(tmp_path, bundle):
     scene = write_raster(tmp_path / "city.tif", smooth_image(150, 150))
-    if problem == "unreadable":
-        footprints = tmp_path / "buildings.gpkg"
-        footprints.write_text("not a vector file")
-    else:
-        footprints = _footprints(tmp_path / "far.gpkg", [(0, 0, 10, 10)], "EPSG:32637")
+    footprints = _footprints(tmp_path / "far.gpkg", [(0, 0, 10, 10)], "EPSG:32637")
     out = tmp_path / "out"
     result = infer(
         str(scene), "-o", str(out), "--model", str(bundle), "--footprints", str(footprints)
@@ -131,6 +126,19 @@ def test_unusable_footprints_are_a_warning_not_a_crash(tmp_path, bundle, problem
     assert result.exit_code == 0, result.output
     assert "WARNING" in result.stderr and str(footprints) in result.stderr
     assert (out / "city_damage_prob.tif").exists() and not (out / "city_buildings.gpkg").exists()
+
+
+def test_unreadable_footprints_are_refused_before_the_run(tmp_path, bundle):
+    scene = write_raster(tmp_path / "city.tif", smooth_image(150, 150))
+    footprints = tmp_path / "buildings.gpkg"
+    footprints.write_text("not a vector file")
+    out = tmp_path / "out"
+    result = infer(
+        str(scene), "-o", str(out), "--model", str(bundle), "--footprints", str(footprints)
+    )
+    assert result.exit_code == 2, result.output
+    assert "buildings.gpkg: not a readable vector file" in result.stderr
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_a_synthetic_city_maps_end_to_end(tmp_path, bundle):

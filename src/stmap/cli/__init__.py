@@ -51,7 +51,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except StmapError as exc:
-            click.echo(f"stmap: error: {exc}", err=True)
+            click.echo(_printable(f"stmap: error: {exc}"), err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("stmap: interrupted", err=True)
@@ -61,18 +61,39 @@ class LazyGroup(click.Group):
         except Exception as exc:
             log = _write_traceback()
             click.echo(
-                f"stmap: internal error: {type(exc).__name__}: {exc}\n"
-                f"  this is a bug; the full traceback is in {log}",
+                _printable(
+                    f"stmap: internal error: {type(exc).__name__}: {exc}\n"
+                    f"  this is a bug; the full traceback is in {log}"
+                ),
                 err=True,
             )
             ctx.exit(1)
 
 
 def _write_traceback() -> str:
-    with tempfile.NamedTemporaryFile("w", prefix="stmap-crash-", suffix=".log", delete=False) as f:
-        f.write(f"stmap {__version__}\n{' '.join(sys.argv)}\n\n")
-        traceback.print_exc(file=f)
-        return f.name
+    """The crash report's path; it is written whatever bytes the arguments or error hold
+    (a file name that is not UTF-8 arrives as surrogate escapes), and where no file can
+    be written the traceback goes to stderr instead."""
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w",
+            prefix="stmap-crash-",
+            suffix=".log",
+            delete=False,
+            encoding="utf-8",
+            errors="backslashreplace",
+        ) as f:
+            f.write(f"stmap {__version__}\n{' '.join(sys.argv)}\n\n")
+            traceback.print_exc(file=f)
+            return f.name
+    except OSError:
+        traceback.print_exc(file=sys.stderr)
+        return "stderr above (no crash log could be written)"
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable bytes (surrogate escapes) shown as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -55,6 +55,13 @@ class BandList(click.ParamType):
     help="Pixels per side of a streamed block, a multiple of 512 [default: 2048 or the "
     "input's tile].",
 )
+@click.option(
+    "--memory-budget",
+    default=None,
+    metavar="SIZE",
+    help="Memory the sizes of a run (blocks, overlap, footprints) may take, e.g. 8G "
+    "[default: half the memory available at start].",
+)
 @click.option("--bands", type=BandList(), default=None, help="Input bands in the model's order.")
 @click.option(
     "--footprints",
@@ -158,6 +165,7 @@ def infer(
     batch_size: int | None,
     overlap: int | None,
     block_size: int | None,
+    memory_budget: str | None,
     bands: tuple[int, ...] | None,
     footprints: str | None,
     building_buffers: tuple[float, ...],
@@ -194,6 +202,7 @@ def infer(
       stmap infer city.tif -o out --footprints osm.geojson --building-buffer 20 --grid 100
       stmap infer a.tif b.tif c.tif -o out --distributed ray --address head:6379
     """
+    from stmap.budget import parse_size
     from stmap.runtime.infer import InferOptions, map_scenes
 
     options = InferOptions(
@@ -204,6 +213,7 @@ def infer(
         batch_size=batch_size,
         overlap=overlap,
         block_size=block_size,
+        memory_budget=None if memory_budget is None else parse_size(memory_budget),
         bands=bands,
         footprints=footprints,
         building_buffers=building_buffers,

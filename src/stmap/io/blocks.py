@@ -145,6 +145,21 @@ def streaming_env() -> Iterator[None]:
                 set_gdal_config(key, value, normalize=False)
 
 
+def band_validity(
+    dataset: rasterio.DatasetReader, bands: tuple[int, ...], window: RioWindow
+) -> np.ndarray:
+    """(height, width) bool: GDAL's validity of ``bands`` in ``window``.
+
+    The dataset's mask (a ``.msk`` sidecar, an internal mask, an alpha band) when it
+    has one; else the per-band masks (nodata) of those bands only, a pixel being valid
+    where any of them is, as in GDAL's dataset mask: a band not read has no say.
+    """
+    flags = dataset.mask_flag_enums[bands[0] - 1]
+    if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:
+        return dataset.dataset_mask(window=window) > 0
+    return np.logical_or.reduce(dataset.read_masks(list(bands), window=window) > 0, axis=0)
+
+
 class BlockReader:
     """Reads windows of one raster; open one per thread."""
 
@@ -188,8 +203,11 @@ class BlockReader:
                 return inside
         if not self.spec.masked:
             return inside
-        valid = self._guard(lambda: self._dataset.dataset_mask(window=window) > 0, window)
+        valid = self._guard(lambda: self._read_mask(window), window)
         return valid if inside is None else valid & inside
+
+    def _read_mask(self, window: RioWindow) -> np.ndarray:
+        return band_validity(self._dataset, self.spec.bands, window)
 
     def read_pixels(
         self, row_off: int, col_off: int, height: int, width: int, out: np.ndarray

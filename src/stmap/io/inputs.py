@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from stmap.errors import InputError, RasterError
+from stmap.io.paths import check_input_path
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")  # what a folder contributes
 
@@ -70,9 +71,7 @@ def _expand(arg: str, asset: str) -> list[SceneInput]:
         return read_stac(path, asset)
     if suffix == ".txt":
         return _listed(path)
-    if not path.exists():
-        raise RasterError(f"{arg}: file not found")
-    return [_scene(arg)]
+    return [_scene(check_input_path(arg, RasterError))]
 
 
 def _folder(folder: Path) -> list[SceneInput]:
@@ -89,6 +88,7 @@ def _folder(folder: Path) -> list[SceneInput]:
 
 def _listed(listing: Path) -> list[SceneInput]:
     """The rasters of a text file, one per line, relative to the text file."""
+    check_input_path(listing, InputError)
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -105,9 +105,10 @@ def _listed(listing: Path) -> list[SceneInput]:
             scenes.append(_scene(virtual))
             continue
         path = Path(entry) if Path(entry).is_absolute() else listing.parent / entry
-        if not path.is_file():
+        if not path.exists():
             raise RasterError(f"{listing}, line {number}: {entry}: file not found ({path})")
-        scenes.append(_scene(str(path)))
+        where = f"{listing}, line {number}: "
+        scenes.append(_scene(check_input_path(path, RasterError, what=where)))
     if not scenes:
         raise InputError(f"{listing}: lists no raster (only blank lines or # comments)")
     return scenes

@@ -24,6 +24,7 @@ from pyogrio.errors import DataLayerError, DataSourceError, FieldError, Geometry
 from pyproj import CRS, Transformer
 
 from stmap.errors import VectorError
+from stmap.io.paths import check_input_path
 from stmap.io.writers import write_failure
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,7 @@ def read_vector(
     Raises VectorError naming the file for a missing or unreadable file, an
     unknown layer, or a layer without CRS when `crs` is given.
     """
-    text = os.fspath(path)
-    if not text.startswith("/vsi") and not os.path.exists(text):
-        raise VectorError(f"{text}: file not found")
+    text = check_input_path(path, VectorError)
     try:
         info = pyogrio.read_info(text, layer=layer)
     except _OGR_ERRORS as exc:
@@ -164,18 +163,35 @@ def read_vector(
     except _OGR_ERRORS as exc:
         raise VectorError(f"{text}: not a readable vector file ({exc})") from exc
 
-    geometries, keep = _repair(
-        shapely.from_wkb(wkb) if wkb is not None else np.full(len(fids), None), text
-    )
+    with np.errstate(invalid="ignore"):  # NaN coordinates are refused just below
+        parsed = shapely.from_wkb(wkb) if wkb is not None else np.full(len(fids), None)
+    _check_finite(parsed, fids, text, "has")
+    geometries, keep = _repair(parsed, text)
     fid_name = info["fid_column"] or None
     attributes = {fid_name: np.asarray(fids, dtype=np.int64)} if fid_name else {}
     attributes.update(zip(info["fields"].tolist(), fields, strict=True))
     table = VectorTable(geometries, attributes, source_crs, fid_name).take(keep)
     if target is not None:
         table = table.to_crs(target)
+        _check_finite(table.geometries, fids[keep], text, f"in {crs_string(target)} has")
     if bbox is not None:
         table = table.take(shapely.intersects(table.geometries, shapely.box(*bbox)))
     return table
+
+
+def _check_finite(geometries: np.ndarray, fids: np.ndarray, source: str, has: str) -> None:
+    """VectorError naming the first feature with a NaN or infinite coordinate: GEOS
+    cannot compute with one, and no raster could hold it."""
+    coords = shapely.get_coordinates(geometries)
+    bad = ~np.isfinite(coords).all(axis=1)
+    if not bad.any():
+        return
+    owner = np.repeat(np.arange(len(geometries)), shapely.get_num_coordinates(geometries))
+    first = int(owner[np.argmax(bad)])
+    raise VectorError(
+        f"{source}: feature {int(fids[first])} {has} a non-finite coordinate "
+        f"({coords[np.argmax(bad)].tolist()}); fix or drop it"
+    )
 
 
 def _repair(geometries: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
