@@ -63,6 +63,10 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ["benchmarks/bench_soak.py", "--scenes", "6", "--sizes", "256"],
         "script mode: 6 scenes of 256 px, growth from scene 5 to 6",
     ),
+    "bench_xbd.py": (
+        ["-m", "benchmarks.bench_xbd", "--images", "2"],
+        "script mode (as a module: it writes its images with the tests' xBD fixture): 2 images",
+    ),
 }
 # environment of the files whose pytest-benchmark tests take their sizes from it
 ENV: dict[str, dict[str, str]] = {
