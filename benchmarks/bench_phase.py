@@ -28,6 +28,11 @@ Run, from the repository root (about 15 minutes on a loaded 2-core CPU):
     python -m benchmarks.bench_phase --size 1024 --diagnose \\
         --out benchmarks/results/phase_stability
 
+The cost of each overlap on a larger city, alone (about 5 minutes):
+
+    python -m benchmarks.bench_phase --cost-only 2048 --overlaps 16,24,32 --rounds 2 \\
+        --out benchmarks/results/phase_cost
+
 Tiny smoke run: ``--size 320 --styles citycentre --offsets 1,1 --overlaps 16
 --models default``.
 """
@@ -71,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlaps", default="16,24,32")
     parser.add_argument("--models", default="default,vits")
     parser.add_argument("--diagnose", action="store_true")
+    parser.add_argument(
+        "--cost-only",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="only the cost: map one SIZE² city at each overlap, --rounds times interleaved",
+    )
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="STEM: write STEM.json, STEM.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the figures are ratios within one run; one thread is steadier
@@ -85,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         "margin": 128,
         "runs": [],
     }
+    if args.cost_only is not None:
+        report = {"provenance": provenance(), **cost(args.cost_only, overlaps, args.rounds)}
+        finish(report, cost_markdown(report), args.out)
+        return 0
     with tempfile.TemporaryDirectory(prefix="stmap-phase-") as tmp:
         root = Path(tmp)
         cities = {
@@ -145,6 +162,64 @@ def pipeline_run(
         offsets=offsets,
         cost={"overlap": overlap, "mpx_per_s": round(pixels / seconds / 1e6, 4)},
         iou=float(np.mean(ious)),
+    )
+
+
+def cost(size: int, overlaps: list[int], rounds: int) -> dict[str, Any]:
+    """End-to-end Mpx/s and model seconds of the shipped bundle at each overlap on one
+    ``size``² city, the overlaps interleaved ``rounds`` times (a shared machine drifts)."""
+    options = [InferOptions(overlap=o, device="cpu", workers=1) for o in overlaps]
+    runs: dict[int, list[dict[str, Any]]] = {o: [] for o in overlaps}
+    with tempfile.TemporaryDirectory(prefix="stmap-phase-cost-") as tmp:
+        city = generate_city(Path(tmp) / "city.tif", width=size, height=size, seed=SEED).image
+        run_inference([str(city)], Path(tmp) / "warmup", options[0])
+        for r in range(rounds):
+            for overlap, option in zip(overlaps, options, strict=True):
+                summary = run_inference([str(city)], Path(tmp) / f"{overlap}-{r}", option)[0]
+                runs[overlap].append(summary)
+    rows = []
+    for overlap in overlaps:
+        mpx = [s["mpx_per_s"] for s in runs[overlap]]
+        compute = [s["times"]["compute"] for s in runs[overlap]]
+        rows.append(
+            {
+                "overlap": overlap,
+                "tiles": runs[overlap][0]["tiles"],
+                "end_to_end_mpx_per_s": round(float(np.mean(mpx)), 4),
+                "model_seconds": round(float(np.mean(compute)), 3),
+            }
+        )
+    base = rows[0]
+    for row in rows:
+        row["tiles_vs_first"] = round(row["tiles"] / base["tiles"], 3)
+        row["model_seconds_vs_first"] = round(row["model_seconds"] / base["model_seconds"], 3)
+        row["time_vs_first"] = round(base["end_to_end_mpx_per_s"] / row["end_to_end_mpx_per_s"], 3)
+    return {"size": size, "rounds": rounds, "cost": rows}
+
+
+def cost_markdown(report: dict[str, Any]) -> str:
+    header = ["overlap", "tiles", "model s", "end-to-end Mpx/s", "tiles ×", "model s ×", "time ×"]
+    rows = [
+        [
+            r["overlap"],
+            r["tiles"],
+            r["model_seconds"],
+            r["end_to_end_mpx_per_s"],
+            r["tiles_vs_first"],
+            r["model_seconds_vs_first"],
+            r["time_vs_first"],
+        ]
+        for r in report["cost"]
+    ]
+    return "\n\n".join(
+        [
+            "# Cost of the overlap (#20)",
+            f"The shipped bundle on one {report['size']}² synthetic city, one torch thread, "
+            f"each overlap {report['rounds']} times, interleaved; means. × : relative to "
+            "the first overlap. Written by `benchmarks/bench_phase.py --cost-only`.",
+            provenance_lines(report["provenance"]),
+            markdown_table(header, rows),
+        ]
     )
 
 
