@@ -119,7 +119,7 @@ def _print_table(result: dict[str, Any]) -> None:
         ("GFLOP per tile", round(result["flops_per_tile"] / 1e9, 3)),
         ("matmul TFLOP/s (measured)", result["matmul_tflops"]),
         ("fraction of ceiling", result["fraction_of_ceiling"]),
-        ("phase shift: flag flips / flagged, p99 |Δprob|·255", _phase_cell(result["phase_shift"])),
+        ("phase shift flips / flagged, p99 |Δ|/255", _phase_cell(result["phase_shift"])),
     ]
     for name, value in rows:
         table.add_row(name, "–" if value is None else str(value))
