@@ -23,14 +23,17 @@ Configurations:
   (compute), relative to overlap 16; ``lab_vs_pipeline`` checks that the in-memory
   tiling is the pipeline's (max |Δ| of the overlap-16 maps, in 1/255 steps).
 
-Run, from the repository root (about 15 minutes on a loaded 2-core CPU):
+Run, from the repository root (the shipped bundle and the diagnosis: about 15 minutes
+on a loaded 2-core CPU; the ViT-S takes about 50 s a map there):
 
-    python -m benchmarks.bench_phase --size 1024 --diagnose \\
-        --out benchmarks/results/phase_stability
+    python -m benchmarks.bench_phase --size 1024 --models default --overlaps 16,24,32 \\
+        --diagnose --out benchmarks/results/phase_stability
+    python -m benchmarks.bench_phase --size 1024 --models vits --overlaps 16,32 \\
+        --offsets '73,77;25,13;1,1;37,90' --out benchmarks/results/phase_stability_vits
 
 The cost of each overlap on a larger city, alone (about 5 minutes):
 
-    python -m benchmarks.bench_phase --cost-only 2048 --overlaps 16,24,32 --rounds 2 \\
+    python -m benchmarks.bench_phase --cost-only 2048 --overlaps 16,24,32 --rounds 3 \\
         --out benchmarks/results/phase_cost
 
 Tiny smoke run: ``--size 320 --styles citycentre --offsets 1,1 --overlaps 16
