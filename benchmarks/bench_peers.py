@@ -3,7 +3,7 @@
 Same raster (a `stmap.synth` city), same model, same machine, one process run: the
 three peers in benchmarks/peers/, each written as its tool's docs teach it, and
 `stmap infer` (``run_inference``, torch backend, CPU), all with the model's tiles
-(128 px), stmap's default overlap (tile / 8) and the same batch size, all writing a
+(128 px), stmap's default overlap (tile / 4) and the same batch size, all writing a
 uint8 probability GeoTIFF:
 
 - rasterio: the usual script: tile ``Window``s read one by one, a batch at a

@@ -52,6 +52,7 @@ from stmap.runtime.backends.base import (
 )
 from stmap.runtime.grid import TileGrid
 from stmap.runtime.infer import InferOptions, run_inference
+from stmap.runtime.phase import BENCH_OFFSET, compare_shifted, crop_at, read_layers
 from stmap.runtime.tta import VIEWS, with_tta
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
         root = Path(tmp)
         bundle_path = options.model
         if options.backbone is not None:
-            bundle_path = str(_random_bundle(root / "bundle", options.backbone, options.seed))
+            bundle_path = str(random_bundle(root / "bundle", options.backbone, options.seed))
         bundle = open_bundle(bundle_path)
         manifest = bundle.manifest
         backend = with_tta(
@@ -143,9 +144,11 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         )
         after_s = _model_only_seconds(batcher, tile, options.repeats, options.min_repeat_s)
+        peak_rss = peak_rss_mb()  # before the phase run below, which maps a second city
+        stride = tile - summary["overlap"]
+        phase = phase_shift(city, root / "out", root / "phase", infer_options, tile, stride)
 
     overlap = summary["overlap"]
-    stride = tile - overlap
     before, after = batcher.size / before_s, batcher.size / after_s
     tiles_per_s = (before + after) / 2
     grid_tiles = TileGrid(options.size, options.size, tile, overlap).count
@@ -179,7 +182,8 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
         "grid_tiles": grid_tiles,
         "seconds": summary["seconds"],
         "stages": summary["times"],
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "phase_shift": phase,
+        "peak_rss_mb": round(peak_rss, 1),
         "rss_before_mb": round(rss_before_mb, 1),  # torch and the model, already loaded
         "peak_rss_scope": "end-to-end run" if rss_reset else "whole bench process",
         "peak_device_mb": round(peak_device_mb, 1) if peak_device_mb is not None else None,
@@ -195,6 +199,34 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
         "versions": versions(),
         "commit": git_commit(),
     }
+
+
+def phase_shift(
+    city: Path, mapped: Path, workdir: Path, options: InferOptions, tile: int, stride: int
+) -> dict[str, Any] | None:
+    """How far the map of ``city`` (in ``mapped``) moves when the tile grid shifts.
+
+    One crop of the city, from ``BENCH_OFFSET`` modulo the stride (a shift of the
+    tile phase, whatever the city's size), at most 1024 px plus a tile of margin on
+    each side, mapped with the same options and compared with the city's map away
+    from both edges (``runtime.phase``). None when the city is too small to hold
+    such a crop. It runs after the figures of the end-to-end run are taken.
+    """
+    offset = (BENCH_OFFSET[0] % stride, BENCH_OFFSET[1] % stride)
+    side = 1024 + 2 * tile
+    crop = workdir / "crop.tif"
+    workdir.mkdir()
+    height, width = crop_at(city, crop, offset, (side, side))
+    if min(height, width) <= 2 * tile:
+        return None
+    run_inference([str(crop)], workdir / "out", options)
+    stats = compare_shifted(
+        read_layers(mapped / "city_damage_prob.tif", mapped / "city_damage.tif"),
+        read_layers(workdir / "out" / "crop_damage_prob.tif", workdir / "out" / "crop_damage.tif"),
+        offset,
+        margin=tile,
+    )
+    return {"offset": list(offset), "margin": tile, **stats.as_dict()}
 
 
 def reset_peak_rss() -> bool:
@@ -226,7 +258,7 @@ def peak_rss_mb(field: str = "VmHWM") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _random_bundle(path: Path, backbone: str, seed: int) -> Path:
+def random_bundle(path: Path, backbone: str, seed: int) -> Path:
     """A bundle of ``backbone`` with random weights: speed does not depend on them."""
     spec = get_spec(backbone)
     torch.manual_seed(seed)

@@ -70,6 +70,7 @@ from stmap.runtime.grid import (
     TileGrid,
     check_overlap,
     choose_block_size,
+    default_overlap,
     model_grid_size,
 )
 from stmap.runtime.journal import Journal
@@ -102,7 +103,7 @@ class InferOptions:
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None
-    overlap: int | None = None  # default: tile / 8 (16 px at 128-px tiles)
+    overlap: int | None = None  # default: tile / 4 (32 px at 128-px tiles; phase.md)
     block_size: int | None = None
     memory_budget: int | None = None  # bytes; default: stmap.budget.default_budget()
     bands: tuple[int, ...] | None = None
@@ -334,7 +335,7 @@ def plan_run(
     threshold = manifest.threshold if options.threshold is None else options.threshold
     if not 0 < threshold < 1:
         raise InputError(f"--threshold {threshold}: must lie strictly between 0 and 1")
-    overlap = manifest.tile_size // 8 if options.overlap is None else options.overlap
+    overlap = default_overlap(manifest.tile_size) if options.overlap is None else options.overlap
     check_overlap(overlap, manifest.tile_size)
     check_precision(options.precision)
     if options.mosaic is None and (options.crs is not None or options.gsd is not None):

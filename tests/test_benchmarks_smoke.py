@@ -59,6 +59,13 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         [*PYTEST[1:], "benchmarks/bench_sparse.py", "--benchmark-disable"],
         "a full and a sparse mosaic of a 256² city, once each without timing",
     ),
+    "bench_phase.py": (
+        [
+            *("-m", "benchmarks.bench_phase", "--size", "320", "--styles", "citycentre"),
+            *("--offsets", "1,1", "--overlaps", "16", "--models", "default", "--diagnose"),
+        ],
+        "one 320² city, one crop, overlap 16, the shipped bundle, and the diagnosis",
+    ),
     "bench_soak.py": (
         ["benchmarks/bench_soak.py", "--scenes", "6", "--sizes", "256"],
         "script mode: 6 scenes of 256 px, growth from scene 5 to 6",
@@ -101,6 +108,7 @@ PRINTS_JSON = {
     "bench_synth.py",
     "bench_train_cache.py",
     "bench_soak.py",
+    "bench_phase.py",
 }  # their script mode prints one object
 
 

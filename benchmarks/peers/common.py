@@ -30,15 +30,16 @@ from rasterio.windows import Window
 
 from stmap.bundle import open_bundle
 from stmap.runtime.backends.base import create_backend
+from stmap.runtime.grid import default_overlap
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 NODATA = 255
 
 
 def model_geometry(bundle: Path) -> tuple[int, int]:
-    """(tile, overlap) of `stmap infer`'s defaults for this bundle: overlap = tile / 8."""
+    """(tile, overlap) of `stmap infer`'s defaults for this bundle (``default_overlap``)."""
     tile = open_bundle(bundle).manifest.tile_size
-    return tile, tile // 8
+    return tile, default_overlap(tile)
 
 
 def load_forward(bundle: Path) -> Forward:

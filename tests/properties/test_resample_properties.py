@@ -22,7 +22,14 @@ from rasterio.transform import from_origin
 
 from stmap.bundle import open_bundle
 from stmap.runtime.blend import interpolate
-from stmap.runtime.grid import BlockPlan, TileGrid, bilinear_taps, model_grid_size, model_span
+from stmap.runtime.grid import (
+    BlockPlan,
+    TileGrid,
+    bilinear_taps,
+    default_overlap,
+    model_grid_size,
+    model_span,
+)
 from stmap.runtime.infer import RESAMPLE_TOLERANCE, InferOptions, plan_input, run_inference
 from tests.conftest import make_tiny_bundle
 from tests.properties.profiles import examples
@@ -94,7 +101,7 @@ def test_an_off_gsd_raster_is_planned_on_a_model_grid_with_the_same_origin(
     assert far_x - 1e-6 <= end_x < far_x + MODEL_GSD + 1e-6
     assert far_y + 1e-6 >= end_y > far_y - MODEL_GSD - 1e-6
     # and the blocks come back as a partition of the input's own grid
-    grid = TileGrid(rows, cols, manifest.tile_size, manifest.tile_size // 8)
+    grid = TileGrid(rows, cols, manifest.tile_size, default_overlap(manifest.tile_size))
     owner = np.zeros((height, width), dtype=int)
     for block in BlockPlan(height, width, 512, grid, plan.scale):
         owner[block.out.row_off : block.out.row_stop, block.out.col_off : block.out.col_stop] += 1

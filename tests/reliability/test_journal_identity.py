@@ -63,7 +63,7 @@ def assert_refused_then_restarted(args: list[str], out: Path, tmp_path: Path, *e
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("--overlap", "32"), "overlap 16 → 32"),
+        (("--overlap", "16"), "overlap 32 → 16"),
         (("--bands", "3,2,1"), "bands [1, 2, 3] → [3, 2, 1]"),
         ((), "another model"),
     ],

@@ -18,7 +18,16 @@ from click.testing import CliRunner
 from torch import nn
 
 from stmap.cli import main
-from stmap.runtime.bench import BenchOptions, count_flops_per_tile, km2_per_hour, run_bench
+from stmap.cli.bench import _phase_cell
+from stmap.runtime.bench import (
+    BenchOptions,
+    count_flops_per_tile,
+    km2_per_hour,
+    phase_shift,
+    run_bench,
+)
+from stmap.runtime.infer import InferOptions, run_inference
+from stmap.synth import generate_city
 
 FIELDS = {
     "model_mpx_per_s",
@@ -82,6 +91,27 @@ def test_tiny_run_figures_agree_with_each_other(result: dict[str, Any]) -> None:
     assert result["km2_per_hour"] == pytest.approx(
         result["end_to_end_mpx_per_s"] * 0.25 * 3600, rel=1e-3
     )
+
+
+def test_a_city_too_small_for_a_shifted_crop_has_no_phase_figure(result: dict[str, Any]) -> None:
+    # 256 px less the shift leaves no pixel a tile away from both crops' edges.
+    assert result["phase_shift"] is None
+
+
+def test_phase_figure_compares_a_crop_shifted_off_the_tile_grid(tiny_bundle: Path, tmp_path):
+    city = generate_city(tmp_path / "city.tif", width=512, height=512, seed=2).image
+    options = InferOptions(model=str(tiny_bundle), device="cpu")
+    summary = run_inference([str(city)], tmp_path / "out", options)[0]
+    stride = 128 - summary["overlap"]
+    phase = phase_shift(city, tmp_path / "out", tmp_path / "phase", options, 128, stride)
+    assert phase is not None
+    assert tuple(phase["offset"]) == (409 % stride, 301 % stride)
+    row, col = phase["offset"]
+    assert phase["pixels"] == (512 - row - 2 * 128) * (512 - col - 2 * 128)
+    assert 0 <= phase["median_dprob_255"] <= phase["p99_dprob_255"] <= phase["max_dprob_255"]
+    assert 0 <= phase["flip_share"] <= 1
+    assert _phase_cell(phase).endswith(f"{phase['p99_dprob_255']} (shift ({row}, {col}))")
+    assert _phase_cell(None) is None
 
 
 def test_flop_count_of_a_known_convolution() -> None:

@@ -119,7 +119,17 @@ def _print_table(result: dict[str, Any]) -> None:
         ("GFLOP per tile", round(result["flops_per_tile"] / 1e9, 3)),
         ("matmul TFLOP/s (measured)", result["matmul_tflops"]),
         ("fraction of ceiling", result["fraction_of_ceiling"]),
+        ("phase shift flips / flagged, p99 |Δ|/255", _phase_cell(result["phase_shift"])),
     ]
     for name, value in rows:
         table.add_row(name, "–" if value is None else str(value))
     Console(file=sys.stderr).print(table)
+
+
+def _phase_cell(phase: dict[str, Any] | None) -> str | None:
+    """The phase-stability figure in one cell: a crop's shift, its flips and p99."""
+    if phase is None:
+        return None
+    relative = phase["flips_of_flagged"]
+    flips = "–" if relative is None else f"{relative:.1%}"
+    return f"{flips}, {phase['p99_dprob_255']} (shift {tuple(phase['offset'])})"

@@ -46,7 +46,8 @@ class BandList(click.ParamType):
     "--overlap",
     type=click.IntRange(min=0),
     default=None,
-    help="Pixels shared by neighbouring tiles [default: tile / 8, 16 at 128-px tiles].",
+    help="Pixels shared by neighbouring tiles [default: tile / 4, 32 at 128-px tiles; "
+    "16 costs a quarter less compute, but the map moves more with where tiles fall].",
 )
 @click.option(
     "--block-size",

@@ -6,6 +6,7 @@ import math
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -307,3 +308,47 @@ def _sample_max(ds: rasterio.DatasetReader, bands: tuple[int, ...]) -> int:
 
 def _masked_max(data: np.ma.MaskedArray) -> int:
     return 0 if data.count() == 0 else int(data.max())
+
+
+def read_pixels(path: str | os.PathLike[str]) -> np.ndarray:
+    """(bands, height, width) pixels of a whole raster."""
+    with open_raster(path) as ds:
+        return ds.read()
+
+
+def read_band(path: str | os.PathLike[str], band: int = 1) -> np.ndarray:
+    """(height, width) pixels of one band of a raster."""
+    with open_raster(path) as ds:
+        return ds.read(band)
+
+
+def crop_raster(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    window: tuple[int, int, int, int],
+) -> Path:
+    """A GeoTIFF of ``source``'s (row, col, height, width) window, georeferenced in place.
+
+    Same bands, data type, CRS and nodata; the transform is the window's, so the crop's
+    pixels lie on the source's pixel grid (a user's crop or AOI of the same image).
+    """
+    row, col, height, width = window
+    with open_raster(source) as src:
+        area = Window(col, row, width, height)
+        data = src.read(window=area)
+        profile = dict(
+            driver="GTiff",
+            count=src.count,
+            dtype=src.dtypes[0],
+            crs=src.crs,
+            transform=src.window_transform(area),
+            width=width,
+            height=height,
+            nodata=src.nodata,
+            tiled=True,
+            blockxsize=512,
+            blockysize=512,
+        )
+    with rasterio.open(target, "w", **profile) as out:
+        out.write(data)
+    return Path(target)

@@ -1,0 +1,451 @@
+"""Phase stability: how far a damage map moves when the tile grid falls elsewhere (#20).
+
+For a synthetic city of every style (``--size`` px, 0.5 m), the city is mapped, then
+crops of it that start at sub-stride offsets: each crop is tiled from its own corner,
+so its tile grid has another phase over the same pixels. The maps are compared on
+the pixels both hold, a tile (128 px) away from either raster's edge
+(``stmap.runtime.phase``): the share of pixels whose damaged flag flips (absolute
+and relative to the flagged share) and the median / p99 of |Δprob| in 1/255 steps,
+pooled over the offsets per style and over all styles, and the worst offset.
+
+Configurations:
+
+* ``pipeline``: ``run_inference`` (what ``stmap infer`` runs) at each ``--overlaps``
+  value, for the shipped bundle and a random-weight ViT-S/16 (DINOv3 architecture,
+  as ``stmap bench --backbone`` builds it); cost: end-to-end Mpx/s of the whole
+  city in the same run, and the ratio to overlap 16 (today's default before #20).
+* ``--diagnose`` (shipped bundle): where the instability comes from, with the same
+  model in memory. ``whole image``: the model on the whole mirror-padded raster at
+  once, no tiles at all (what no window or overlap can beat; shifts that are
+  multiples of 16 px, the model's output stride, move it by nothing); two tile
+  grids averaged, the second shifted by half a stride (like ``--tta``, on the
+  device), at overlap 16 and 0. Their cost is in model tiles per mapped pixel
+  (compute), relative to overlap 16; ``lab_vs_pipeline`` checks that the in-memory
+  tiling is the pipeline's (max |Δ| of the overlap-16 maps, in 1/255 steps).
+
+Run, from the repository root (the shipped bundle and the diagnosis: about 15 minutes
+on a loaded 2-core CPU; the ViT-S takes about 50 s a map there):
+
+    python -m benchmarks.bench_phase --size 1024 --models default --overlaps 16,24,32 \\
+        --diagnose --out benchmarks/results/phase_stability
+    python -m benchmarks.bench_phase --size 1024 --models vits --overlaps 16,32 \\
+        --offsets '73,77;25,13;1,1;37,90' --out benchmarks/results/phase_stability_vits
+
+The cost of each overlap on a larger city, alone (about 5 minutes):
+
+    python -m benchmarks.bench_phase --cost-only 2048 --overlaps 16,24,32 --rounds 3 \\
+        --out benchmarks/results/phase_cost
+
+Tiny smoke run: ``--size 320 --styles citycentre --offsets 1,1 --overlaps 16
+--models default``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
+from stmap.bundle import open_bundle
+from stmap.io.raster import read_band, read_pixels
+from stmap.model import InferenceModel
+from stmap.runtime.bench import random_bundle
+from stmap.runtime.blend import ramp
+from stmap.runtime.grid import reflect_index
+from stmap.runtime.infer import InferOptions, run_inference
+from stmap.runtime.phase import PhaseStats, compare_shifted, crop_at, pool, read_layers
+from stmap.runtime.vectorize import damage_cutoff
+from stmap.synth import STYLES, generate_city
+
+VITS = "vit_small_patch16_dinov3.lvd1689m"
+# (409, 301) mod 112 and mod 96 (the issue's crop under overlaps 16 and 32), one-pixel
+# and half-patch shifts, a pure multiple of the output stride, and a few others.
+OFFSETS = [(73, 77), (25, 13), (1, 1), (8, 8), (3, 64), (37, 90), (16, 16), (56, 56)]
+SEED = 7  # city seeds: SEED + the style's index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--styles", default=",".join(STYLES))
+    parser.add_argument("--offsets", default=";".join(f"{r},{c}" for r, c in OFFSETS))
+    parser.add_argument("--overlaps", default="16,24,32")
+    parser.add_argument("--models", default="default,vits")
+    parser.add_argument("--diagnose", action="store_true")
+    parser.add_argument(
+        "--cost-only",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="only the cost: map one SIZE² city at each overlap, --rounds times interleaved",
+    )
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="STEM: write STEM.json, STEM.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the figures are ratios within one run; one thread is steadier
+    styles = args.styles.split(",")
+    offsets = [tuple(int(v) for v in pair.split(",")) for pair in args.offsets.split(";")]
+    overlaps = [int(v) for v in args.overlaps.split(",")]
+    report: dict[str, Any] = {
+        "provenance": provenance(),
+        "size": args.size,
+        "styles": styles,
+        "offsets": offsets,
+        "margin": 128,
+        "runs": [],
+    }
+    if args.cost_only is not None:
+        report = {"provenance": provenance(), **cost(args.cost_only, overlaps, args.rounds)}
+        finish(report, cost_markdown(report), args.out)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="stmap-phase-") as tmp:
+        root = Path(tmp)
+        cities = {
+            style: generate_city(
+                root / style / "city.tif",
+                width=args.size,
+                height=args.size,
+                style=style,
+                seed=SEED + list(STYLES).index(style),
+                overwrite=True,
+                workers=1,
+            )
+            for style in styles
+        }
+        for model in args.models.split(","):
+            bundle = "default" if model == "default" else str(random_bundle(root / "vits", VITS, 0))
+            for overlap in overlaps:
+                run = pipeline_run(bundle, model, overlap, cities, offsets, root)
+                report["runs"].append(run)
+                print(_line(run), file=sys.stderr, flush=True)
+        if args.diagnose:
+            for run in diagnose(cities, offsets, root):
+                report["runs"].append(run)
+                print(_line(run), file=sys.stderr, flush=True)
+    finish(report, markdown(report), args.out)
+    return 0
+
+
+def pipeline_run(
+    bundle: str, model: str, overlap: int, cities: dict[str, Any], offsets, root: Path
+) -> dict[str, Any]:
+    """Every city and its crops through ``run_inference`` at ``overlap``."""
+    options = InferOptions(model=bundle, overlap=overlap, device="cpu", workers=1)
+    per_style: dict[str, list[PhaseStats]] = {}
+    seconds = pixels = 0.0
+    ious = []
+    for style, city in cities.items():
+        out = root / f"{model}-{overlap}" / style
+        summary = run_inference([str(city.image)], out / "full", options)[0]
+        seconds, pixels = seconds + summary["seconds"], pixels + summary["pixels"]
+        full = read_layers(out / "full" / "city_damage_prob.tif", out / "full" / "city_damage.tif")
+        ious.append(_iou(full[1], read_band(city.labels)))
+        per_style[style] = []
+        for offset in offsets:
+            crop = out / f"crop_{offset[0]}_{offset[1]}.tif"
+            crop_at(city.image, crop, offset, (city.height, city.width))
+            run_inference([str(crop)], out / crop.stem, options)
+            shifted = read_layers(
+                out / crop.stem / f"{crop.stem}_damage_prob.tif",
+                out / crop.stem / f"{crop.stem}_damage.tif",
+            )
+            per_style[style].append(compare_shifted(full, shifted, offset, margin=128))
+    return _summarise(
+        name=f"{model} · overlap {overlap}",
+        kind="pipeline",
+        model=model,
+        per_style=per_style,
+        offsets=offsets,
+        cost={"overlap": overlap, "mpx_per_s": round(pixels / seconds / 1e6, 4)},
+        iou=float(np.mean(ious)),
+    )
+
+
+def cost(size: int, overlaps: list[int], rounds: int) -> dict[str, Any]:
+    """End-to-end Mpx/s and model seconds of the shipped bundle at each overlap on one
+    ``size``² city, the overlaps interleaved ``rounds`` times (a shared machine drifts)."""
+    options = [InferOptions(overlap=o, device="cpu", workers=1) for o in overlaps]
+    runs: dict[int, list[dict[str, Any]]] = {o: [] for o in overlaps}
+    with tempfile.TemporaryDirectory(prefix="stmap-phase-cost-") as tmp:
+        city = generate_city(Path(tmp) / "city.tif", width=size, height=size, seed=SEED).image
+        run_inference([str(city)], Path(tmp) / "warmup", options[0])
+        for r in range(rounds):
+            for overlap, option in zip(overlaps, options, strict=True):
+                summary = run_inference([str(city)], Path(tmp) / f"{overlap}-{r}", option)[0]
+                runs[overlap].append(summary)
+    rows = []
+    for overlap in overlaps:
+        mpx = [s["mpx_per_s"] for s in runs[overlap]]
+        compute = [s["times"]["compute"] for s in runs[overlap]]
+        rows.append(
+            {
+                "overlap": overlap,
+                "tiles": runs[overlap][0]["tiles"],
+                "end_to_end_mpx_per_s": round(float(np.mean(mpx)), 4),
+                "model_seconds": round(float(np.mean(compute)), 3),
+            }
+        )
+    base = rows[0]
+    for row in rows:
+        row["tiles_vs_first"] = round(row["tiles"] / base["tiles"], 3)
+        row["model_seconds_vs_first"] = round(row["model_seconds"] / base["model_seconds"], 3)
+        row["time_vs_first"] = round(base["end_to_end_mpx_per_s"] / row["end_to_end_mpx_per_s"], 3)
+    return {"size": size, "rounds": rounds, "cost": rows}
+
+
+def cost_markdown(report: dict[str, Any]) -> str:
+    header = ["overlap", "tiles", "model s", "end-to-end Mpx/s", "tiles ×", "model s ×", "time ×"]
+    rows = [
+        [
+            r["overlap"],
+            r["tiles"],
+            r["model_seconds"],
+            r["end_to_end_mpx_per_s"],
+            r["tiles_vs_first"],
+            r["model_seconds_vs_first"],
+            r["time_vs_first"],
+        ]
+        for r in report["cost"]
+    ]
+    return "\n\n".join(
+        [
+            "# Cost of the overlap (#20)",
+            f"The shipped bundle on one {report['size']}² synthetic city, one torch thread, "
+            f"each overlap {report['rounds']} times, interleaved; means. × : relative to "
+            "the first overlap. Written by `benchmarks/bench_phase.py --cost-only`.",
+            provenance_lines(report["provenance"]),
+            markdown_table(header, rows),
+        ]
+    )
+
+
+# -- diagnosis: the same model in memory -------------------------------------------------
+
+
+def diagnose(cities: dict[str, Any], offsets, root: Path) -> list[dict[str, Any]]:
+    """The shipped model without tiles, and with two tile grids averaged (module doc)."""
+    bundle = open_bundle("default")
+    manifest = bundle.manifest
+    model = InferenceModel(bundle.load_segmenter(), manifest.preprocessing("uint8")).eval()
+    cutoff = damage_cutoff(manifest.threshold)
+    tile = manifest.tile_size
+    variants = {
+        "whole image, no tiles": (whole_image, None),
+        "tiles, overlap 16 (in memory)": (_tiled(16, ((0, 0),)), (tile / 112) ** 2),
+        "two grids, overlap 16, second +(56, 56)": (
+            _tiled(16, ((0, 0), (56, 56))),
+            2 * (tile / 112) ** 2,
+        ),
+        "two grids, overlap 0, second +(64, 64)": (_tiled(0, ((0, 0), (64, 64))), 2.0),
+    }
+    runs = []
+    for name, (mapper, tiles_per_px) in variants.items():
+        per_style: dict[str, list[PhaseStats]] = {}
+        ious, seconds, pixels = [], 0.0, 0
+        for style, city in cities.items():
+            image = read_pixels(city.image)
+            start = time.perf_counter()
+            prob = _quantise(mapper(model, image, tile))
+            seconds, pixels = seconds + time.perf_counter() - start, pixels + prob.size
+            full = (prob, (prob > cutoff).astype(np.uint8))
+            ious.append(_iou(full[1], read_band(city.labels)))
+            per_style[style] = []
+            for row, col in offsets:
+                crop = _quantise(mapper(model, np.ascontiguousarray(image[:, row:, col:]), tile))
+                shifted = (crop, (crop > cutoff).astype(np.uint8))
+                per_style[style].append(compare_shifted(full, shifted, (row, col), margin=128))
+        cost: dict[str, Any] = {"mpx_per_s_in_memory": round(pixels / seconds / 1e6, 4)}
+        if tiles_per_px is not None:
+            cost["compute_vs_overlap16"] = round(tiles_per_px / (tile / 112) ** 2, 3)
+        run = _summarise(
+            name, "diagnosis", "default", per_style, offsets, cost, float(np.mean(ious))
+        )
+        if name.startswith("tiles, overlap 16"):
+            run["lab_vs_pipeline_max_dprob_255"] = _agreement(model, cities, root, tile)
+        runs.append(run)
+    return runs
+
+
+@torch.inference_mode()
+def whole_image(model: torch.nn.Module, image: np.ndarray, tile: int) -> np.ndarray:
+    """(C, H, W) uint8 → (H, W) probability of the model on the whole raster at once.
+
+    Mirror-padded by half a tile and up to a multiple of 16 (the output stride), so
+    that every pixel has the context a tile's centre has.
+    """
+    _, height, width = image.shape
+    pad = tile // 2
+    rows = reflect_index(-pad, -(-(height + 2 * pad) // 16) * 16 - pad, height)
+    cols = reflect_index(-pad, -(-(width + 2 * pad) // 16) * 16 - pad, width)
+    x = torch.from_numpy(image)[:, rows][:, :, cols][None]
+    return model(x)[0, 0, pad : pad + height, pad : pad + width].numpy()
+
+
+def _tiled(overlap: int, grids: tuple[tuple[int, int], ...]):
+    """A mapper: tiles of the pipeline's grid (origin k·stride − overlap / 2), one
+    grid per shift in ``grids``, blended with the pipeline's window over all of them."""
+
+    @torch.inference_mode()
+    def mapper(model: torch.nn.Module, image: np.ndarray, tile: int) -> np.ndarray:
+        channels, height, width = image.shape
+        stride, pad = tile - overlap, overlap // 2
+        w = torch.from_numpy(ramp(tile, overlap))
+        window = torch.outer(w, w)
+        acc = torch.zeros(height, width, dtype=torch.float64)
+        weight = torch.zeros_like(acc)
+        for dy, dx in grids:
+            (r0, nr), (c0, nc) = (
+                _first(height, dy, pad, stride, tile),
+                _first(width, dx, pad, stride, tile),
+            )
+            r1, c1 = r0 + (nr - 1) * stride + tile, c0 + (nc - 1) * stride + tile
+            x = torch.from_numpy(image)
+            x = x[:, reflect_index(r0, r1, height)][:, :, reflect_index(c0, c1, width)]
+            tiles = x.unfold(1, tile, stride).unfold(2, tile, stride)
+            tiles = tiles.permute(1, 2, 0, 3, 4).reshape(-1, channels, tile, tile)
+            probs = torch.cat([model(tiles[i : i + 64]) for i in range(0, len(tiles), 64)])
+            probs = probs[:, 0].double() * window
+            canvas = torch.zeros(r1 - r0, c1 - c0, dtype=torch.float64)
+            sums = torch.zeros_like(canvas)
+            for k, p in enumerate(probs):
+                i, j = divmod(k, nc)
+                canvas[i * stride : i * stride + tile, j * stride : j * stride + tile] += p
+                sums[i * stride : i * stride + tile, j * stride : j * stride + tile] += window
+            acc += canvas[-r0 : -r0 + height, -c0 : -c0 + width]
+            weight += sums[-r0 : -r0 + height, -c0 : -c0 + width]
+        return (acc / weight).float().numpy()
+
+    return mapper
+
+
+def _first(size: int, shift: int, pad: int, stride: int, tile: int) -> tuple[int, int]:
+    """(origin of the first tile, tile count) of one axis of a grid shifted by ``shift``:
+    the pipeline's axis (``grid.AxisTiles``) when ``shift`` is 0."""
+    origin = shift - pad
+    while origin > -pad:
+        origin -= stride
+    return origin, max(0, -(-(size - origin - tile) // stride)) + 1
+
+
+def _agreement(model, cities: dict[str, Any], root: Path, tile: int) -> int | None:
+    """Max |Δ| (1/255) between the in-memory overlap-16 map and the pipeline's, if run."""
+    worst = None
+    for style, city in cities.items():
+        path = root / "default-16" / style / "full" / "city_damage_prob.tif"
+        if path.exists():
+            ours = _quantise(_tiled(16, ((0, 0),))(model, read_pixels(city.image), tile))
+            delta = int(np.abs(ours.astype(int) - read_band(path)).max())
+            worst = delta if worst is None else max(worst, delta)
+    return worst
+
+
+def _quantise(prob: np.ndarray) -> np.ndarray:
+    """As the pipeline stores it: × 255, rounded, 254 at most (255 is nodata)."""
+    return np.clip(np.round(prob * 255), 0, 254).astype(np.uint8)
+
+
+def _iou(damage: np.ndarray, labels: np.ndarray) -> float:
+    flagged, damaged = damage == 1, labels == 1
+    return float((flagged & damaged).sum() / max((flagged | damaged).sum(), 1))
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+def _summarise(name, kind, model, per_style, offsets, cost, iou) -> dict[str, Any]:
+    every = [s for stats in per_style.values() for s in stats]
+    by_offset = [pool([stats[i] for stats in per_style.values()]) for i in range(len(offsets))]
+    worst = max(range(len(offsets)), key=lambda i: by_offset[i].quantile(0.99))
+    return {
+        "name": name,
+        "kind": kind,
+        "model": model,
+        "cost": cost,
+        "iou1_full_city": round(iou, 4),
+        "pooled": pool(every).as_dict(),
+        "per_style": {style: pool(stats).as_dict() for style, stats in per_style.items()},
+        "worst_offset": {"offset": list(offsets[worst]), **by_offset[worst].as_dict()},
+        "per_offset": {
+            f"{r},{c}": s.as_dict() for (r, c), s in zip(offsets, by_offset, strict=True)
+        },
+    }
+
+
+def _line(run: dict[str, Any]) -> str:
+    p = run["pooled"]
+    return (
+        f"{run['name']}: flips/flagged {p['flips_of_flagged']}, p99 {p['p99_dprob_255']}, "
+        f"median {p['median_dprob_255']}, cost {run['cost']}"
+    )
+
+
+def markdown(report: dict[str, Any]) -> str:
+    runs = report["runs"]
+    header = [
+        "configuration",
+        "flips / flagged",
+        "flips (all px)",
+        "median abs Δ",
+        "p99 abs Δ",
+        "worst offset: flips / flagged, p99",
+        "IoU1",
+        "cost",
+    ]
+    rows = []
+    for run in runs:
+        p, w = run["pooled"], run["worst_offset"]
+        rows.append(
+            [
+                run["name"],
+                _pct(p["flips_of_flagged"]),
+                _pct(p["flip_share"], 2),
+                p["median_dprob_255"],
+                p["p99_dprob_255"],
+                f"{tuple(w['offset'])}: {_pct(w['flips_of_flagged'])}, {w['p99_dprob_255']}",
+                run["iou1_full_city"],
+                ", ".join(f"{k} {v}" for k, v in run["cost"].items()),
+            ]
+        )
+    style_header = ["configuration", *report["styles"]]
+    style_rows = [
+        [
+            run["name"],
+            *(
+                f"{_pct(s['flips_of_flagged'])}, p99 {s['p99_dprob_255']}"
+                for s in run["per_style"].values()
+            ),
+        ]
+        for run in runs
+    ]
+    return "\n\n".join(
+        [
+            "# Phase stability of the damage map (#20)",
+            f"Synthetic cities of {report['size']}² px (one per style), each mapped whole "
+            f"and as crops from the offsets {', '.join(str(tuple(o)) for o in report['offsets'])}; "
+            f"compared {report['margin']} px from both rasters' edges. "
+            "abs Δ: |Δprob| in 1/255 steps; "
+            "flips / flagged: pixels whose damaged flag differs over the mean flagged "
+            "pixels, pooled over styles and offsets. Written by "
+            "`benchmarks/bench_phase.py`.",
+            provenance_lines(report["provenance"]),
+            "## Pooled over styles and offsets",
+            markdown_table(header, rows),
+            "## Per style (flips / flagged, p99 abs Δ)",
+            markdown_table(style_header, style_rows),
+        ]
+    )
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f} %"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
