@@ -49,6 +49,7 @@ from stmap.runtime.backends.base import (
     check_precision,
     create_backend,
     resolve_device,
+    synchronize,
 )
 from stmap.runtime.grid import TileGrid
 from stmap.runtime.infer import InferOptions, run_inference
@@ -130,6 +131,7 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
             precision=backend.precision,
             batch_size=batcher.size,
             tta=options.tta,
+            timings=True,  # the per-stage times it reports are the device's
         )
         # A small run first: kernel selection and (on CUDA) compilation are paid once
         # per process, not per city, and would otherwise be charged to the measured run.
@@ -247,12 +249,6 @@ def _make_city(path: Path, size: int, gsd: float, seed: int) -> Path:
 
     generate_city(path, width=size, height=size, gsd=gsd, seed=seed, overwrite=True)
     return path
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a clock read after it is honest."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_median(

@@ -103,6 +103,7 @@ class InferOptions:
     grid_m: float = 250.0  # side of the damage grid's cells
     building_buffers: tuple[float, ...] = (0.0, 10.0)  # metres around each footprint
     tta: str = "none"  # test-time augmentation: none, flip or d4
+    timings: bool = False  # synchronise the device per stage: exact stage times, slower
 
 
 @dataclass(frozen=True)
@@ -602,6 +603,7 @@ def stream_blocks(
             blocks=blocks,
             source_tap=sketches.source_tap if sketches else None,
             output_tap=sketches.output_tap if sketches else None,
+            timed=options.timings,
         )
         try:
             result = pipeline.run()
@@ -627,6 +629,7 @@ def stream_blocks(
         "workers": workers,
         "threshold": threshold,
         "tta": options.tta,
+        "timings": options.timings,  # whether the stage times were synchronised
     }
     return result, run, sketches
 

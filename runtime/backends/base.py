@@ -182,6 +182,12 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def check_precision(spec: str) -> None:
     """Refuse a ``--precision`` that is not auto, fp32, fp16 or bf16."""
     if spec != "auto" and spec not in PRECISIONS:
