@@ -2,11 +2,17 @@
 
 On CUDA it runs under autocast (bf16 or fp16) in channels-last layout and, by
 default, through ``torch.compile``; on the CPU in fp32 unless asked otherwise.
+
+``STMAP_TORCH_COMPILE`` overrides whether and how it compiles, for benchmarks that
+compare the ways (``benchmarks/gpu_proof.py``): ``off`` (eager), ``default``, or a
+``torch.compile`` mode such as ``reduce-overhead`` (CUDA graphs) or
+``max-autotune``; unset or ``auto``: compiled (default mode) on CUDA, eager on the CPU.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -19,6 +25,7 @@ log = logging.getLogger(__name__)
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_BATCH = {"cuda": 256, "cpu": 32}
 BATCH_QUANTUM = 8  # eager batches are padded to a multiple of this
+COMPILE_ENV = "STMAP_TORCH_COMPILE"
 
 
 class TorchBackend:
@@ -32,8 +39,14 @@ class TorchBackend:
         model = InferenceModel(bundle.load_segmenter(), bundle.manifest.preprocessing(input_dtype))
         # channels-last lets cuDNN / oneDNN pick their fastest convolution kernels.
         self.model = model.eval().to(device, memory_format=torch.channels_last)
-        self.compiled = device.type == "cuda"  # compiling pays off over a city's tiles
-        self._forward = torch.compile(self.model, dynamic=False) if self.compiled else self.model
+        mode = compile_mode(device)
+        self.compiled = mode is not None
+        self.cuda_graphs = mode is not None and "reduce-overhead" in mode
+        self._forward = (
+            torch.compile(self.model, dynamic=False, mode=None if mode == "default" else mode)
+            if self.compiled
+            else self.model
+        )
         self._static_batch = 0
 
     def max_batch(self) -> int:
@@ -62,6 +75,8 @@ class TorchBackend:
 
     def _run(self, tiles: torch.Tensor) -> torch.Tensor:
         try:
+            if self.cuda_graphs:  # the previous replay's outputs were already copied out
+                torch.compiler.cudagraph_mark_step_begin()
             return self._forward(tiles)
         except torch.cuda.OutOfMemoryError:
             raise
@@ -72,6 +87,17 @@ class TorchBackend:
             log.warning("torch.compile failed (%s); running the model eagerly", exc)
             self.compiled, self._forward = False, self.model
             return self._forward(tiles)
+
+
+def compile_mode(device: torch.device) -> str | None:
+    """The ``torch.compile`` mode to use on ``device`` ("default" or a mode), or None: eager.
+
+    Compiling pays off over a city's tiles on CUDA; on the CPU it is left to the user.
+    """
+    mode = os.environ.get(COMPILE_ENV, "auto").strip() or "auto"
+    if mode == "auto":
+        return "default" if device.type == "cuda" else None
+    return None if mode == "off" else mode
 
 
 register_backend("torch", TorchBackend)

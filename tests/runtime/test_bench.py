@@ -136,3 +136,30 @@ def test_cli_backbone_and_model_together_are_bad_usage(tiny_bundle: Path) -> Non
     outcome = CliRunner().invoke(main, args)
     assert outcome.exit_code == 2
     assert "--backbone and --model" in outcome.output
+
+
+def test_the_end_to_end_runs_reuse_the_model_only_backend(tiny_bundle: Path, monkeypatch) -> None:
+    """One backend per bench: a second one would be built (and on CUDA compiled) inside
+    the measured end-to-end time (issue 18)."""
+    import stmap.runtime.backends.base as base
+
+    built: list[str] = []
+    real = base._create
+
+    def counting(name, *args, **kwargs):
+        backend = real(name, *args, **kwargs)  # "auto" tries some that refuse first
+        built.append(name)
+        return backend
+
+    monkeypatch.setattr(base, "_create", counting)
+    run_bench(
+        BenchOptions(
+            model=str(tiny_bundle),
+            device="cpu",
+            batch_size=4,
+            size=128,
+            repeats=1,
+            min_repeat_s=0.01,
+        )
+    )
+    assert built == ["torch"]
