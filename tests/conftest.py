@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ladder_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The CPU precision ladder caches in a folder of the run's, not the user's; and
+    `--backend auto` keeps its fixed order (fp32) unless a test asks for tuning, so
+    that outputs never depend on how fast this machine runs bf16 or int8."""
+    os.environ["STMAP_CACHE_DIR"] = str(tmp_path_factory.mktemp("stmap-cache"))
+    os.environ["STMAP_CPU_AUTOTUNE"] = "off"
 
 
 @pytest.fixture

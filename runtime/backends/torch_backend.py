@@ -1,7 +1,10 @@
 """The PyTorch backend: the bundle's ``InferenceModel`` in eager mode or compiled.
 
 On CUDA it runs under autocast (bf16 or fp16) in channels-last layout and, by
-default, through ``torch.compile``; on the CPU in fp32 unless asked otherwise.
+default, through ``torch.compile``; on the CPU in fp32 unless asked otherwise: bf16
+with the model's weights and activations in bf16 (autocast would cast them back and
+forth around every op, which costs more than bf16 saves), int8 with its linear
+layers dynamically quantised (``torch.ao``; the CPU only).
 
 ``STMAP_TORCH_COMPILE`` overrides whether and how it compiles, for benchmarks that
 compare the ways (``benchmarks/gpu_proof.py``): ``off`` (eager), ``default``, or a
@@ -13,10 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import torch
+from torch import nn
 
 from stmap.bundle import Bundle
+from stmap.errors import DeviceError
 from stmap.model import InferenceModel
 from stmap.runtime.backends.base import register_backend
 
@@ -38,7 +44,16 @@ class TorchBackend:
         self.precision = precision
         model = InferenceModel(bundle.load_segmenter(), bundle.manifest.preprocessing(input_dtype))
         # channels-last lets cuDNN / oneDNN pick their fastest convolution kernels.
-        self.model = model.eval().to(device, memory_format=torch.channels_last)
+        model = model.eval().to(device, memory_format=torch.channels_last)
+        if precision == "int8":
+            model = _quantised(model, device)
+        elif precision == "bf16" and device.type == "cpu":
+            model = Bf16Model(model)
+        self.model = model
+        # on the CPU, bf16 lives in the weights (Bf16Model); int8 needs no autocast
+        self.autocast = precision in _AUTOCAST and not (
+            precision == "bf16" and device.type == "cpu"
+        )
         mode = compile_mode(device)
         self.compiled = mode is not None
         self.cuda_graphs = mode is not None and "reduce-overhead" in mode
@@ -68,7 +83,7 @@ class TorchBackend:
         with torch.autocast(
             self.device.type,
             dtype=_AUTOCAST.get(self.precision, torch.float32),
-            enabled=self.precision in _AUTOCAST,
+            enabled=self.autocast,
         ):
             probs = self._run(tiles.contiguous(memory_format=torch.channels_last))
         return probs[:n].float()
@@ -87,6 +102,40 @@ class TorchBackend:
             log.warning("torch.compile failed (%s); running the model eagerly", exc)
             self.compiled, self._forward = False, self.model
             return self._forward(tiles)
+
+
+class Bf16Model(nn.Module):
+    """An ``InferenceModel`` whose segmenter holds and computes in bf16 (the CPU's bf16).
+
+    Preprocessing stays in float32 (exact), its output is cast once; the logits come
+    back to float32 before the sigmoid.
+    """
+
+    def __init__(self, model: InferenceModel):
+        super().__init__()
+        self.normalize = model.normalize
+        self.segmenter = model.segmenter.to(torch.bfloat16)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits = self.segmenter(self.normalize(pixels).to(torch.bfloat16))
+        return torch.sigmoid(logits.float())
+
+
+def _quantised(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` with its linear layers in int8 (weights; activations quantised per call)."""
+    if device.type != "cpu":
+        raise DeviceError(
+            "--precision int8 runs on the CPU only (dynamic quantisation); use bf16 or fp16 "
+            f"on {device}"
+        )
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise DeviceError(
+            "--precision int8: the model has no linear layers to quantise (a convolutional "
+            "backbone); use fp32 or bf16"
+        )
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
 def compile_mode(device: torch.device) -> str | None:

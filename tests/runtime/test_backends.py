@@ -50,9 +50,13 @@ def test_results_do_not_depend_on_the_batch_size(bundle, device):
 
 
 def test_bf16_on_the_cpu_stays_close_to_fp32(bundle, device):
+    """The backend itself; whether a run may use it is the parity gate's call
+    (tests/runtime/test_precision.py)."""
+    from stmap.runtime.backends.torch_backend import TorchBackend
+
     tiles = _tiles(2)
-    fp32 = create_backend("torch", bundle, device, "fp32", "uint8").infer(tiles)
-    bf16 = create_backend("torch", bundle, device, "bf16", "uint8").infer(tiles)
+    fp32 = TorchBackend(bundle, device, "fp32", "uint8").infer(tiles)
+    bf16 = TorchBackend(bundle, device, "bf16", "uint8").infer(tiles)
     assert (fp32 - bf16).abs().max() < 0.05
 
 
