@@ -47,6 +47,10 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ["benchmarks/gpu_backends.py", "--help"],
         "imported only (--help) here; run for real on CUDA by test_gpu_backends_runs",
     ),
+    "gpu_proof.py": (
+        ["benchmarks/gpu_proof.py", "--help"],
+        "imported only (--help) here; run end to end (--dry-run) by tests/test_gpu_proof.py",
+    ),
     "bench_peers.py": (
         [*PYTEST[1:], "benchmarks/bench_peers.py", "--benchmark-disable"],
         "stmap and its three peers once each on a 512² city (torchgeo skips where absent)",
