@@ -96,7 +96,8 @@ def measure_parity(backend: Any, bundle: Bundle, samples: int | None = None) -> 
     """``backend`` against eager float32 on the CPU over the export parity tiles.
 
     Returns max |Δ probability| (overall and per kind of tile), the fraction of
-    pixels whose damage call flips at the bundle's threshold, and whether it holds.
+    pixels whose damage call flips at the bundle's threshold, the spread of the
+    reference's probabilities, and whether it holds.
     """
     from stmap.export.parity import DEFAULT_SAMPLES, parity_batches, torch_reference
 
@@ -106,8 +107,10 @@ def measure_parity(backend: Any, bundle: Bundle, samples: int | None = None) -> 
     samples = samples or DEFAULT_SAMPLES
     per_input: dict[str, float] = {}
     flipped = pixels = 0
+    spread: list[float] = []
     for label, batch in parity_batches(manifest.tile_size, len(manifest.bands), samples):
         expected = reference(batch).float()
+        spread.append(expected.std().item())
         actual = backend.infer(batch.to(backend.device)).float().cpu()
         diff = (actual - expected).abs().max().item()
         per_input[label] = max(per_input.get(label, 0.0), diff if diff == diff else float("inf"))
@@ -122,6 +125,9 @@ def measure_parity(backend: Any, bundle: Bundle, samples: int | None = None) -> 
         "samples": samples,
         "per_input": per_input,
         "flipped_fraction": round(flipped / pixels, 6),
+        # how much the reference varies: a model whose output hardly depends on its
+        # input (random weights) agrees with anything, and says little about parity
+        "reference_std": round(max(spread), 6),
         "threshold": manifest.threshold,
         "reference": f"PyTorch {torch.__version__} eager, float32, CPU",
     }

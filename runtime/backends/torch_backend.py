@@ -3,8 +3,9 @@
 On CUDA it runs under autocast (bf16 or fp16) in channels-last layout and, by
 default, through ``torch.compile``; on the CPU in fp32 unless asked otherwise: bf16
 with the model's weights and activations in bf16 (autocast would cast them back and
-forth around every op, which costs more than bf16 saves), int8 with its linear
-layers dynamically quantised (``torch.ao``; the CPU only).
+forth around every op, which costs more than bf16 saves), int8 with the backbone's
+linear layers dynamically quantised (``torch.ao``; the CPU only) and its decoder in
+bf16 where the CPU has it natively (``Int8Model``).
 
 ``STMAP_TORCH_COMPILE`` overrides whether and how it compiles, for benchmarks that
 compare the ways (``benchmarks/gpu_proof.py``): ``off`` (eager), ``default``, or a
@@ -14,6 +15,7 @@ compare the ways (``benchmarks/gpu_proof.py``): ``off`` (eager), ``default``, or
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -121,21 +123,46 @@ class Bf16Model(nn.Module):
         return torch.sigmoid(logits.float())
 
 
-def _quantised(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` with its linear layers in int8 (weights; activations quantised per call)."""
+class Int8Model(nn.Module):
+    """An ``InferenceModel`` one rung below bf16 on the CPU: the backbone's linear layers
+    in int8 (dynamic quantisation: int8 weights, activations quantised per call), and
+    the decoder, a convolutional head with no linear layer, in bf16 where the CPU has
+    it natively (else float32), as TensorRT's int8 mode keeps fp16 beside int8.
+    """
+
+    def __init__(self, model: InferenceModel, decoder_dtype: torch.dtype):
+        super().__init__()
+        segmenter = model.segmenter
+        if not any(isinstance(m, nn.Linear) for m in segmenter.backbone.modules()):
+            raise DeviceError(
+                "--precision int8: the model has no linear layers to quantise (a "
+                "convolutional backbone); use fp32 or bf16"
+            )
+        self.normalize = model.normalize
+        with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+            warnings.simplefilter("ignore")
+            self.backbone = torch.ao.quantization.quantize_dynamic(
+                segmenter.backbone, {nn.Linear}, dtype=torch.qint8
+            )
+        self.decoder = copy.deepcopy(segmenter.decoder).to(decoder_dtype)  # ``model`` intact
+        self.decoder_dtype = decoder_dtype
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(self.normalize(pixels))
+        logits = self.decoder(features.to(self.decoder_dtype))[0]
+        return torch.sigmoid(logits.float())
+
+
+def _quantised(model: InferenceModel, device: torch.device) -> Int8Model:
+    """``model`` at the int8 rung (``Int8Model``); the CPU only."""
     if device.type != "cpu":
         raise DeviceError(
             "--precision int8 runs on the CPU only (dynamic quantisation); use bf16 or fp16 "
             f"on {device}"
         )
-    if not any(isinstance(m, nn.Linear) for m in model.modules()):
-        raise DeviceError(
-            "--precision int8: the model has no linear layers to quantise (a convolutional "
-            "backbone); use fp32 or bf16"
-        )
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    from stmap.runtime.precision import native_bf16
+
+    return Int8Model(model, torch.bfloat16 if native_bf16() else torch.float32)
 
 
 def compile_mode(device: torch.device) -> str | None:

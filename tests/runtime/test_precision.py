@@ -14,6 +14,8 @@ from torch import nn
 from stmap.bundle import open_bundle
 from stmap.cli import main
 from stmap.errors import DeviceError
+from stmap.model import InferenceModel
+from stmap.model.preprocess import Preprocessing
 from stmap.runtime import precision as ladder
 from stmap.runtime.backends import PRECISIONS
 from stmap.runtime.backends.base import create_backend
@@ -74,16 +76,51 @@ def test_parity_within_the_tolerance_runs_and_is_measured_once(
     assert create_backend("torch", bundle, CPU, "bf16", "uint8").precision == "bf16"
 
 
-def test_int8_quantises_the_linear_layers_only_on_the_cpu() -> None:
-    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+class _Tokens(nn.Module):
+    """A ViT's shape in miniature: 16-px patches, then a linear layer over channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch, self.mix = nn.Conv2d(3, 8, 16, stride=16), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.mix(self.patch(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class _Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        return self.conv(nn.functional.interpolate(x, scale_factor=16)), x
+
+
+class _Segmenter(nn.Module):
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone, self.decoder = backbone, _Head()
+
+    def forward(self, x):
+        return self.decoder(self.backbone(x))[0]
+
+
+def _model(backbone: nn.Module) -> InferenceModel:
+    torch.manual_seed(0)
+    return InferenceModel(_Segmenter(backbone), Preprocessing(mean=(0.5,) * 3, std=(0.2,) * 3))
+
+
+def test_int8_quantises_the_backbones_linear_layers_only_on_the_cpu() -> None:
+    model = _model(_Tokens()).eval()
     quantised = _quantised(model, CPU)
     assert not any(type(m) is nn.Linear for m in quantised.modules())
-    x = torch.randn(4, 8)
-    assert (quantised(x) - model(x)).abs().max() < 0.05
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert (quantised(pixels) - model(pixels)).abs().max() < 0.05
     with pytest.raises(DeviceError, match="CPU only"):
         _quantised(model, torch.device("cuda"))
     with pytest.raises(DeviceError, match="no linear layers"):
-        _quantised(nn.Sequential(nn.Conv2d(3, 3, 1)), CPU)
+        _quantised(_model(nn.Conv2d(3, 8, 16, stride=16)), CPU)
 
 
 def test_auto_on_the_cpu_is_tuned_once_then_read_from_the_cache(tiny_bundle, cache, monkeypatch):
