@@ -1,8 +1,9 @@
 """The CPU precision ladder against fp32 PyTorch, and the cost of the stage timers.
 
 For each model (a random-weight ViT-S/16 bundle as ``stmap bench --backbone`` makes
-it, and the demo bundle), the torch backend in fp32, bf16 and int8 is built once, its
-parity against eager fp32 measured as the runtime's gate measures it
+it, and the demo bundle, each exported with ``stmap export --format onnx --int8``),
+every rung of the ladder (torch fp32, bf16, int8; ONNX Runtime fp32, int8) is built
+once, its parity against eager fp32 measured as the runtime's gate measures it
 (``stmap.runtime.precision.measure_parity``), then, in one process and taking turns:
 
 - model-only: one batch of uint8 tiles through ``infer``, each precision in turn,
@@ -11,8 +12,9 @@ parity against eager fp32 measured as the runtime's gate measures it
 - end to end: ``run_inference`` on a synthetic city with that backend handed in
   (``backend=``), precisions in turn, ``--e2e-rounds`` rounds.
 
-A precision whose gate refuses it (max |Δ prob| > 2/255, or no linear layer for
-int8) is still timed where it runs, and marked as not at parity.
+A pair whose gate refuses it (max |Δ prob| > 2/255) is still timed, and marked so;
+one that cannot be built (int8 without linear layers) is listed with the reason.
+Last, what ``--backend auto --precision auto`` picks on this machine, tuned afresh.
 
 Timers (issue 18, point 5): the demo bundle's end-to-end run with the per-stage
 synchronisations on (``timings=True``) and off, in turns; on the CPU a
@@ -25,6 +27,7 @@ synchronisation is a no-op, so this measures what the timing itself costs there.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -36,30 +39,63 @@ import torch
 
 from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
 from stmap.bundle import default_bundle_path, open_bundle
-from stmap.errors import DeviceError
+from stmap.errors import DeviceError, InputError
+from stmap.export import export_bundle
+from stmap.runtime.backends.base import create_backend
+from stmap.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from stmap.runtime.backends.torch_backend import TorchBackend
 from stmap.runtime.bench import _make_city, _random_bundle
 from stmap.runtime.infer import InferOptions, run_inference
-from stmap.runtime.precision import TOLERANCE, cpu_flags, measure_parity
+from stmap.runtime.precision import (
+    AUTOTUNE_ENV,
+    CACHE_ENV,
+    TOLERANCE,
+    cpu_flags,
+    measure_parity,
+)
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PAIRS = ("torch/fp32", "torch/bf16", "torch/int8", "onnxruntime/fp32", "onnxruntime/int8")
+REFERENCE = "torch/fp32"
 VIT_S = "vit_small_patch16_dinov3.lvd1689m"
 CPU = torch.device("cpu")
 
 
+def exported(bundle_path: Path, root: Path) -> Path:
+    """A copy of the bundle with model.onnx and, where it quantises, model_int8.onnx."""
+    target = root / f"{bundle_path.name}-onnx"
+    try:
+        export_bundle(bundle_path, formats=["onnx"], int8=True, output=target, overwrite=True)
+    except InputError as exc:  # a convolutional model: nothing to quantise
+        print(f"{bundle_path.name}: {exc}", file=sys.stderr)
+        export_bundle(bundle_path, formats=["onnx"], output=target, overwrite=True)
+    return target
+
+
 def build(bundle_path: Path) -> dict[str, Any]:
-    """Each precision's backend (or why it cannot run) and its parity record."""
+    """Each pair's backend (or why it cannot run) and its parity record."""
     bundle = open_bundle(bundle_path)
     found: dict[str, Any] = {}
-    for precision in PRECISIONS:
+    for pair in PAIRS:
+        name, precision = pair.split("/")
         try:
-            backend = TorchBackend(bundle, CPU, precision, "uint8")
+            if name == "torch":
+                backend = TorchBackend(bundle, CPU, precision, "uint8")
+            else:
+                backend = OnnxRuntimeBackend(bundle, CPU, precision, "uint8")
         except DeviceError as exc:
-            found[precision] = {"refused": str(exc)}
+            found[pair] = {"refused": str(exc)}
             continue
-        parity = measure_parity(backend, bundle) if precision != "fp32" else None
-        found[precision] = {"backend": backend, "parity": parity}
+        parity = measure_parity(backend, bundle) if pair != REFERENCE else None
+        found[pair] = {"backend": backend, "parity": parity}
     return found
+
+
+def auto_choice(bundle_path: Path, root: Path) -> dict[str, Any]:
+    """What `--backend auto --precision auto` picks here, tuned afresh (own cache)."""
+    os.environ[CACHE_ENV] = str(root / "ladder-cache")
+    os.environ[AUTOTUNE_ENV] = "on"
+    backend = create_backend("auto", open_bundle(bundle_path), CPU, "auto", "uint8")
+    return {"backend": backend.name, "precision": backend.precision}
 
 
 def model_only(backends: dict[str, Any], batch: int, tile: int, rounds: int) -> dict[str, Any]:
@@ -116,7 +152,7 @@ def timers(bundle: Path, city: Path, workdir: Path, rounds: int) -> dict[str, An
 def _summary(seconds: dict[str, list[float]], work: float, unit: str = "tiles_per_s") -> dict:
     rows = {}
     for precision, samples in seconds.items():
-        ratios = [f / s for f, s in zip(seconds["fp32"], samples, strict=True)]
+        ratios = [f / s for f, s in zip(seconds[REFERENCE], samples, strict=True)]
         rows[precision] = {
             unit: round(work / statistics.median(samples), 3),
             "seconds": [round(s, 3) for s in samples],
@@ -126,17 +162,19 @@ def _summary(seconds: dict[str, list[float]], work: float, unit: str = "tiles_pe
 
 
 def measure(name: str, bundle: Path, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    bundle = exported(bundle, root)
     built = build(bundle)
     backends = {p: b["backend"] for p, b in built.items() if "backend" in b}
     tile = open_bundle(bundle).manifest.tile_size
     city = _make_city(root / f"city-{args.size}.tif", args.size, 0.5, 0)
-    result: dict[str, Any] = {"model": name, "bundle": str(bundle), "size": args.size}
+    result: dict[str, Any] = {"model": name, "size": args.size, "batch": args.batch}
     result["model_only"] = model_only(backends, args.batch, tile, args.rounds)
     result["end_to_end"] = end_to_end(backends, bundle, city, root, args.e2e_rounds)
     result["parity"] = {
-        p: (b.get("parity") or {"refused": b["refused"]}) if p != "fp32" else None
+        p: (b.get("parity") or {"refused": b["refused"]}) if p != REFERENCE else None
         for p, b in built.items()
     }
+    result["auto"] = auto_choice(bundle, root)
     return result
 
 
@@ -153,12 +191,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"CPU flags: {', '.join(report['cpu_flags'])}.",
     ]
     for result in report["models"]:
-        parts += ["", f"## {result['model']} ({result['size']}² px city end to end)", ""]
+        parts += [
+            "",
+            f"## {result['model']} (model-only: batches of {result['batch']} tiles; end to "
+            f"end: a {result['size']}² px city)",
+            "",
+        ]
         rows = []
-        for precision in PRECISIONS:
-            parity = result["parity"].get(precision)
-            mo = result["model_only"].get(precision)
-            e2e = result["end_to_end"].get(precision)
+        for pair in PAIRS:
+            parity = result["parity"].get(pair)
+            mo = result["model_only"].get(pair)
+            e2e = result["end_to_end"].get(pair)
             if parity and "refused" in parity:
                 held = f"cannot run: {parity['refused']}"
             elif parity:
@@ -170,16 +213,19 @@ def markdown(report: dict[str, Any]) -> str:
             else:
                 held = "reference"
             rows.append([
-                precision,
+                pair,
                 mo["tiles_per_s"] if mo else "–",
                 f"**{mo['speedup_vs_fp32']}×**" if mo else "–",
                 e2e["mpx_per_s"] if e2e else "–",
                 f"{e2e['speedup_vs_fp32']}×" if e2e else "–",
                 held,
             ])  # fmt: skip
-        header = ["precision", "model-only tiles/s", "model-only vs fp32", "end-to-end Mpx/s"]
-        header += ["end-to-end vs fp32", r"max \|Δ prob\|"]  # \| inside a table
+        header = ["backend/precision", "model-only tiles/s", "vs torch fp32", "end-to-end Mpx/s"]
+        header += ["vs torch fp32", r"max \|Δ prob\|"]  # \| inside a table
         parts.append(markdown_table(header, rows))
+        auto = result["auto"]
+        parts += ["", f"`--backend auto --precision auto` here picks: {auto['backend']} "
+                  f"{auto['precision']} (tuned afresh in this run).",]  # fmt: skip
     t = report.get("timers")
     if t:
         parts += [
