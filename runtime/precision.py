@@ -92,8 +92,11 @@ def native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def measure_parity(backend: Any, bundle: Bundle, samples: int | None = None) -> dict[str, Any]:
-    """``backend`` against eager float32 on the CPU over the export parity tiles.
+def measure_parity(
+    backend: Any, bundle: Bundle, samples: int | None = None, input_dtype: str = "uint8"
+) -> dict[str, Any]:
+    """``backend`` (built for ``input_dtype`` rasters) against eager float32 on the CPU
+    over the export parity tiles (uint8 values, valid in uint16 too).
 
     Returns max |Δ probability| (overall and per kind of tile), the fraction of
     pixels whose damage call flips at the bundle's threshold, the spread of the
@@ -102,13 +105,15 @@ def measure_parity(backend: Any, bundle: Bundle, samples: int | None = None) -> 
     from stmap.export.parity import DEFAULT_SAMPLES, parity_batches, torch_reference
 
     manifest = bundle.manifest
-    model = InferenceModel(bundle.load_segmenter(), manifest.preprocessing("uint8")).eval()
+    model = InferenceModel(bundle.load_segmenter(), manifest.preprocessing(input_dtype)).eval()
     reference = torch_reference(model)
     samples = samples or DEFAULT_SAMPLES
     per_input: dict[str, float] = {}
     flipped = pixels = 0
     spread: list[float] = []
     for label, batch in parity_batches(manifest.tile_size, len(manifest.bands), samples):
+        if input_dtype != "uint8":
+            batch = batch.int()  # as the pipeline hands uint16 pixels to a backend
         expected = reference(batch).float()
         spread.append(expected.std().item())
         actual = backend.infer(batch.to(backend.device)).float().cpu()
@@ -133,15 +138,17 @@ def measure_parity(backend: Any, bundle: Bundle, samples: int | None = None) -> 
     }
 
 
-def check_parity(backend: Any, bundle: Bundle, name: str) -> dict[str, Any]:
+def check_parity(
+    backend: Any, bundle: Bundle, name: str, input_dtype: str = "uint8"
+) -> dict[str, Any]:
     """The parity record of ``backend`` (cached), or ParityRefused with its figure."""
     record = recorded_parity(bundle, name, backend.precision)
     if record is None:
         cache = LadderCache(bundle)
-        key = f"{name}/{backend.precision}"
+        key = _parity_key(name, backend.precision, input_dtype)
         record = cache.parity(key)
         if record is None:
-            record = measure_parity(backend, bundle)
+            record = measure_parity(backend, bundle, input_dtype=input_dtype)
             cache.set_parity(key, record)
     if not record["ok"]:
         raise ParityRefused(
@@ -151,6 +158,10 @@ def check_parity(backend: Any, bundle: Bundle, name: str) -> dict[str, Any]:
             f"{bundle.source}: use --precision fp32"
         )
     return record
+
+
+def _parity_key(name: str, precision: str, input_dtype: str) -> str:
+    return f"{name}/{precision}" + ("" if input_dtype == "uint8" else f"/{input_dtype}")
 
 
 def _flips(record: dict[str, Any]) -> str:
@@ -200,9 +211,9 @@ def tune(bundle: Bundle, input_dtype: str, build: Build) -> dict[str, Any]:
             row["refused"] = str(exc)
             continue
         if precision != "fp32":
-            key = f"{name}/{precision}"
+            key = _parity_key(name, precision, input_dtype)
             record = recorded_parity(bundle, name, precision) or cache.parity(key)
-            record = record or measure_parity(backend, bundle)
+            record = record or measure_parity(backend, bundle, input_dtype=input_dtype)
             cache.set_parity(key, record)
             row["max_abs_diff"] = record["max_abs_diff"]
             if not record["ok"]:

@@ -114,7 +114,7 @@ def create_backend(
             name, precision = choice["backend"], choice["precision"]
         backend = _create_any(name, bundle, device, precision, input_dtype)
         if backend.precision != "fp32":
-            ladder.check_parity(backend, bundle, backend.name)
+            ladder.check_parity(backend, bundle, backend.name, input_dtype)
         return backend
     return _create_any(name, bundle, device, precision, input_dtype)
 

@@ -170,3 +170,14 @@ def test_tuning_off_keeps_the_fixed_order(tiny_bundle, cache, monkeypatch) -> No
 
 def _never(*args, **kwargs):
     raise AssertionError("measured again")
+
+
+def test_parity_for_uint16_rasters_uses_their_scaling(tmp_path, cache) -> None:
+    """fp32 against itself is exact only when the reference scales as the backend does."""
+    from stmap.runtime.backends.torch_backend import TorchBackend
+    from tests.runtime.infer_data import make_varied_bundle
+
+    bundle = open_bundle(make_varied_bundle(tmp_path / "varied"))  # input-sensitive
+    backend = TorchBackend(bundle, CPU, "fp32", "uint16")
+    assert ladder.measure_parity(backend, bundle, input_dtype="uint16")["max_abs_diff"] < 1e-5
+    assert ladder.measure_parity(backend, bundle)["max_abs_diff"] > 1e-3  # uint8's scaling
