@@ -323,13 +323,23 @@ def measure_matmul_flops(device: torch.device, precision: str, side: int | None 
 
     The practical ceiling of a model made of matrix multiplies, measured the same
     way as the model (warm-up, synchronise, median) rather than taken from a data
-    sheet. Side: 8192 on CUDA, 1024 on the CPU unless given.
+    sheet. Side: 8192 on CUDA, 1024 on the CPU unless given. int8: an int8 matrix
+    multiply (``torch._int_mm``), the rate of the int8 rung's linear layers.
     """
     side = side or MATMUL_SIDE.get(device.type, MATMUL_SIDE["cpu"])
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn((side, side), generator=generator).to(device, _DTYPES[precision])
-    b = torch.randn((side, side), generator=generator).to(device, _DTYPES[precision])
-    seconds = time_median(lambda: torch.matmul(a, b), device, repeats=5, min_repeat_s=0.3)
+    if precision == "int8":  # the int8 rung's linear layers: int8 × int8 → int32
+        a, b = (
+            torch.randint(-128, 128, (side, side), generator=generator, dtype=torch.int8)
+            for _ in range(2)
+        )
+        a, b = a.to(device), b.to(device)
+        matmul = torch._int_mm
+    else:
+        a = torch.randn((side, side), generator=generator).to(device, _DTYPES[precision])
+        b = torch.randn((side, side), generator=generator).to(device, _DTYPES[precision])
+        matmul = torch.matmul
+    seconds = time_median(lambda: matmul(a, b), device, repeats=5, min_repeat_s=0.3)
     return 2 * side**3 / seconds
 
 

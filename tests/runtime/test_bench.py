@@ -163,3 +163,10 @@ def test_the_end_to_end_runs_reuse_the_model_only_backend(tiny_bundle: Path, mon
         )
     )
     assert built == ["torch"]
+
+
+def test_the_int8_ceiling_is_an_int8_matrix_multiply() -> None:
+    """`stmap bench` on a CPU whose tuned choice is int8 needs an int8 ceiling (it crashed)."""
+    from stmap.runtime.bench import measure_matmul_flops
+
+    assert measure_matmul_flops(torch.device("cpu"), "int8", side=64) > 0
