@@ -82,16 +82,25 @@ def torchgeo_missing() -> str | None:
 
 
 def run_method(
-    method: str, image: Path, workdir: Path, bundle: Path, batch_size: int, workers: int
+    method: str,
+    image: Path,
+    workdir: Path,
+    bundle: Path,
+    batch_size: int,
+    workers: int,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> tuple[Path, dict[str, float]]:
     """Map ``image`` with ``method`` into ``workdir``: its probability raster, and for
-    stmap the seconds of its streaming pipeline and of its finalisation."""
+    stmap the seconds of its streaming pipeline and of its finalisation. Every method
+    runs the torch backend on ``device`` in ``precision`` (the GPU proof's peers)."""
     workdir.mkdir(parents=True, exist_ok=True)
     if method == "stmap":
         options = InferOptions(
             model=str(bundle),
             backend="torch",
-            device="cpu",
+            device=device,
+            precision=precision,
             batch_size=batch_size,
             threshold=threshold_for(bundle),
             restart=True,
@@ -102,20 +111,31 @@ def run_method(
     output = workdir / f"{image.stem}_{method}_prob.tif"
     output.unlink(missing_ok=True)
     if method == "rasterio":
-        rasterio_windows.run(image, output, bundle, batch_size)
+        rasterio_windows.run(image, output, bundle, batch_size, device, precision)
     elif method == "torchgeo":
+        if device != "cpu":
+            raise ValueError("the TorchGeo peer runs on the CPU only")
         torchgeo_grid.run(image, output, bundle, batch_size, workers)
     else:
-        png_tiles.run(image, output, bundle, batch_size, workers)
+        png_tiles.run(image, output, bundle, batch_size, workers, device, precision)
     return output, {}
 
 
 def timed(
-    method: str, image: Path, workdir: Path, bundle: Path, batch_size: int, workers: int
+    method: str,
+    image: Path,
+    workdir: Path,
+    bundle: Path,
+    batch_size: int,
+    workers: int,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> tuple[Path, dict[str, float]]:
     """``run_method`` with its wall and CPU seconds (DataLoader workers included)."""
     start, cpu = time.perf_counter(), _cpu_seconds()
-    path, stages = run_method(method, image, workdir, bundle, batch_size, workers)
+    path, stages = run_method(
+        method, image, workdir, bundle, batch_size, workers, device, precision
+    )
     seconds = time.perf_counter() - start
     return path, {"seconds": seconds, "cpu_seconds": _cpu_seconds() - cpu, **stages}
 
@@ -150,22 +170,32 @@ def _single_tile_pixels(size: int, tile: int, overlap: int) -> np.ndarray:
 
 
 def compare(
-    model_name: str, size: int, methods: list[str], rounds: int, batch_size: int, workers: int
+    model_name: str,
+    size: int,
+    methods: list[str],
+    rounds: int,
+    batch_size: int,
+    workers: int,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    """All ``methods`` on one model and one city; per method its times and agreement."""
+    """All ``methods`` on one model and one city; per method its times and agreement.
+
+    device, precision: where and how every method runs the model (default: the CPU
+    comparison recorded in results/cpu_peers.md).
+    """
     bundle, image = model(model_name), city(size)
     root = image.parent / f"peers-{model_name}-{size}"
     shutil.rmtree(root, ignore_errors=True)
+    run = (batch_size, workers, device, precision)
     if size > WARMUP_SIZE:
         for method in methods:
-            run_method(method, city(WARMUP_SIZE), root / "warmup", bundle, batch_size, workers)
+            run_method(method, city(WARMUP_SIZE), root / "warmup", bundle, *run)
     runs: dict[str, list[dict[str, float]]] = {method: [] for method in methods}
     outputs: dict[str, Path] = {}
     for _ in range(rounds):
         for method in methods:
-            outputs[method], measured = timed(
-                method, image, root / method, bundle, batch_size, workers
-            )
+            outputs[method], measured = timed(method, image, root / method, bundle, *run)
             runs[method].append(measured)
     mpx = size * size / 1e6
     best_stmap = min(run["seconds"] for run in runs["stmap"]) if "stmap" in runs else None
@@ -198,6 +228,8 @@ def compare(
         "tile": tile,
         "overlap": overlap,
         "size": size,
+        "device": device,
+        "precision": precision,
         "megapixels": round(mpx, 3),
         "results": results,
     }

@@ -26,6 +26,7 @@ from stmap.export.onnx_export import (
     ONNX_FILES,
     check_opset,
     export_onnx,
+    quantize_onnx,
 )
 from stmap.export.parity import DEFAULT_SAMPLES, check_samples, onnx_parity
 from stmap.export.tensorrt_engine import (
@@ -49,6 +50,7 @@ def export_bundle(
     output: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     fp16: bool = False,
+    int8: bool = False,
     opset: int = DEFAULT_OPSET,
     samples: int = DEFAULT_SAMPLES,
     max_batch: int = DEFAULT_MAX_BATCH,
@@ -59,7 +61,8 @@ def export_bundle(
 ) -> dict[str, Any]:
     """Add verified ONNX models (and TensorRT engines) to a bundle, or to a copy at ``output``.
 
-    ``onnx`` writes ``model.onnx`` (and ``model_fp16.onnx`` with ``fp16``); ``tensorrt``
+    ``onnx`` writes ``model.onnx`` (and ``model_fp16.onnx`` with ``fp16``,
+    ``model_int8.onnx``, ONNX Runtime's dynamic int8 for the CPU, with ``int8``); ``tensorrt``
     also builds an engine for this GPU from the ONNX of its precision (fp16 with
     ``fp16``, else fp32). Returns the bundle written, the files added and their
     manifest records. Every check on the arguments runs before any work.
@@ -114,6 +117,20 @@ def export_bundle(
             files.update(onnx.files)
             exports[EXPORT_KEYS[precision]] = {**onnx.record, "parity": parity.record()}
             checked[onnx.path.name] = parity.record()
+            if precision == "fp32" and int8:
+                say(f"quantising {ONNX_FILES['int8']} (ONNX Runtime, dynamic int8)")
+                quantised = quantize_onnx(onnx, work / ONNX_FILES["int8"])
+                parity = onnx_parity(
+                    model,
+                    quantised.path,
+                    precision="int8",
+                    tile_size=manifest.tile_size,
+                    channels=len(manifest.bands),
+                    samples=samples,
+                )
+                files.update(quantised.files)
+                exports[EXPORT_KEYS["int8"]] = {**quantised.record, "parity": parity.record()}
+                checked[quantised.path.name] = parity.record()
         if "tensorrt" in wanted:
             precision = precisions[-1]
             say(f"building a {precision} TensorRT engine for this GPU")

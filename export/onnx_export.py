@@ -19,6 +19,10 @@ fp16 would round) and the sigmoid computed in float32. That keeps uint8 in and f
 out, needs no converter package and, unlike post-hoc converters with their op block
 lists, states the precision of every op in the graph, which TensorRT's strongly typed
 networks (the only kind from TensorRT 11 on) take as given.
+
+int8 (the CPU's ladder): ONNX Runtime's dynamic quantiser rewrites the fp32 export's
+MatMul and Gemm nodes (a ViT's linear layers) to int8 weights with activations
+quantised per call; the rest stays float32. A model without such nodes is refused.
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ SUPPORTED_OPSETS = range(17, 21)
 PROTOBUF_LIMIT = 2**31  # one serialised ModelProto cannot exceed 2 GiB
 # No bf16 variant: ONNX Conv takes bfloat16 only from opset 22, beyond this exporter.
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx"}
-EXPORT_KEYS = {"fp32": "onnx", "fp16": "onnx_fp16"}  # where manifest.exports records each
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+# where manifest.exports records each
+EXPORT_KEYS = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8"}
+INT8_OPS = ["MatMul", "Gemm"]  # a ViT's linear layers; ONNX Runtime's ConvInteger is slow
 
 
 @dataclass(frozen=True)
@@ -235,3 +241,41 @@ def checked_onnx_path(bundle: Bundle, name: str) -> Path:
                 "stmap export BUNDLE --format onnx"
             )
     return path
+
+
+def quantize_onnx(fp32: OnnxExport, path: Path) -> OnnxExport:
+    """The int8 variant of the fp32 export ``fp32``, as ``path`` (ONNX Runtime's quantiser).
+
+    Raises InputError when nothing was quantised (a convolutional model).
+    """
+    onnx = lazy_import("onnx")
+    ort = lazy_import("onnxruntime")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings.catch_warnings():  # its pre-processing advice is printed as a warning
+        warnings.simplefilter("ignore")
+        quantize_dynamic(
+            fp32.path, path, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS
+        )
+    proto = onnx.load(str(path))
+    quantised = sum(
+        node.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for node in proto.graph.node
+    )
+    if not quantised:
+        path.unlink()
+        raise InputError(
+            "--int8: the model has no MatMul or Gemm to quantise (a convolutional "
+            "backbone); export without --int8"
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    record = {
+        **fp32.record,
+        "file": path.name,
+        "external_data": None,
+        "precision": "int8",
+        "quantizer": "onnxruntime.quantization.quantize_dynamic, QInt8 weights, "
+        + "/".join(INT8_OPS),
+        "quantised_nodes": quantised,
+        "versions": {**fp32.record["versions"], "onnxruntime": ort.__version__},
+    }
+    return OnnxExport(path, None, record)

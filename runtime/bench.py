@@ -49,6 +49,7 @@ from stmap.runtime.backends.base import (
     check_precision,
     create_backend,
     resolve_device,
+    synchronize,
 )
 from stmap.runtime.grid import TileGrid
 from stmap.runtime.infer import InferOptions, run_inference
@@ -131,15 +132,18 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
             precision=backend.precision,
             batch_size=batcher.size,
             tta=options.tta,
+            timings=True,  # the per-stage times it reports are the device's
         )
         # A small run first: kernel selection and (on CUDA) compilation are paid once
         # per process, not per city, and would otherwise be charged to the measured run.
         _make_city(root / "warmup.tif", min(options.size, 4 * tile), manifest.gsd_m, 1)
-        run_inference([str(root / "warmup.tif")], root / "warmup", infer_options)
+        # The model-only loop's backend, already compiled for this batch size: building
+        # (and compiling) another one would be charged to the end-to-end time.
+        run_inference([str(root / "warmup.tif")], root / "warmup", infer_options, backend=backend)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         rss_reset, rss_before_mb = reset_peak_rss(), peak_rss_mb("VmRSS")
-        summary = run_inference([str(city)], root / "out", infer_options)[0]
+        summary = run_inference([str(city)], root / "out", infer_options, backend=backend)[0]
         peak_device_mb = (
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         )
@@ -281,12 +285,6 @@ def _make_city(path: Path, size: int, gsd: float, seed: int) -> Path:
     return path
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a clock read after it is honest."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_median(
     fn: Callable[[], object],
     device: torch.device,
@@ -357,13 +355,23 @@ def measure_matmul_flops(device: torch.device, precision: str, side: int | None 
 
     The practical ceiling of a model made of matrix multiplies, measured the same
     way as the model (warm-up, synchronise, median) rather than taken from a data
-    sheet. Side: 8192 on CUDA, 1024 on the CPU unless given.
+    sheet. Side: 8192 on CUDA, 1024 on the CPU unless given. int8: an int8 matrix
+    multiply (``torch._int_mm``), the rate of the int8 rung's linear layers.
     """
     side = side or MATMUL_SIDE.get(device.type, MATMUL_SIDE["cpu"])
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn((side, side), generator=generator).to(device, _DTYPES[precision])
-    b = torch.randn((side, side), generator=generator).to(device, _DTYPES[precision])
-    seconds = time_median(lambda: torch.matmul(a, b), device, repeats=5, min_repeat_s=0.3)
+    if precision == "int8":  # the int8 rung's linear layers: int8 × int8 → int32
+        a, b = (
+            torch.randint(-128, 128, (side, side), generator=generator, dtype=torch.int8)
+            for _ in range(2)
+        )
+        a, b = a.to(device), b.to(device)
+        matmul = torch._int_mm
+    else:
+        a = torch.randn((side, side), generator=generator).to(device, _DTYPES[precision])
+        b = torch.randn((side, side), generator=generator).to(device, _DTYPES[precision])
+        matmul = torch.matmul
+    seconds = time_median(lambda: matmul(a, b), device, repeats=5, min_repeat_s=0.3)
     return 2 * side**3 / seconds
 
 

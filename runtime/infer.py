@@ -121,6 +121,7 @@ class InferOptions:
     grid_m: float = 250.0  # side of the damage grid's cells
     building_buffers: tuple[float, ...] = (0.0, 10.0)  # metres around each footprint
     tta: str = "none"  # test-time augmentation: none, flip or d4
+    timings: bool = False  # synchronise the device per stage: exact stage times, slower
 
 
 @dataclass(frozen=True)
@@ -279,8 +280,13 @@ def run_inference(
     options: InferOptions = InferOptions(),
     *,
     progress: ProgressFactory | None = None,
+    backend: Backend | None = None,
 ) -> list[dict[str, Any]]:
     """Map every input into ``outdir``; returns one summary per input.
+
+    backend: an already-built backend for uint8 rasters, on ``options.device``, used
+        instead of building one (``stmap bench`` reuses its warmed-up, compiled one,
+        so that compilation is not charged to the run it measures).
 
     Raises InputError subclasses (exit 2) for bad inputs, options, bundles, devices
     or outputs, before any work where they can be known in advance; Interrupted
@@ -289,6 +295,8 @@ def run_inference(
     with outdir_lock(Path(outdir)):
         run = plan_run(inputs, outdir, options)
         session = run.session()
+        if backend is not None:
+            session.backends["uint8"] = backend
         prepare_output_dir(run.outdir)
         with streaming_env():
             return [map_input(plan, out, session, progress) for plan, out in run.inputs]
@@ -748,6 +756,7 @@ def stream_blocks(
             blocks=blocks,
             source_tap=sketches.source_tap if sketches else None,
             output_tap=sketches.output_tap if sketches else None,
+            timed=options.timings,
         )
         try:
             result = pipeline.run()
@@ -773,6 +782,7 @@ def stream_blocks(
         "workers": workers,
         "threshold": threshold,
         "tta": options.tta,
+        "timings": options.timings,  # whether the stage times were synchronised
     }
     return result, run, sketches
 

@@ -12,8 +12,10 @@ Taps hand each block, as the readers and the writer hold it, to the finishing
 steps (``sketches``): what they need is gathered on the way, not read back after.
 Memory is bounded by the buffer pool and the queue depths, whatever the raster's
 size. The same code runs on CPU and CUDA: the only differences are pinned host
-buffers and the synchronisations that make the per-stage timers honest on an
-asynchronous device.
+buffers and, when timings are asked for (``timed``), the synchronisations that make
+the per-stage timers honest on an asynchronous device. Without them a CUDA run never
+waits for the device inside a block except at the one device→host copy, and its
+stage times are host times (compute shows as transfer).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 
 from stmap.io.blocks import BlockReader, ReadSpec
 from stmap.io.writers import NODATA, BlockWriter
-from stmap.runtime.backends.base import Batcher
+from stmap.runtime.backends.base import Batcher, synchronize
 from stmap.runtime.blend import Blender, interpolate
 from stmap.runtime.grid import Block, BlockPlan, bilinear_taps, reflect_index, shared_count
 from stmap.runtime.journal import Journal
@@ -189,6 +191,8 @@ class Pipeline:
     output_tap: called from the writer thread with each block and its (2, h, w)
         layers (None: no valid pixel). Taps let the finishing steps gather what they
         need while the blocks pass, instead of reading the rasters again afterwards.
+    timed: synchronise the device at each stage boundary (three times a block), so
+        that the stage times are the device's; off, a run pays for none of them.
     """
 
     def __init__(
@@ -207,6 +211,7 @@ class Pipeline:
         blocks: Collection[int] | None = None,
         source_tap: SourceTap | None = None,
         output_tap: OutputTap | None = None,
+        timed: bool = False,
     ):
         self.plan, self.spec, self.batcher = plan, spec, batcher
         self.writer, self.journal = writer, journal
@@ -216,6 +221,7 @@ class Pipeline:
         self.source_tap = source_tap or (lambda block, pixels, valid: None)
         self.output_tap = output_tap or (lambda block, layers: None)
         self.device = batcher.backend.device
+        self.timed = timed
         self.blender = Blender(plan.grid, self.device)
         self.shared = SharedTiles(plan, self.device)
         self.tiles = 0  # tiles run through the model
@@ -388,8 +394,8 @@ class Pipeline:
         )
 
     def _clock(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # kernels are asynchronous: time their end
+        if self.timed:
+            synchronize(self.device)  # kernels are asynchronous: time their end
         return time.perf_counter()
 
     # -- writer thread -----------------------------------------------------------------

@@ -27,9 +27,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True, scope="session")
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Caches go to a folder of the test session, never to the user's home."""
+    """Caches (xBD tiles, the CPU precision ladder) go to a folder of the test session,
+    never to the user's home; and `--backend auto` keeps its fixed order (fp32) unless a
+    test asks for tuning, so that outputs never depend on how fast this machine runs
+    bf16 or int8."""
     mp = pytest.MonkeyPatch()
     mp.setenv("STMAP_CACHE_DIR", str(tmp_path_factory.mktemp("stmap-cache")))
+    mp.setenv("STMAP_CPU_AUTOTUNE", "off")
     yield
     mp.undo()
 

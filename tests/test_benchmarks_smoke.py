@@ -47,6 +47,14 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ["benchmarks/gpu_backends.py", "--help"],
         "imported only (--help) here; run for real on CUDA by test_gpu_backends_runs",
     ),
+    "bench_precision.py": (
+        ["-m", "benchmarks.bench_precision", "--tiny"],
+        "--tiny: the demo bundle in fp32/bf16/int8, a 256² city, one round",
+    ),
+    "gpu_proof.py": (
+        ["benchmarks/gpu_proof.py", "--help"],
+        "imported only (--help) here; run end to end (--dry-run) by tests/test_gpu_proof.py",
+    ),
     "bench_peers.py": (
         [*PYTEST[1:], "benchmarks/bench_peers.py", "--benchmark-disable"],
         "stmap and its three peers once each on a 512² city (torchgeo skips where absent)",
@@ -105,6 +113,7 @@ REPORTS: dict[str, list[str]] = {
 # over 30 s (on a busy 2-core machine): deselect with -m "not slow" when in a hurry
 SLOW = {"bench_backends.py", "bench_peers.py", "bench_scaling.py"}
 PRINTS_JSON = {
+    "bench_precision.py",
     "bench_synth.py",
     "bench_train_cache.py",
     "bench_soak.py",

@@ -42,13 +42,19 @@ def model_geometry(bundle: Path) -> tuple[int, int]:
     return tile, default_overlap(tile)
 
 
-def load_forward(bundle: Path) -> Forward:
-    """(N, 3, T, T) raw pixels (uint8, or float holding 0..255) → (N, 1, T, T) probabilities.
+def load_forward(bundle: Path, device: str = "cpu", precision: str = "fp32") -> Forward:
+    """(N, 3, T, T) raw pixels (uint8, or float holding 0..255) on the CPU → (N, 1, T, T)
+    probabilities on the CPU.
 
-    The torch backend's ``infer``: the very call stmap's pipeline makes per batch.
+    The torch backend's ``infer`` on ``device`` in ``precision``: the very call stmap's
+    pipeline makes per batch; on a GPU each batch goes there and comes back, as a
+    script's would.
     """
-    backend = create_backend("torch", open_bundle(bundle), torch.device("cpu"), "fp32", "uint8")
-    return backend.infer
+    target = torch.device(device)
+    backend = create_backend("torch", open_bundle(bundle), target, precision, "uint8")
+    if target.type == "cpu":
+        return backend.infer
+    return lambda tiles: backend.infer(tiles.to(target)).cpu()
 
 
 def to_uint8(probs: torch.Tensor) -> np.ndarray:

@@ -54,8 +54,17 @@ class PngTiles(Dataset):
         return torch.from_numpy(pixels).permute(2, 0, 1), path.name
 
 
-def run(image: Path, output: Path, bundle: Path, batch_size: int, workers: int = 0) -> None:
-    """Map ``image`` into the probability GeoTIFF ``output``; ``workers``: DataLoader processes."""
+def run(
+    image: Path,
+    output: Path,
+    bundle: Path,
+    batch_size: int,
+    workers: int = 0,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> None:
+    """Map ``image`` into the probability GeoTIFF ``output``; ``workers``: DataLoader
+    processes; the model on ``device`` in ``precision``."""
     tile, overlap = model_geometry(bundle)
     work = output.with_name(output.stem + "_tiles")
     tiles, predictions = work / "tiles", work / "predictions"
@@ -63,7 +72,7 @@ def run(image: Path, output: Path, bundle: Path, batch_size: int, workers: int =
     predictions.mkdir()
     try:
         profile = cut(image, tiles, tile, overlap)
-        predict(tiles, predictions, bundle, batch_size, workers)
+        predict(tiles, predictions, bundle, batch_size, workers, device, precision)
         mosaic(predictions, output, profile, tile, overlap)
     finally:
         shutil.rmtree(work)
@@ -79,9 +88,17 @@ def cut(image: Path, folder: Path, tile: int, overlap: int) -> dict[str, Any]:
         return output_profile(src.profile)
 
 
-def predict(tiles: Path, predictions: Path, bundle: Path, batch_size: int, workers: int) -> None:
+def predict(
+    tiles: Path,
+    predictions: Path,
+    bundle: Path,
+    batch_size: int,
+    workers: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> None:
     """Run the model over the PNG tiles; save each probability tile as a PNG."""
-    forward = load_forward(bundle)
+    forward = load_forward(bundle, device, precision)
     loader = DataLoader(PngTiles(tiles), batch_size=batch_size, num_workers=workers)
     for pixels, names in loader:
         for prob, name in zip(to_uint8(forward(pixels)), names, strict=True):

@@ -27,10 +27,17 @@ from benchmarks.peers.common import (
 )
 
 
-def run(image: Path, output: Path, bundle: Path, batch_size: int) -> None:
-    """Map ``image`` into the probability GeoTIFF ``output``."""
+def run(
+    image: Path,
+    output: Path,
+    bundle: Path,
+    batch_size: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> None:
+    """Map ``image`` into the probability GeoTIFF ``output``, the model on ``device``."""
     tile, overlap = model_geometry(bundle)
-    forward = load_forward(bundle)
+    forward = load_forward(bundle, device, precision)
     with rasterio.open(image) as src:
         profile = output_profile(src.profile)
         with rasterio.open(output, "w", **profile) as dst:

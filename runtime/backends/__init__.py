@@ -1,1 +1,3 @@
-"""Inference backends behind one interface (torch, onnxruntime, tensorrt)."""
+"""Inference backends; the precisions they may run in, importable without torch (the CLI)."""
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # int8: the CPU's dynamic quantisation

@@ -11,7 +11,9 @@ Its factory raises ``DeviceError`` or ``MissingDependencyError`` (with the insta
 hint) when it cannot run here; ``auto`` then tries the next one in ``AUTO_ORDER``.
 Precision ``auto`` is resolved per backend, from the precisions it registered: ONNX
 Runtime and TensorRT run fp16 where PyTorch runs bf16, and neither may be passed over
-just because bf16 was chosen before the backend was.
+just because bf16 was chosen before the backend was. On the CPU, ``auto`` for both
+backend and precision is measured instead (``stmap.runtime.precision.tune``), and any
+precision below fp32 runs only where its parity with fp32 holds.
 """
 
 from __future__ import annotations
@@ -25,10 +27,9 @@ import torch
 
 from stmap.bundle import Bundle
 from stmap.errors import DeviceError, InputError, MissingDependencyError
+from stmap.runtime.backends import PRECISIONS
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 # Built-in backends by name → the module that registers them when imported.
 MODULES = {
@@ -93,11 +94,35 @@ def create_backend(
 ) -> Backend:
     """The backend ``name`` (or the first of ``AUTO_ORDER`` that runs here, for "auto").
 
-    precision: "auto", "fp32", "fp16" or "bf16"; "auto" is resolved per backend
-        (``precision_candidates``) and the backend reports what it chose.
+    precision: "auto" or one of PRECISIONS; "auto" is resolved per backend
+        (``precision_candidates``) and the backend reports what it chose. On the CPU,
+        backend and precision both "auto" pick the fastest pair whose parity holds,
+        measured once per bundle and machine; a precision below fp32 is refused
+        (ParityRefused, with the figure) where its parity does not hold.
     input_dtype: the rasters' dtype ("uint8", "uint16"): it picks the manifest's scaling.
     """
     check_precision(precision)
+    if device.type == "cpu":
+        from stmap.runtime import precision as ladder  # only the CPU pays for the import
+
+        if name == precision == "auto" and ladder.autotune_enabled():
+            choice = ladder.tune(
+                bundle,
+                input_dtype,
+                lambda n, p: _create(n, bundle, device, p, input_dtype, fall_back=False),
+            )
+            name, precision = choice["backend"], choice["precision"]
+        backend = _create_any(name, bundle, device, precision, input_dtype)
+        if backend.precision != "fp32":
+            ladder.check_parity(backend, bundle, backend.name, input_dtype)
+        return backend
+    return _create_any(name, bundle, device, precision, input_dtype)
+
+
+def _create_any(
+    name: str, bundle: Bundle, device: torch.device, precision: str, input_dtype: str
+) -> Backend:
+    """Backend ``name``, or for "auto" the first of ``AUTO_ORDER`` that runs here."""
     if name != "auto":
         return _create(name, bundle, device, precision, input_dtype, fall_back=True)
     refusals = []
@@ -182,8 +207,14 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def check_precision(spec: str) -> None:
-    """Refuse a ``--precision`` that is not auto, fp32, fp16 or bf16."""
+    """Refuse a ``--precision`` that is not auto or one of PRECISIONS."""
     if spec != "auto" and spec not in PRECISIONS:
         raise InputError(f"--precision {spec}: expected auto, {', '.join(PRECISIONS)}")
 

@@ -4,7 +4,8 @@ On the CPU it runs the plain ``session.run`` on numpy views of the tiles (no cop
 CUDA it binds the pipeline's torch tensors to the session by device pointer (IO
 binding), so tiles and probabilities never leave the GPU, and runs the TensorRT
 execution provider where the installed ONNX Runtime has it (falling back to CUDA).
-Precision is the ONNX file's: fp32 runs ``model.onnx``, fp16 ``model_fp16.onnx``.
+Precision is the ONNX file's: fp32 runs ``model.onnx``, fp16 ``model_fp16.onnx``, int8
+``model_int8.onnx`` (the CPU only).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class OnnxRuntimeBackend:
 
     def __init__(self, bundle: Bundle, device: torch.device, precision: str, input_dtype: str):
         ort = lazy_import("onnxruntime")
+        if precision == "int8" and device.type != "cpu":
+            raise DeviceError(f"the int8 ONNX model runs on the CPU only, not on {device}")
         file = _onnx_file(bundle, precision, input_dtype)
         self.device = device
         self.precision = precision
@@ -100,12 +103,12 @@ def _onnx_file(bundle: Bundle, precision: str, input_dtype: str) -> str:
         )
     if precision not in ONNX_FILES:
         raise DeviceError(
-            f"no {precision} ONNX model exists (exports are fp32 or fp16); use "
+            f"no {precision} ONNX model exists (exports are {', '.join(ONNX_FILES)}); use "
             "--precision fp16 or fp32, or --backend torch"
         )
     file = ONNX_FILES[precision]
     if file not in bundle.manifest.files or EXPORT_KEYS[precision] not in bundle.manifest.exports:
-        flag = " --fp16" if precision == "fp16" else ""
+        flag = {"fp16": " --fp16", "int8": " --int8"}.get(precision, "")
         raise DeviceError(
             f"{bundle.source}: the bundle has no {file}; add it with: "
             f"stmap export BUNDLE --format onnx{flag}"

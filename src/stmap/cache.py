@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+CACHE_ENV = "STMAP_CACHE_DIR"
+
 
 def user_cache_dir(kind: str) -> Path:
     """The folder for ``kind`` (e.g. ``xbd-tiles``) in the user's stmap cache (not created)."""
-    if root := os.environ.get("STMAP_CACHE_DIR"):
+    if root := os.environ.get(CACHE_ENV):
         return Path(root) / kind
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "stmap" / kind

@@ -50,9 +50,13 @@ def test_results_do_not_depend_on_the_batch_size(bundle, device):
 
 
 def test_bf16_on_the_cpu_stays_close_to_fp32(bundle, device):
+    """The backend itself; whether a run may use it is the parity gate's call
+    (tests/runtime/test_precision.py)."""
+    from stmap.runtime.backends.torch_backend import TorchBackend
+
     tiles = _tiles(2)
-    fp32 = create_backend("torch", bundle, device, "fp32", "uint8").infer(tiles)
-    bf16 = create_backend("torch", bundle, device, "bf16", "uint8").infer(tiles)
+    fp32 = TorchBackend(bundle, device, "fp32", "uint8").infer(tiles)
+    bf16 = TorchBackend(bundle, device, "bf16", "uint8").infer(tiles)
     assert (fp32 - bf16).abs().max() < 0.05
 
 
@@ -180,3 +184,24 @@ def test_a_named_backend_falls_back_to_fp32_only_under_auto_precision(bundle, fa
         create_backend("fast", bundle, cuda, "fp16", "uint8")
     with pytest.raises(DeviceError, match="no bf16 engine"):
         create_backend("fast", bundle, cuda, "bf16", "uint8")
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [
+        (None, "cuda", "default"),
+        (None, "cpu", None),
+        ("off", "cuda", None),
+        ("reduce-overhead", "cuda", "reduce-overhead"),
+        ("default", "cpu", "default"),
+    ],
+)
+def test_compile_mode_follows_the_environment(monkeypatch, setting, device, expected) -> None:
+    """STMAP_TORCH_COMPILE lets the GPU proof compare eager, compiled and CUDA graphs."""
+    from stmap.runtime.backends.torch_backend import COMPILE_ENV, compile_mode
+
+    if setting is None:
+        monkeypatch.delenv(COMPILE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(COMPILE_ENV, setting)
+    assert compile_mode(torch.device(device)) == expected

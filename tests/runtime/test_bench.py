@@ -166,3 +166,37 @@ def test_cli_backbone_and_model_together_are_bad_usage(tiny_bundle: Path) -> Non
     outcome = CliRunner().invoke(main, args)
     assert outcome.exit_code == 2
     assert "--backbone and --model" in outcome.output
+
+
+def test_the_end_to_end_runs_reuse_the_model_only_backend(tiny_bundle: Path, monkeypatch) -> None:
+    """One backend per bench: a second one would be built (and on CUDA compiled) inside
+    the measured end-to-end time (issue 18)."""
+    import stmap.runtime.backends.base as base
+
+    built: list[str] = []
+    real = base._create
+
+    def counting(name, *args, **kwargs):
+        backend = real(name, *args, **kwargs)  # "auto" tries some that refuse first
+        built.append(name)
+        return backend
+
+    monkeypatch.setattr(base, "_create", counting)
+    run_bench(
+        BenchOptions(
+            model=str(tiny_bundle),
+            device="cpu",
+            batch_size=4,
+            size=128,
+            repeats=1,
+            min_repeat_s=0.01,
+        )
+    )
+    assert built == ["torch"]
+
+
+def test_the_int8_ceiling_is_an_int8_matrix_multiply() -> None:
+    """`stmap bench` on a CPU whose tuned choice is int8 needs an int8 ceiling (it crashed)."""
+    from stmap.runtime.bench import measure_matmul_flops
+
+    assert measure_matmul_flops(torch.device("cpu"), "int8", side=64) > 0

@@ -296,3 +296,16 @@ def test_mirror_pad_equals_gathering_every_pixel():
         col_span = slice(max(0, -c0), min(c1, width) - c0)
         assert torch.equal(mirror_pad(source, rows, cols, row_span, col_span), want)
         checked += 1
+
+
+@pytest.mark.parametrize("timings", [False, True])
+def test_the_device_is_synchronised_per_stage_only_when_timings_are_asked_for(
+    tmp_path, bundle, scene, monkeypatch, timings
+):
+    """Three synchronisations a mapped block with timings; none without (issue 18, point 5)."""
+    calls: list[torch.device] = []
+    monkeypatch.setattr("stmap.runtime.pipeline.synchronize", calls.append)
+    (summary,) = _map(tmp_path, bundle, scene, block_size=512, timings=timings)
+    assert summary["blocks"] == 4
+    assert summary["timings"] is timings
+    assert len(calls) == (3 * summary["blocks"] if timings else 0)

@@ -27,6 +27,12 @@ from stmap.cli.options import emit_json, json_option, quiet_option
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o path.")
 @click.option("--fp16", is_flag=True, help="Also export model_fp16.onnx; fp16 TensorRT engine.")
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Also export model_int8.onnx: ONNX Runtime's dynamic int8 of the linear layers, "
+    "for the CPU; refused unless within 2/255 of PyTorch.",
+)
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17-20).")
 @click.option("--samples", type=int, default=16, show_default=True, help="Parity check tiles.")
 @click.option("--max-batch", type=int, default=64, show_default=True, help="TensorRT max batch.")
@@ -43,6 +49,7 @@ def export(
     output: Path | None,
     overwrite: bool,
     fp16: bool,
+    int8: bool,
     opset: int,
     samples: int,
     max_batch: int,
@@ -71,6 +78,7 @@ def export(
         output=output,
         overwrite=overwrite,
         fp16=fp16,
+        int8=int8,
         opset=opset,
         samples=samples,
         max_batch=max_batch,

@@ -154,6 +154,12 @@ class BandList(click.ParamType):
     metavar="M",
     help="The mosaic's pixel size in metres [default: the model's].",
 )
+@click.option(
+    "--timings",
+    is_flag=True,
+    help="Exact per-stage times in the summary: synchronise the GPU at every stage of "
+    "every block (slower on CUDA; stmap bench always does).",
+)
 @json_option
 @quiet_option
 def infer(
@@ -183,6 +189,7 @@ def infer(
     aoi: str | None,
     crs: str | None,
     gsd: float | None,
+    timings: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -224,6 +231,7 @@ def infer(
         restart=not resume,
         allow_ungeoreferenced=allow_ungeoreferenced,
         workers=workers,
+        timings=timings,
         mosaic=mosaic,
         asset=asset,
         aoi=aoi,
