@@ -39,6 +39,7 @@ import torch
 
 from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
 from stmap.bundle import default_bundle_path, open_bundle
+from stmap.cache import CACHE_ENV
 from stmap.errors import DeviceError, InputError
 from stmap.export import export_bundle
 from stmap.runtime.backends.base import create_backend
@@ -48,7 +49,6 @@ from stmap.runtime.bench import _make_city, random_bundle
 from stmap.runtime.infer import InferOptions, run_inference
 from stmap.runtime.precision import (
     AUTOTUNE_ENV,
-    CACHE_ENV,
     TOLERANCE,
     cpu_flags,
     measure_parity,

@@ -110,3 +110,23 @@ def test_a_remote_cog_maps_like_a_local_one_in_few_range_requests(served, tmp_pa
             rasterio.open(tmp_path / "remote" / name) as b,
         ):
             np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_opening_a_local_file_keeps_the_streaming_settings_of_remote_reads(tmp_path):
+    """Opening a local file lists its folder (for its sidecars) without lifting, for the
+    whole process, the setting that keeps remote opens from listing theirs (a run that
+    read a local file on the main thread then listed the remote folder: one request
+    more, test above flaky)."""
+    from rasterio.env import get_gdal_config
+
+    from stmap.io.blocks import streaming_env
+    from stmap.io.raster import open_raster
+    from tests.conftest import write_rgb_raster
+
+    local = write_rgb_raster(tmp_path / "local.tif")
+    with streaming_env():
+        with rasterio.Env(GDAL_CACHEMAX=64 << 20):  # a parent Env, as a run has
+            with open_raster(local):
+                pass
+            assert get_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN") == "EMPTY_DIR"
+        assert get_gdal_config("GDAL_DISABLE_READDIR_ON_OPEN") == "EMPTY_DIR"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import nullcontext
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,24 @@ def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     ``.aux.xml`` CRSs, ``.ovr`` overviews) exactly as ``gdalinfo`` and ``stmap info`` do.
     """
     text = check_input_path(path, RasterError)
-    local = None if _is_remote(text) else rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="NO")
     try:
-        with local or nullcontext():
+        if _is_remote(text):
             return rasterio.open(text)
+        if threading.current_thread() is threading.main_thread():
+            # rasterio sets the main thread's options process-wide, and unsets them on
+            # leaving: that would lift the streaming settings for every reader thread.
+            # Other threads' options are their own, so a local file is opened in one.
+            with ThreadPoolExecutor(1) as pool:
+                return pool.submit(_open_listing_folder, text).result()
+        return _open_listing_folder(text)
     except RasterioIOError as exc:
         raise RasterError(f"{printable(text)}: not a readable raster ({exc})") from exc
+
+
+def _open_listing_folder(text: str) -> rasterio.DatasetReader:
+    """Open a local file with its folder listed (this thread's GDAL options only)."""
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="NO"):
+        return rasterio.open(text)
 
 
 def _is_remote(text: str) -> bool:
