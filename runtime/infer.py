@@ -65,6 +65,7 @@ from stmap.runtime.pipeline import DAMAGE, PROB, Pipeline, PipelineResult
 from stmap.runtime.quicklook import write_quicklook
 from stmap.runtime.report import write_report
 from stmap.runtime.sketches import Sketches
+from stmap.runtime.styles import buildings_style, damage_style, grid_style, write_raster_styles
 from stmap.runtime.summary import build_summary, run_summary
 from stmap.runtime.tta import TTA_MODES, with_tta
 from stmap.runtime.vectorize import damage_cutoff, damage_polygons
@@ -144,7 +145,9 @@ class OutputPaths:
     def finals(self) -> list[str]:
         names = [
             "damage_prob.tif",
+            "damage_prob.qml",
             "damage.tif",
+            "damage.qml",
             "damage.gpkg",
             "grid.gpkg",
             "quicklook.png",
@@ -662,7 +665,7 @@ def _finalise(
             prob=sketches.prob if sketches else None,
         )
         polygons = damage_polygons(damage, prob, tracer=sketches.tracer if sketches else None)
-        write_vector(out.staging / out.final("damage.gpkg"), polygons)
+        write_vector(out.staging / out.final("damage.gpkg"), polygons, style=damage_style())
         areas = polygons.attributes["area_m2"]
         facts: dict[str, Any] = {
             "damaged_area_m2": float(areas.sum()) if len(polygons) else 0.0,
@@ -680,7 +683,12 @@ def _finalise(
             gsd_m=math.sqrt(plan.pixel_area_m2),  # used when the raster has no CRS
             tally=sketches.grid if sketches else None,
         )
-        write_vector(out.staging / out.final("grid.gpkg"), grid, geometry_type="Polygon")
+        write_vector(
+            out.staging / out.final("grid.gpkg"),
+            grid,
+            geometry_type="Polygon",
+            style=grid_style(options.grid_m),
+        )
         facts["grid"] = grid_facts(grid, options.grid_m)
         cogs.result()
         quicklook.result()
@@ -699,6 +707,9 @@ def _write_cogs(out: OutputPaths) -> None:
     ):
         target = out.staging / out.final(name)
         write_cog(out.partials[layer], target, overview_resampling=resampling)
+    write_raster_styles(
+        out.staging / out.final("damage_prob.tif"), out.staging / out.final("damage.tif")
+    )
 
 
 def _buildings(
@@ -727,7 +738,7 @@ def _buildings(
     buildings = building_damage(
         prob, table, threshold=threshold, buffers_m=options.building_buffers
     )
-    write_vector(out.staging / out.final("buildings.gpkg"), buildings)
+    write_vector(out.staging / out.final("buildings.gpkg"), buildings, style=buildings_style())
     return buildings
 
 

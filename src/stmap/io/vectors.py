@@ -24,6 +24,7 @@ from pyogrio.errors import DataLayerError, DataSourceError, FieldError, Geometry
 from pyproj import CRS, Transformer
 
 from stmap.errors import VectorError
+from stmap.io.styles import VectorStyle, add_layer_style
 from stmap.io.writers import write_failure
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ def write_vector(
     *,
     layer: str | None = None,
     geometry_type: str | None = None,
+    style: VectorStyle | None = None,
 ) -> None:
     """Write `table` as the only layer of a GeoPackage at `path`, atomically.
 
@@ -221,6 +223,7 @@ def write_vector(
         MultiPolygon; no features -> "Unknown"). A Multi* type promotes single parts.
     layer: defaults to the file's stem.
     A table without features still gives a valid layer with its fields and CRS.
+    style: stored as the layer's default QGIS style (``styles.add_layer_style``).
     NaN floats are written as NULL. Raises VectorError naming the file when GDAL
     fails, ValueError for Multi* geometries in a single-part layer.
     """
@@ -245,6 +248,9 @@ def write_vector(
             promote_to_multi=multi,
             layer_options=layer_options,
         )
+        if style is not None:
+            geometry_column = pyogrio.read_info(str(tmp))["geometry_name"] or "geom"
+            add_layer_style(tmp, layer or target.stem, geometry_column, style)
         os.replace(tmp, target)
     except (*_OGR_ERRORS, OSError) as exc:
         raise VectorError(write_failure(Path(target), exc, " the GeoPackage")) from exc
