@@ -38,6 +38,7 @@ from stmap.io.vectors import VectorTable, write_vector
 from stmap.io.writers import (
     BlockWriter,
     empty_dir,
+    move,
     prepare_output_dir,
     publish,
     remove,
@@ -69,6 +70,8 @@ from stmap.runtime.styles import buildings_style, damage_style, grid_style, writ
 from stmap.runtime.summary import build_summary, run_summary
 from stmap.runtime.tta import TTA_MODES, with_tta
 from stmap.runtime.vectorize import damage_cutoff, damage_polygons
+from stmap.runtime.viewer import viewer_data
+from stmap.runtime.viewer_tiles import DEFAULT_VIEWER, VIEWER_MODES, MapTiles, Pyramid
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ class InferOptions:
     grid_m: float = 250.0  # side of the damage grid's cells
     building_buffers: tuple[float, ...] = (0.0, 10.0)  # metres around each footprint
     tta: str = "none"  # test-time augmentation: none, flip or d4
+    viewer: str = DEFAULT_VIEWER  # the report's zoomable map: none, lite or full
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ class OutputPaths:
             "damage.qml",
             "damage.gpkg",
             "grid.gpkg",
+            "map",
             "quicklook.png",
             "report.html",
             "summary.json",
@@ -176,8 +181,13 @@ class OutputPaths:
     def staging(self) -> Path:
         return self.outdir / f".{self.stem}.staging"
 
+    @property
+    def map_work(self) -> Path:
+        """Where the viewer's tiles are written while the blocks stream."""
+        return self.outdir / f".{self.stem}.map"
+
     def discard_work(self) -> None:
-        remove(self.journal, *self.partials.values(), self.staging)
+        remove(self.journal, *self.partials.values(), self.staging, self.map_work)
 
 
 @dataclass
@@ -492,9 +502,14 @@ def _finish(
         warnings=warn.items,
     )
     write_report(
-        out.staging / out.final("report.html"), summary, out.staging / out.final("quicklook.png")
+        out.staging / out.final("report.html"),
+        summary,
+        out.staging / out.final("quicklook.png"),
+        viewer=facts["viewer"],
     )
     write_json(out.staging / out.final("summary.json"), summary)
+    if facts["viewer"] is not None:
+        remove(out.outdir / out.final("map"))  # a folder is not replaced by a rename
     publish(out.staging, out.outdir)
     out.discard_work()
     if plan.mosaic is not None:
@@ -590,6 +605,8 @@ def stream_blocks(
             sample_image=plan.model_transform is None and plan.aoi is None,
             trace_damage=backend.device.type != "cpu",  # see Sketches: only where cores idle
         )
+        if options.viewer != "none":
+            sketches.tiles = _map_tiles(plan, out, manifest.input_scaling[info.dtype], options)
     bar = progress(out.stem, info.width * info.height) if progress else nullcontext(None)
     with bar as advance:
         pipeline = Pipeline(
@@ -652,8 +669,15 @@ def _finalise(
     prob, damage = out.partials[PROB], out.partials[DAMAGE]
     if sketches is not None and sketches.failed:
         sketches = None  # read everything back from the rasters
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stmap-finalise") as pool:
+    tiles = None
+    if options.viewer != "none":
+        tiles = sketches.tiles if sketches is not None else None
+        if tiles is None:  # nothing gathered: every tile from the rasters
+            scaling = open_bundle(options.model).manifest.input_scaling
+            tiles = _map_tiles(plan, out, scaling.get(plan.info.dtype, 255.0), options)
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="stmap-finalise") as pool:
         cogs = pool.submit(_write_cogs, out)
+        pyramid = tiles and pool.submit(tiles.finish, plan.info.path, prob, plan.bands)
         quicklook = pool.submit(
             write_quicklook,
             plan.info.path,
@@ -692,12 +716,38 @@ def _finalise(
         facts["grid"] = grid_facts(grid, options.grid_m)
         cogs.result()
         quicklook.result()
+        facts["viewer"] = None
+        if tiles is not None:
+            pyramid.result()
+            move(out.map_work, out.staging / out.final("map"))
+            facts["viewer"] = viewer_data(
+                tiles=out.final("map"),
+                pyramid=tiles.pyramid,
+                crs=plan.info.crs,
+                transform=plan.info.transform,
+                metres_per_px=math.sqrt(plan.pixel_area_m2),
+                threshold=threshold,
+                cell_m=options.grid_m,
+                damage=polygons,
+                buildings=buildings,
+                grid=grid,
+            )
     facts["finals"] = [
         *(p.name for p in sorted(out.staging.iterdir())),
         out.final("report.html"),
         out.final("summary.json"),
     ]
     return facts
+
+
+def _map_tiles(
+    plan: InputPlan, out: OutputPaths, value_max: float, options: InferOptions
+) -> MapTiles:
+    """A fresh sink for the viewer's tiles of ``plan`` (what a run before left is dropped:
+    whatever this run does not see is read back from the rasters at the end)."""
+    info = plan.info
+    pyramid = Pyramid.for_raster(info.height, info.width, options.viewer)
+    return MapTiles(empty_dir(out.map_work), pyramid, value_max=value_max)
 
 
 def _write_cogs(out: OutputPaths) -> None:
@@ -775,6 +825,10 @@ def _check_products(plans: Sequence[InputPlan], options: InferOptions) -> None:
     for metres in options.building_buffers:
         if not (math.isfinite(metres) and metres >= 0):
             raise InputError(f"--building-buffer {metres:g}: must be 0 or more metres")
+    if options.viewer not in VIEWER_MODES:
+        raise InputError(
+            f"--viewer {options.viewer}: unknown mode; choose one of {', '.join(VIEWER_MODES)}"
+        )
     if options.tta not in TTA_MODES:
         raise InputError(f"--tta {options.tta}: unknown mode; choose one of {', '.join(TTA_MODES)}")
 

@@ -144,6 +144,8 @@ def read_vector(
     if not text.startswith("/vsi") and not os.path.exists(text):
         raise VectorError(f"{text}: file not found")
     try:
+        if layer is None:
+            layer = _data_layer(text)
         info = pyogrio.read_info(text, layer=layer)
     except _OGR_ERRORS as exc:
         raise VectorError(f"{text}: not a readable vector file ({exc})") from exc
@@ -177,6 +179,13 @@ def read_vector(
     if bbox is not None:
         table = table.take(shapely.intersects(table.geometries, shapely.box(*bbox)))
     return table
+
+
+def _data_layer(path: str) -> str | None:
+    """The one data layer of a file whose other layer holds QGIS styles (``layer_styles``,
+    as stmap's GeoPackages have); None (the first layer) otherwise."""
+    layers = [name for name, _ in pyogrio.list_layers(path) if name != "layer_styles"]
+    return layers[0] if len(layers) == 1 else None
 
 
 def _repair(geometries: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,200 @@
+"""The zoomable map: tile pyramid written while blocks stream, the page, a real browser."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from pyproj import Transformer
+from rasterio.transform import Affine
+
+from stmap.io.vectors import VectorTable, write_vector
+from stmap.runtime.coverage import COVER
+from stmap.runtime.infer import InferOptions, run_inference
+from stmap.runtime.vectorize import apply_affine
+from stmap.runtime.viewer_tiles import MapTiles, Pyramid, downsample
+from tests.runtime.infer_data import make_varied_bundle, smooth_image, write_raster
+
+VIEWER_DATA = Path(__file__).resolve().parents[2] / "src" / "stmap" / "data" / "viewer"
+
+
+def test_vendored_leaflet_is_the_pinned_release():
+    """The files are the ones whose hashes the README records (npm leaflet@1.9.4)."""
+    readme = (VIEWER_DATA / "README.md").read_text()
+    recorded = dict(re.findall(r"^\| (\S+) \| ([0-9a-f]{64}) \|$", readme, re.M))
+    assert {"leaflet.js", "leaflet.css", "LICENSE"} <= set(recorded)
+    for name, digest in recorded.items():
+        assert hashlib.sha256((VIEWER_DATA / name).read_bytes()).hexdigest() == digest, name
+    assert "BSD 2-Clause" in (VIEWER_DATA / "LICENSE").read_text()
+
+
+def test_pyramid_levels():
+    p = Pyramid.for_raster(1100, 1500, "full")
+    assert (p.native, p.top) == (3, 3) and p.tiles(3) == (6, 5) and p.tiles(0) == (1, 1)
+    assert p.streamed == [2, 3]  # tiles of at most 512 raster pixels
+    lite = Pyramid.for_raster(1100, 1500, "lite")
+    assert (lite.native, lite.top, lite.streamed) == (3, 2, [2])
+
+
+def test_downsample_averages_valid_pixels_only():
+    values = np.array([[[10, 20, 30], [30, 40, 50]]], np.uint8)
+    valid = np.array([[True, False, True], [True, False, False]])
+    assert downsample(values, valid, 2, 99).tolist() == [[[20, 30]]]
+    assert downsample(values, None, 2, 99).tolist() == [[[25, 40]]]
+    assert downsample(values[:, :, :2], None, 2, 99).tolist() == [[[25]]]  # integer path
+
+
+def _rasters(root: Path, height: int = 1100, width: int = 1500) -> tuple[Path, Path]:
+    """An image with a nodata corner, and a probability raster with nodata, same grid."""
+    image = smooth_image(height, width)
+    image[:, :300, :400] = 0
+    img = write_raster(root / "img.tif", image, nodata=0)
+    rng = np.random.default_rng(1)
+    prob = rng.integers(0, 255, (1, height, width), dtype=np.uint8)
+    prob[:, :, -200:] = 255
+    return img, write_raster(root / "prob.tif", prob, nodata=255)
+
+
+def _feed(tiles: MapTiles, img: Path, prob: Path, windows) -> None:
+    with rasterio.open(img) as i, rasterio.open(prob) as p:
+        for window in windows:
+            place = (window.row_off, window.col_off, window.height, window.width)
+            valid = i.dataset_mask(window=window) > 0
+            tiles.add_image(*place, i.read([1, 2, 3], window=window), valid)
+            tiles.add_prob(*place, p.read(1, window=window))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("mode", ["lite", "full"])
+def test_streamed_resumed_and_read_back_pyramids_are_identical(tmp_path, mode):
+    """Tiles cut from blocks as they pass equal those read back after a resume or by a
+    worker that saw nothing: the map does not depend on how the run went."""
+    img, prob = _rasters(tmp_path)
+    pyramid = Pyramid.for_raster(1100, 1500, mode)
+    blocks = [
+        rasterio.windows.Window(c, r, min(1024, 1500 - c), min(1024, 1100 - r))
+        for r in range(0, 1100, 1024)
+        for c in range(0, 1500, 1024)
+    ]
+    roots = {}
+    for name, seen in (("streamed", blocks), ("resumed", blocks[1:3]), ("read back", [])):
+        tiles = MapTiles(tmp_path / name, pyramid, value_max=255)
+        _feed(tiles, img, prob, seen)
+        tiles.finish(str(img), prob, (1, 2, 3))
+        roots[name] = _files(tmp_path / name)
+    assert roots["streamed"] == roots["resumed"] == roots["read back"]
+    files = roots["streamed"]
+    for z in range(pyramid.top + 1):
+        columns, rows = pyramid.tiles(z)
+        assert sum(f.startswith(f"image/{z}/") for f in files) == columns * rows
+    # the probabilities' tiles hold the values themselves (palette indices)
+    top = tmp_path / "streamed" / "damage" / str(pyramid.top) / "0" / "0.png"
+    with rasterio.open(prob) as p:
+        f = pyramid.factor(pyramid.top)
+        expected = downsample(p.read(window=((0, 256 * f), (0, 256 * f))), None, f, 255)[0]
+    from PIL import Image
+
+    with Image.open(top) as tile:
+        assert tile.mode == "P" and np.array_equal(np.asarray(tile), expected)
+    assert COVER % 256 == 0
+
+
+# -- the whole run and a real browser ---------------------------------------------
+
+WIDTH, HEIGHT, GSD = 1300, 900, 0.5
+TRANSFORM = Affine(GSD, 0, 500000.0, 0, -GSD, 4200000.0)
+
+
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory) -> Path:
+    """A scene mapped with footprints (default viewer): the output directory."""
+    root = tmp_path_factory.mktemp("viewer")
+    bundle = make_varied_bundle(root / "bundle")
+    scene = write_raster(root / "city.tif", smooth_image(HEIGHT, WIDTH), transform=TRANSFORM)
+    boxes = [shapely.box(60 * i + 300, 420, 60 * i + 330, 450) for i in range(10)]
+    footprints = VectorTable(
+        apply_affine(np.array(boxes, dtype=object), TRANSFORM),
+        {"osm_id": np.array([f"way/{i}" for i in range(10)], dtype=object)},
+        crs="EPSG:32637",
+    )
+    write_vector(root / "buildings.gpkg", footprints)
+    options = InferOptions(
+        model=str(bundle), device="cpu", footprints=str(root / "buildings.gpkg"), grid_m=100.0
+    )
+    run_inference([str(scene)], root / "out", options)
+    return root / "out"
+
+
+def test_the_run_publishes_the_map_beside_the_report(mapped):
+    assert not [p.name for p in mapped.iterdir() if p.name.startswith(".")], "work files left"
+    pyramid = Pyramid.for_raster(HEIGHT, WIDTH, "lite")
+    for z in range(pyramid.top + 1):
+        columns, rows = pyramid.tiles(z)
+        assert len(list((mapped / "city_map" / "image" / str(z)).rglob("*.jpg"))) == columns * rows
+    assert not (mapped / "city_map" / "image" / str(pyramid.top + 1)).exists()  # lite
+    page = (mapped / "city_report.html").read_text()
+    data = json.loads(
+        html.unescape(re.search(r'id="stmap-viewer-data">(.*?)</script>', page).group(1))
+    )
+    assert data["tiles"] == "city_map" and data["top"] == pyramid.top
+    assert len(data["layers"]["buildings"]["features"]) == 10
+    first = data["layers"]["buildings"]["features"][0]
+    assert next(iter(first["properties"])) == "osm_id"  # the source's ID first
+    assert first["geometry"]["coordinates"][0][0][1] in (420, 450)  # pixel rows
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def _browse(page: Path, query: str, *extra: str) -> str:
+    browser = _chromium()
+    if browser is None:
+        print("SKIP reason: no chromium on PATH (Debian: apt-get install chromium)")
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--virtual-time-budget=20000",
+        "--window-size=1100,900",
+        *extra,
+        f"{page.as_uri()}?stmap-test={query}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout
+
+
+def test_a_browser_renders_tiles_at_two_zooms_and_a_click_shows_the_building(mapped):
+    """Headless Chromium opens the report from file:// with no network."""
+    dom = _browse(mapped / "city_report.html", "0,2", "--dump-dom")
+    found = re.search(r'<pre id="stmap-test-result"[^>]*>(.*?)</pre>', dom, re.S)
+    assert found, "the page's self-test did not finish"
+    result = json.loads(html.unescape(found.group(1)))
+    assert int(result["loaded"]["0"]) >= 1 and int(result["loaded"]["2"]) >= 2
+    assert result["clicked"]["osm_id"] == "way/0"
+    assert result["popup"].startswith("Building osm_id way/0")
+    lat, lon = (float(v) for v in result["cursor"].split(","))
+    x, y = TRANSFORM @ (result["pointer"]["col"], result["pointer"]["row"])
+    lon_, lat_ = Transformer.from_crs("EPSG:32637", "EPSG:4326", always_xy=True).transform(x, y)
+    assert abs(lat - lat_) < 1e-6 and abs(lon - lon_) < 1e-6
+    shots = os.environ.get("STMAP_SCREENSHOTS")
+    if shots:  # for a person to look at during development
+        _browse(mapped / "city_report.html", "0,2", f"--screenshot={Path(shots) / 'viewer.png'}")
