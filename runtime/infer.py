@@ -61,6 +61,7 @@ from stmap.runtime.grid import (
     choose_block_size,
     model_grid_size,
 )
+from stmap.runtime.index_page import write_index
 from stmap.runtime.journal import Journal
 from stmap.runtime.pipeline import DAMAGE, PROB, Pipeline, PipelineResult
 from stmap.runtime.quicklook import write_quicklook
@@ -292,6 +293,7 @@ def map_scenes(
         return summaries[0]
     combined = run_summary(summaries, time.perf_counter() - start)
     write_json(Path(outdir) / RUN_SUMMARY, combined)
+    write_index(Path(outdir), combined)
     return combined
 
 

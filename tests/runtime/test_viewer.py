@@ -18,9 +18,10 @@ import shapely
 from pyproj import Transformer
 from rasterio.transform import Affine
 
+from stmap.errors import InputError
 from stmap.io.vectors import VectorTable, write_vector
 from stmap.runtime.coverage import COVER
-from stmap.runtime.infer import InferOptions, run_inference
+from stmap.runtime.infer import InferOptions, map_scenes, run_inference
 from stmap.runtime.vectorize import apply_affine
 from stmap.runtime.viewer_tiles import MapTiles, Pyramid, downsample
 from tests.runtime.infer_data import make_varied_bundle, smooth_image, write_raster
@@ -198,3 +199,34 @@ def test_a_browser_renders_tiles_at_two_zooms_and_a_click_shows_the_building(map
     shots = os.environ.get("STMAP_SCREENSHOTS")
     if shots:  # for a person to look at during development
         _browse(mapped / "city_report.html", "0,2", f"--screenshot={Path(shots) / 'viewer.png'}")
+
+
+# -- the options and many scenes ----------------------------------------------------
+
+
+def test_viewer_none_makes_no_map_and_an_unknown_mode_is_refused(tmp_path):
+    bundle = make_varied_bundle(tmp_path / "bundle")
+    scene = write_raster(tmp_path / "s.tif", smooth_image(200, 300))
+    options = InferOptions(model=str(bundle), device="cpu", viewer="none")
+    run_inference([str(scene)], tmp_path / "out", options)
+    assert not (tmp_path / "out" / "s_map").exists()
+    assert "stmap-viewer-data" not in (tmp_path / "out" / "s_report.html").read_text()
+    with pytest.raises(InputError, match="--viewer huge: unknown mode"):
+        run_inference([str(scene)], tmp_path / "o2", InferOptions(model=str(bundle), viewer="huge"))
+    assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
+
+
+def test_many_scenes_get_one_index_page_linking_their_reports(tmp_path):
+    bundle = make_varied_bundle(tmp_path / "bundle")
+    scenes = [
+        write_raster(tmp_path / "a.tif", smooth_image(200, 300, seed=1)),
+        write_raster(tmp_path / "b.tif", smooth_image(120, 260, seed=2)),
+    ]
+    out = tmp_path / "out"
+    combined = map_scenes([str(s) for s in scenes], out, InferOptions(model=str(bundle)))
+    page = (out / "run_index.html").read_text()
+    links = re.findall(r'<a href="([^"]+)">', page)
+    ranked = sorted(combined["runs"], key=lambda s: -s["damaged_area_m2"])
+    assert links == [f"{Path(s['inputs'][0]['path']).stem}_report.html" for s in ranked]
+    assert all((out / link).exists() for link in links)
+    assert "http" not in page and "<script" not in page
