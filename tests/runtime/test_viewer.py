@@ -9,15 +9,19 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import shapely
+from click.testing import CliRunner
 from pyproj import Transformer
 from rasterio.transform import Affine
 
+from stmap.cli import main
 from stmap.errors import InputError
 from stmap.io.vectors import VectorTable, write_vector
 from stmap.runtime.coverage import COVER
@@ -230,3 +234,44 @@ def test_many_scenes_get_one_index_page_linking_their_reports(tmp_path):
     assert links == [f"{Path(s['inputs'][0]['path']).stem}_report.html" for s in ranked]
     assert all((out / link).exists() for link in links)
     assert "http" not in page and "<script" not in page
+
+
+# `stmap` with a model slowed down, so that a run can be killed half-way.
+SLOW_STMAP = """
+import time
+from stmap.runtime.backends import torch_backend
+
+infer = torch_backend.TorchBackend.infer
+def slow_infer(self, tiles):
+    time.sleep(0.15)
+    return infer(self, tiles)
+torch_backend.TorchBackend.infer = slow_infer
+
+from stmap.cli import main
+main()
+"""
+
+
+def test_a_killed_and_resumed_run_publishes_the_same_map(tmp_path):
+    """The blocks mapped before the kill are tiled from the partial rasters on resume."""
+    bundle = make_varied_bundle(tmp_path / "bundle")
+    scene = write_raster(tmp_path / "city.tif", smooth_image(1024, 1024))
+    args = [str(scene), "--model", str(bundle), "--block-size", "512", "--batch-size", "8"]
+    args += ["--viewer", "full"]
+    once = tmp_path / "once"
+    assert CliRunner().invoke(main, ["infer", *args, "-o", str(once)]).exit_code == 0
+    out = tmp_path / "resumed"
+    command = [sys.executable, "-c", SLOW_STMAP, "infer", *args, "-o", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    journal, deadline = out / ".city.journal.json", time.monotonic() + 120
+    while not (journal.exists() and json.loads(journal.read_text())["blocks"]):
+        assert process.poll() is None and time.monotonic() < deadline, "no block journalled"
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not (out / "city_map").exists()
+    result = CliRunner().invoke(main, ["infer", *args, "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["resumed_blocks"] >= 1
+    assert _files(out / "city_map") == _files(once / "city_map")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "work files left"
