@@ -29,7 +29,7 @@ from stmap.io.writers import NODATA
 # (probability, RGBA): the ramp between these stops is linear in colour and opacity.
 PROB_STOPS: tuple[tuple[float, RGBA], ...] = (
     (0.0, (255, 255, 178, 0)),
-    (0.25, (254, 204, 92, 110)),
+    (0.25, (254, 204, 92, 50)),  # faint: low probabilities must not veil the imagery
     (0.5, (253, 141, 60, 180)),
     (0.75, (240, 59, 32, 215)),
     (1.0, (189, 0, 38, 235)),

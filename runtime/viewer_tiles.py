@@ -118,7 +118,7 @@ class MapTiles:
             valid = prob != NODATA
             for z in self.pyramid.streamed:
                 f = self.pyramid.factor(z)
-                values = downsample(prob[None], None if valid.all() else valid, f, NODATA)
+                values = downsample(prob[None], _valid(valid), f, NODATA)
                 self._cut_prob(z, row_off, col_off, values[0])
         self.prob.add(row_off, col_off, height, width)
 
@@ -130,7 +130,7 @@ class MapTiles:
             for window in self.image.missing():
                 pixels = img.read(list(bands), window=window)
                 valid = img.dataset_mask(window=window) > 0
-                self.add_image(*_place(window), pixels, None if valid.all() else valid)
+                self.add_image(*_place(window), pixels, _valid(valid))
             for window in self.prob.missing():
                 self.add_prob(*_place(window), prob_ds.read(1, window=window))
         for z in range(min(self.pyramid.streamed, default=self.pyramid.top + 1) - 1, -1, -1):
@@ -169,11 +169,13 @@ class MapTiles:
                     z, x, y, lambda *k: _chw(self.store.read_image(*k)), 3, NO_IMAGE
                 )
                 if image is not None:
-                    merged = downsample(image, ~np.all(image == NO_IMAGE, axis=0), 2, NO_IMAGE)
+                    merged = downsample(
+                        image, _valid(~np.all(image == NO_IMAGE, axis=0)), 2, NO_IMAGE
+                    )
                     self.store.write_image(z, x, y, np.ascontiguousarray(merged.transpose(1, 2, 0)))
                 prob = self._children(z, x, y, lambda *k: _chw(self.store.read_prob(*k)), 1, NODATA)
                 if prob is not None:
-                    merged = downsample(prob, prob[0] != NODATA, 2, NODATA)[0]
+                    merged = downsample(prob, _valid(prob[0] != NODATA), 2, NODATA)[0]
                     if np.any((merged != 0) & (merged != NODATA)):
                         self.store.write_prob(z, x, y, merged)
 
@@ -190,6 +192,11 @@ class MapTiles:
                     out[:, dy * TILE : (dy + 1) * TILE, dx * TILE : (dx + 1) * TILE] = tile
                     found = True
         return out if found else None
+
+
+def _valid(mask: np.ndarray) -> np.ndarray | None:
+    """``mask``, or None when it is all True (``downsample``'s integer path)."""
+    return None if mask.all() else mask
 
 
 def _place(window: Window) -> tuple[int, int, int, int]:
@@ -218,7 +225,10 @@ def downsample(values: np.ndarray, valid: np.ndarray | None, f: int, fill: int) 
         return out
     hh, ww = math.ceil(h / f), math.ceil(w / f)
     if valid is None and h % f == 0 and w % f == 0:  # the usual case: integers only
-        sums = values.reshape(c, hh, f, ww, f).sum(axis=(2, 4), dtype=np.uint16)
+        sums = np.zeros((c, hh, ww), np.uint16)
+        for i in range(f):  # f² strided adds: 10× faster than a reshaped sum over two axes
+            for j in range(f):
+                sums += values[:, i::f, j::f]
         return ((sums + f * f // 2) // (f * f)).astype(np.uint8)
     if valid is None:
         valid = np.ones((h, w), bool)
