@@ -2,13 +2,12 @@
 
 Two measurements on one synthetic city (``stmap synth``, SIZE² px at 0.5 m):
 
-1. the sink alone: the city and a probability raster (the city's damage labels as
-   probabilities) fed to ``MapTiles`` in the pipeline's 2048-px blocks, then its
-   ``finish`` (the lower levels), single-threaded, per ``--viewer`` mode: seconds
-   and MB per km², tiles written;
-2. end to end: ``run_inference`` with the shipped demo model on the CPU, modes
+1. end to end: ``run_inference`` with the shipped demo model on the CPU, modes
    interleaved (none, lite, full, none, lite, full …) so that a loaded machine
-   shifts them alike; total and finishing seconds per run.
+   shifts them alike; total and finishing seconds per run, MB of ``S_map/``;
+2. the sink alone: the city and the probabilities of its ``--viewer none`` run fed
+   to ``MapTiles`` in the pipeline's 2048-px blocks, then its ``finish`` (the
+   lower levels), single-threaded, per mode: seconds and MB per km², tiles.
 
 Run, from the repository root (a 4096² city, two rounds):
 
@@ -28,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import rasterio
 from rasterio.windows import Window
 
@@ -44,9 +42,9 @@ def folder_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
 
-def sink_cost(city: Path, labels: Path, work: Path, mode: str) -> dict[str, float]:
+def sink_cost(city: Path, probs: Path, work: Path, mode: str) -> dict[str, float]:
     """The tile sink alone, as the pipeline's taps drive it, then its finish."""
-    with rasterio.open(city) as img, rasterio.open(labels) as lab:
+    with rasterio.open(city) as img, rasterio.open(probs) as lab:
         height, width = img.height, img.width
         root = work / f"sink-{mode}"
         shutil.rmtree(root, ignore_errors=True)
@@ -56,14 +54,14 @@ def sink_cost(city: Path, labels: Path, work: Path, mode: str) -> dict[str, floa
             for c in range(0, width, BLOCK):
                 window = Window(c, r, min(BLOCK, width - c), min(BLOCK, height - r))
                 pixels = img.read([1, 2, 3], window=window)
-                prob = (lab.read(1, window=window) > 0).astype(np.uint8) * 230
+                prob = lab.read(1, window=window)
                 t0 = time.perf_counter()
                 tiles.add_image(r, c, window.height, window.width, pixels, None)
                 tiles.add_prob(r, c, window.height, window.width, prob)
                 elapsed += time.perf_counter() - t0
                 blocks.append(window)
         t0 = time.perf_counter()
-        tiles.finish(str(city), labels, (1, 2, 3))  # nothing to read back: the lower levels
+        tiles.finish(str(city), probs, (1, 2, 3))  # nothing to read back: the lower levels
         finish = time.perf_counter() - t0
     km2 = height * width * 0.25 / 1e6
     count = sum(1 for p in root.rglob("*") if p.is_file())
@@ -79,6 +77,7 @@ def sink_cost(city: Path, labels: Path, work: Path, mode: str) -> dict[str, floa
 
 def end_to_end(city: Path, work: Path, repeats: int) -> dict[str, dict[str, float]]:
     runs: dict[str, list[tuple[float, float]]] = {"none": [], **{m: [] for m in MODES}}
+    sizes: dict[str, float] = {}
     for _ in range(repeats):
         for mode in runs:
             out = work / f"out-{mode}"
@@ -86,11 +85,13 @@ def end_to_end(city: Path, work: Path, repeats: int) -> dict[str, dict[str, floa
             options = InferOptions(device="cpu", viewer=mode)
             summary = run_inference([str(city)], out, options)[0]
             runs[mode].append((summary["seconds"], summary["times"]["finalise"]))
+            sizes[mode] = folder_mb(out / "city_map") if mode != "none" else 0.0
     return {
         mode: {
             "seconds_median": round(statistics.median(s for s, _ in values), 2),
             "finalise_s_median": round(statistics.median(f for _, f in values), 2),
             "seconds": [round(s, 2) for s, _ in values],
+            "map_mb": round(sizes[mode], 2),
         }
         for mode, values in runs.items()
     }
@@ -106,9 +107,9 @@ def main() -> None:
     try:
         city = work / "city.tif"
         generate_city(city, width=args.size, height=args.size, seed=3, workers=1)
-        labels = city.with_name("city_labels.tif")
-        sink = {mode: sink_cost(city, labels, work, mode) for mode in MODES}
         e2e = end_to_end(city, work, args.repeats)
+        probs = work / "out-none" / "city_damage_prob.tif"
+        sink = {mode: sink_cost(city, probs, work, mode) for mode in MODES}
         base = e2e["none"]["seconds_median"]
         result = {
             "size_px": args.size,

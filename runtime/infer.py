@@ -483,7 +483,10 @@ def _finish(
 ) -> dict[str, Any]:
     """COGs, vectors, grid, quicklook, summary and report of a mapped input, published."""
     t_finalise = time.perf_counter()
-    facts = _finalise(plan, out, session.threshold, session.options, sketches, warn)
+    value_max = session.bundle.manifest.input_scaling.get(plan.info.dtype, 255.0)
+    facts = _finalise(
+        plan, out, session.threshold, session.options, sketches, warn, value_max=value_max
+    )
     finalise_s = time.perf_counter() - t_finalise
     damaged_area = facts["damaged_area_m2"]
     if not math.isfinite(damaged_area):  # polygons have no area without a CRS
@@ -660,8 +663,12 @@ def _finalise(
     options: InferOptions,
     sketches: Sketches | None,
     warn: _Warnings,
+    *,
+    value_max: float = 255.0,
 ) -> dict[str, Any]:
     """COGs, polygons, buildings, damage grid and quicklook, staged for publication.
+
+    value_max: the input value the viewer's imagery shows as white (the model's scaling).
 
     Every step reads the partial rasters, not the COGs, so none waits for another:
     the COGs (GDAL, multi-threaded) and the quicklook (its thumbnails completed,
@@ -671,15 +678,13 @@ def _finalise(
     prob, damage = out.partials[PROB], out.partials[DAMAGE]
     if sketches is not None and sketches.failed:
         sketches = None  # read everything back from the rasters
-    tiles = None
-    if options.viewer != "none":
-        tiles = sketches.tiles if sketches is not None else None
-        if tiles is None:  # nothing gathered: every tile from the rasters
-            scaling = open_bundle(options.model).manifest.input_scaling
-            tiles = _map_tiles(plan, out, scaling.get(plan.info.dtype, 255.0), options)
+    tiles = sketches.tiles if sketches is not None else None
+    if tiles is None and options.viewer != "none":  # nothing gathered: all from the rasters
+        tiles = _map_tiles(plan, out, value_max, options)
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="stmap-finalise") as pool:
         cogs = pool.submit(_write_cogs, out)
-        pyramid = tiles and pool.submit(tiles.finish, plan.info.path, prob, plan.bands)
+        path, bands = plan.info.path, plan.bands
+        pyramid = None if tiles is None else pool.submit(tiles.finish, path, prob, bands)
         quicklook = pool.submit(
             write_quicklook,
             plan.info.path,
@@ -719,7 +724,7 @@ def _finalise(
         cogs.result()
         quicklook.result()
         facts["viewer"] = None
-        if tiles is not None:
+        if tiles is not None and pyramid is not None:
             pyramid.result()
             move(out.map_work, out.staging / out.final("map"))
             facts["viewer"] = viewer_data(
