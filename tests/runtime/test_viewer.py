@@ -161,18 +161,18 @@ def test_the_run_publishes_the_map_beside_the_report(mapped):
     assert first["geometry"]["coordinates"][0][0][1] in (420, 450)  # pixel rows
 
 
-def _chromium() -> str | None:
+@pytest.fixture
+def browser() -> str:
+    """Headless Chromium, or a skip saying why (asked for before the scene is mapped)."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if found := shutil.which(name):
             return found
-    return None
+    reason = "no chromium on PATH (Debian: apt-get install chromium)"
+    print(f"SKIP reason: {reason}")
+    pytest.skip(reason)
 
 
-def _browse(page: Path, query: str, *extra: str) -> str:
-    browser = _chromium()
-    if browser is None:
-        print("SKIP reason: no chromium on PATH (Debian: apt-get install chromium)")
-        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+def _browse(browser: str, page: Path, query: str, *extra: str) -> str:
     command = [
         browser,
         "--headless",
@@ -187,9 +187,9 @@ def _browse(page: Path, query: str, *extra: str) -> str:
     return done.stdout
 
 
-def test_a_browser_renders_tiles_at_two_zooms_and_a_click_shows_the_building(mapped):
+def test_a_browser_renders_tiles_at_two_zooms_and_a_click_shows_the_building(browser, mapped):
     """Headless Chromium opens the report from file:// with no network."""
-    dom = _browse(mapped / "city_report.html", "0,2", "--dump-dom")
+    dom = _browse(browser, mapped / "city_report.html", "0,2", "--dump-dom")
     found = re.search(r'<pre id="stmap-test-result"[^>]*>(.*?)</pre>', dom, re.S)
     assert found, "the page's self-test did not finish"
     result = json.loads(html.unescape(found.group(1)))
@@ -202,7 +202,8 @@ def test_a_browser_renders_tiles_at_two_zooms_and_a_click_shows_the_building(map
     assert abs(lat - lat_) < 1e-6 and abs(lon - lon_) < 1e-6
     shots = os.environ.get("STMAP_SCREENSHOTS")
     if shots:  # for a person to look at during development
-        _browse(mapped / "city_report.html", "0,2", f"--screenshot={Path(shots) / 'viewer.png'}")
+        shot = f"--screenshot={Path(shots) / 'viewer.png'}"
+        _browse(browser, mapped / "city_report.html", "0,2", shot)
 
 
 # -- the options and many scenes ----------------------------------------------------
