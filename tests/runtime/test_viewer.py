@@ -29,6 +29,7 @@ from stmap.runtime.infer import InferOptions, map_scenes, run_inference
 from stmap.runtime.vectorize import apply_affine
 from stmap.runtime.viewer_tiles import MapTiles, Pyramid, downsample
 from tests.runtime.infer_data import make_varied_bundle, smooth_image, write_raster
+from tests.runtime.mosaic_data import write_aoi
 
 VIEWER_DATA = Path(__file__).resolve().parents[2] / "src" / "stmap" / "data" / "viewer"
 
@@ -276,3 +277,23 @@ def test_a_killed_and_resumed_run_publishes_the_same_map(tmp_path):
     assert json.loads(result.stdout)["resumed_blocks"] >= 1
     assert _files(out / "city_map") == _files(once / "city_map")
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "work files left"
+
+
+def test_with_an_aoi_the_map_shows_all_imagery_and_damage_only_inside(tmp_path):
+    """The readers hand over AOI-masked blocks, so the imagery is read back whole at the
+    end; damage tiles exist only where the AOI let the model run."""
+    bundle = make_varied_bundle(tmp_path / "bundle")
+    scene = write_raster(tmp_path / "scene.tif", smooth_image(1024, 1024))
+    aoi = write_aoi(tmp_path / "aoi.gpkg", [(500000.0 + 20, 4200000.0 - 200, 500180.0, 4199960.0)])
+    options = InferOptions(model=str(bundle), aoi=str(aoi), block_size=512, viewer="full")
+    run_inference([str(scene)], tmp_path / "out", options)
+    root = tmp_path / "out" / "scene_map"
+    pyramid = Pyramid.for_raster(1024, 1024, "full")
+    columns, rows = pyramid.tiles(pyramid.native)
+    assert len(list((root / "image" / str(pyramid.native)).rglob("*.jpg"))) == columns * rows
+    damage = {
+        p.relative_to(root / "damage" / str(pyramid.native)).as_posix()
+        for p in (root / "damage" / str(pyramid.native)).rglob("*.png")
+    }
+    # the AOI spans pixel columns 40-360 and rows 80-400: the 4 native tiles (of 16) there
+    assert damage and damage <= {"0/0.png", "0/1.png", "1/0.png", "1/1.png"}
