@@ -83,6 +83,7 @@ def viewer_data(
         "threshold": threshold,
         "cell_m": cell_m,
         "lonlat": lonlat_grid(crs, transform, pyramid.width, pyramid.height),
+        "north_deg": None if crs is None else round(_north(transform), 2),
         "layers": layers,
         "notes": notes,
     }
@@ -94,6 +95,12 @@ _ORDER = {
     "buildings": "damaged and unknown first",
     "grid": "most damaged",
 }
+
+
+def _north(transform: Affine) -> float:
+    from .report import north_angle  # the report imports this module
+
+    return north_angle(list(transform)[:6])
 
 
 def _pick(name: str, table: VectorTable) -> tuple[VectorTable, int]:
@@ -320,6 +327,17 @@ overlays['damage probability'] = damage;
 overlays['imagery'] = image;
 L.control.layers(null, overlays, {collapsed: false}).addTo(map);
 L.control.scale({imperial: false, maxWidth: 160}).addTo(map);
+if (V.north_deg !== null) {
+  var north = L.control({position: 'topleft'});
+  north.onAdd = function () {
+    var div = L.DomUtil.create('div', 'stmap-box');
+    div.title = 'north';
+    div.innerHTML = '<div style="transform:rotate(' + V.north_deg + 'deg);text-align:center;' +
+      'font-weight:bold;line-height:1">N<br>&#9650;</div>';
+    return div;
+  };
+  north.addTo(map);
+}
 
 var legend = L.control({position: 'bottomright'});
 legend.onAdd = function () {

@@ -82,6 +82,7 @@ def test_outputs_are_valid_cogs_on_the_input_grid(reference, scene):
         "city_damage_prob.qml",
         "city_damage_prob.tif",
         "city_grid.gpkg",
+        "city_map",
         "city_quicklook.png",
         "city_report.html",
         "city_summary.json",

@@ -156,6 +156,7 @@ def test_the_run_publishes_the_map_beside_the_report(mapped):
         html.unescape(re.search(r'id="stmap-viewer-data">(.*?)</script>', page).group(1))
     )
     assert data["tiles"] == "city_map" and data["top"] == pyramid.top
+    assert data["north_deg"] == 0  # north-up: the map's north arrow points up
     assert len(data["layers"]["buildings"]["features"]) == 10
     first = data["layers"]["buildings"]["features"][0]
     assert next(iter(first["properties"])) == "osm_id"  # the source's ID first
