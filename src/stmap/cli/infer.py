@@ -194,7 +194,7 @@ def infer(
     S_report.html (one page with a zoomable map of the tiles in S_map/, --viewer),
     S_summary.json and QGIS styles (.qml beside the COGs); with several inputs
     also run_summary.json (totals, each summary under "runs"), which --json prints
-    (the summary itself for one input).
+    (the summary itself for one input), and run_index.html linking every report.
 
     \b
     Examples:
