@@ -36,7 +36,7 @@ def interrupted(tmp_path_factory, scene, bundle) -> Path:
 
 
 def work_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def assert_refused_then_restarted(args: list[str], out: Path, tmp_path: Path, *expected: str):
