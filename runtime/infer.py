@@ -50,6 +50,7 @@ from stmap.io.vectors import VectorTable, write_vector
 from stmap.io.writers import (
     BlockWriter,
     empty_dir,
+    move,
     prepare_output_dir,
     publish,
     remove,
@@ -73,14 +74,18 @@ from stmap.runtime.grid import (
     default_overlap,
     model_grid_size,
 )
+from stmap.runtime.index_page import INDEX, write_index
 from stmap.runtime.journal import Journal
 from stmap.runtime.pipeline import DAMAGE, PROB, Pipeline, PipelineResult
 from stmap.runtime.quicklook import write_quicklook
 from stmap.runtime.report import write_report
 from stmap.runtime.sketches import Sketches
+from stmap.runtime.styles import buildings_style, damage_style, grid_style, write_raster_styles
 from stmap.runtime.summary import build_summary, run_summary
 from stmap.runtime.tta import TTA_MODES, with_tta
 from stmap.runtime.vectorize import damage_cutoff, damage_polygons
+from stmap.runtime.viewer import viewer_data
+from stmap.runtime.viewer_tiles import DEFAULT_VIEWER, VIEWER_MODES, MapTiles, Pyramid
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +127,7 @@ class InferOptions:
     building_buffers: tuple[float, ...] = (0.0, 10.0)  # metres around each footprint
     tta: str = "none"  # test-time augmentation: none, flip or d4
     timings: bool = False  # synchronise the device per stage: exact stage times, slower
+    viewer: str = DEFAULT_VIEWER  # the report's zoomable map: none, lite or full
 
 
 @dataclass(frozen=True)
@@ -171,9 +177,12 @@ class OutputPaths:
     def finals(self) -> list[str]:
         names = [
             "damage_prob.tif",
+            "damage_prob.qml",
             "damage.tif",
+            "damage.qml",
             "damage.gpkg",
             "grid.gpkg",
+            "map",
             "quicklook.png",
             "report.html",
             "summary.json",
@@ -204,10 +213,15 @@ class OutputPaths:
     def writes(self) -> list[Path]:
         """Every path the run may create for this input: outputs and work files."""
         finals = [self.outdir / name for name in self.finals]
-        return [*finals, self.journal, *self.partials.values(), self.staging]
+        return [*finals, self.journal, *self.partials.values(), self.staging, self.map_work]
+
+    @property
+    def map_work(self) -> Path:
+        """Where the viewer's tiles are written while the blocks stream."""
+        return self.outdir / f".{self.stem}.map"
 
     def discard_work(self) -> None:
-        remove(self.journal, *self.partials.values(), self.staging)
+        remove(self.journal, *self.partials.values(), self.staging, self.map_work)
 
 
 @dataclass
@@ -328,6 +342,7 @@ def map_scenes(
             return summaries[0]
         combined = run_summary(summaries, time.perf_counter() - start)
         write_json(Path(outdir) / RUN_SUMMARY, combined)
+        write_index(Path(outdir), combined)
     return combined
 
 
@@ -364,7 +379,7 @@ def plan_run(
             plans = [plan_mosaic(scenes, Path(outdir), manifest, options, reads)]
     outdir = Path(outdir)
     paths = [OutputPaths(outdir, plan.stem, options.footprints is not None) for plan in plans]
-    summary = [outdir / RUN_SUMMARY] if len(paths) > 1 else []
+    summary = [outdir / RUN_SUMMARY, outdir / INDEX] if len(paths) > 1 else []
     try:  # collisions first: a file that must not be touched is not even read as a product
         _check_outputs(paths, options.restart, reads, summary)
         _check_products(plans, options)
@@ -621,7 +636,10 @@ def _finish(
 ) -> dict[str, Any]:
     """COGs, vectors, grid, quicklook, summary and report of a mapped input, published."""
     t_finalise = time.perf_counter()
-    facts = _finalise(plan, out, session.threshold, session.options, sketches, warn)
+    value_max = session.bundle.manifest.input_scaling.get(plan.info.dtype, 255.0)
+    facts = _finalise(
+        plan, out, session.threshold, session.options, sketches, warn, value_max=value_max
+    )
     finalise_s = time.perf_counter() - t_finalise
     damaged_area = facts["damaged_area_m2"]
     if not math.isfinite(damaged_area):  # polygons have no area without a CRS
@@ -642,9 +660,14 @@ def _finish(
         warnings=warn.items,
     )
     write_report(
-        out.staging / out.final("report.html"), summary, out.staging / out.final("quicklook.png")
+        out.staging / out.final("report.html"),
+        summary,
+        out.staging / out.final("quicklook.png"),
+        viewer=facts["viewer"],
     )
     write_json(out.staging / out.final("summary.json"), summary)
+    if facts["viewer"] is not None:
+        remove(out.outdir / out.final("map"))  # a folder is not replaced by a rename
     publish(out.staging, out.outdir)
     out.discard_work()
     if plan.mosaic is not None:
@@ -741,6 +764,8 @@ def stream_blocks(
             sample_image=plan.model_transform is None and plan.aoi is None,
             trace_damage=backend.device.type != "cpu",  # see Sketches: only where cores idle
         )
+        if options.viewer != "none":
+            sketches.tiles = _map_tiles(plan, out, manifest.input_scaling[info.dtype], options)
     bar = progress(out.stem, info.width * info.height) if progress else nullcontext(None)
     with bar as advance:
         pipeline = Pipeline(
@@ -794,8 +819,12 @@ def _finalise(
     options: InferOptions,
     sketches: Sketches | None,
     warn: _Warnings,
+    *,
+    value_max: float = 255.0,
 ) -> dict[str, Any]:
     """COGs, polygons, buildings, damage grid and quicklook, staged for publication.
+
+    value_max: the input value the viewer's imagery shows as white (the model's scaling).
 
     Every step reads the partial rasters, not the COGs, so none waits for another:
     the COGs (GDAL, multi-threaded) and the quicklook (its thumbnails completed,
@@ -805,8 +834,13 @@ def _finalise(
     prob, damage = out.partials[PROB], out.partials[DAMAGE]
     if sketches is not None and sketches.failed:
         sketches = None  # read everything back from the rasters
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stmap-finalise") as pool:
+    tiles = sketches.tiles if sketches is not None else None
+    if tiles is None and options.viewer != "none":  # nothing gathered: all from the rasters
+        tiles = _map_tiles(plan, out, value_max, options)
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="stmap-finalise") as pool:
         cogs = pool.submit(_write_cogs, out)
+        path, bands = plan.info.path, plan.bands
+        pyramid = None if tiles is None else pool.submit(tiles.finish, path, prob, bands)
         quicklook = pool.submit(
             write_quicklook,
             plan.info.path,
@@ -818,7 +852,7 @@ def _finalise(
             prob=sketches.prob if sketches else None,
         )
         polygons = damage_polygons(damage, prob, tracer=sketches.tracer if sketches else None)
-        write_vector(out.staging / out.final("damage.gpkg"), polygons)
+        write_vector(out.staging / out.final("damage.gpkg"), polygons, style=damage_style())
         areas = polygons.attributes["area_m2"]
         facts: dict[str, Any] = {
             "damaged_area_m2": float(areas.sum()) if len(polygons) else 0.0,
@@ -836,16 +870,47 @@ def _finalise(
             gsd_m=math.sqrt(plan.pixel_area_m2),  # used when the raster has no CRS
             tally=sketches.grid if sketches else None,
         )
-        write_vector(out.staging / out.final("grid.gpkg"), grid, geometry_type="Polygon")
+        write_vector(
+            out.staging / out.final("grid.gpkg"),
+            grid,
+            geometry_type="Polygon",
+            style=grid_style(options.grid_m),
+        )
         facts["grid"] = grid_facts(grid, options.grid_m)
         cogs.result()
         quicklook.result()
+        facts["viewer"] = None
+        if tiles is not None and pyramid is not None:
+            pyramid.result()
+            move(out.map_work, out.staging / out.final("map"))
+            facts["viewer"] = viewer_data(
+                tiles=out.final("map"),
+                pyramid=tiles.pyramid,
+                crs=plan.info.crs,
+                transform=plan.info.transform,
+                metres_per_px=math.sqrt(plan.pixel_area_m2),
+                threshold=threshold,
+                cell_m=options.grid_m,
+                damage=polygons,
+                buildings=buildings,
+                grid=grid,
+            )
     facts["finals"] = [
         *(p.name for p in sorted(out.staging.iterdir())),
         out.final("report.html"),
         out.final("summary.json"),
     ]
     return facts
+
+
+def _map_tiles(
+    plan: InputPlan, out: OutputPaths, value_max: float, options: InferOptions
+) -> MapTiles:
+    """A fresh sink for the viewer's tiles of ``plan`` (what a run before left is dropped:
+    whatever this run does not see is read back from the rasters at the end)."""
+    info = plan.info
+    pyramid = Pyramid.for_raster(info.height, info.width, options.viewer)
+    return MapTiles(empty_dir(out.map_work), pyramid, value_max=value_max)
 
 
 def _write_cogs(out: OutputPaths) -> None:
@@ -855,6 +920,9 @@ def _write_cogs(out: OutputPaths) -> None:
     ):
         target = out.staging / out.final(name)
         write_cog(out.partials[layer], target, overview_resampling=resampling)
+    write_raster_styles(
+        out.staging / out.final("damage_prob.tif"), out.staging / out.final("damage.tif")
+    )
 
 
 def _buildings(
@@ -883,7 +951,7 @@ def _buildings(
     buildings = building_damage(
         prob, table, threshold=threshold, buffers_m=options.building_buffers
     )
-    write_vector(out.staging / out.final("buildings.gpkg"), buildings)
+    write_vector(out.staging / out.final("buildings.gpkg"), buildings, style=buildings_style())
     return buildings
 
 
@@ -920,6 +988,10 @@ def _check_products(plans: Sequence[InputPlan], options: InferOptions) -> None:
     for metres in options.building_buffers:
         if not (math.isfinite(metres) and metres >= 0):
             raise InputError(f"--building-buffer {metres:g}: must be 0 or more metres")
+    if options.viewer not in VIEWER_MODES:
+        raise InputError(
+            f"--viewer {options.viewer}: unknown mode; choose one of {', '.join(VIEWER_MODES)}"
+        )
     if options.tta not in TTA_MODES:
         raise InputError(f"--tta {options.tta}: unknown mode; choose one of {', '.join(TTA_MODES)}")
     if options.footprints is not None:  # bad geometries (NaN vertices) refused now, not after

@@ -1,10 +1,12 @@
 """``S_report.html``: one self-contained page a coordinator opens in a browser.
 
 Everything is inline (the quicklook as a base64 PNG, the scale bar, north arrow and
-histogram as SVG, the styles in one <style>), so the file can be mailed or opened
-offline; it names no URL. The page is a pure function of the run's summary and the
-quicklook's bytes: every figure on it is one the summary also holds, and it holds
-no timing, so the same run gives the same page byte for byte.
+histogram as SVG, the styles in one <style>, the zoomable map's library and vectors,
+``viewer``), so the file opens offline; it names no URL, and the only files it loads
+are the map's tiles beside it (``S_map/``). The page is a pure function of the run's
+summary, the quicklook's bytes and the map's data: every figure on it is one the
+summary or the output layers also hold, and it holds no timing, so the same run
+gives the same page byte for byte.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from stmap.synth.styles import STYLES
 
 from .buildings import LABEL_FRACTION
 from .quicklook import DAMAGE_EDGE, DAMAGE_FILL, FILL_ALPHA, NO_IMAGE
+from .viewer import map_section
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _STYLE = """
@@ -49,11 +52,15 @@ code{font-size:13px;word-break:break-all}
 """
 
 
-def render_report(summary: Mapping[str, Any], quicklook_png: bytes) -> str:
+def render_report(
+    summary: Mapping[str, Any], quicklook_png: bytes, viewer: Mapping[str, Any] | None = None
+) -> str:
     """The report page of one input.
 
     summary: the input's ``S_summary.json`` object (``build_summary``).
     quicklook_png: the bytes of ``S_quicklook.png``, drawn over the input's extent.
+    viewer: the zoomable map's data (``viewer.viewer_data``), shown above the
+        quicklook; None: the quicklook alone.
     """
     source = summary["inputs"][0]
     name = Path(str(source["path"]).rstrip("/")).stem
@@ -70,6 +77,7 @@ def render_report(summary: Mapping[str, Any], quicklook_png: bytes) -> str:
         "</p>",
         *_warnings(summary["warnings"]),
         "<h2>Map</h2>",
+        *map_section(viewer),
         _map(quicklook_png, source, summary["model"]),
         "<h2>Figures</h2>",
         _figures(summary),
@@ -89,14 +97,18 @@ def render_report(summary: Mapping[str, Any], quicklook_png: bytes) -> str:
 
 
 def write_report(
-    target: str | os.PathLike[str], summary: Mapping[str, Any], quicklook: str | os.PathLike[str]
+    target: str | os.PathLike[str],
+    summary: Mapping[str, Any],
+    quicklook: str | os.PathLike[str],
+    *,
+    viewer: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``render_report`` of ``summary`` and the PNG at ``quicklook`` to ``target``.
 
     The page appears at ``target`` only once complete.
     """
     target = Path(target)
-    write_text(target, render_report(summary, Path(quicklook).read_bytes()))
+    write_text(target, render_report(summary, Path(quicklook).read_bytes(), viewer))
     return target
 
 

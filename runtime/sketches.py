@@ -25,6 +25,7 @@ from stmap.runtime.grid import Block
 from stmap.runtime.quicklook import quicklook_shape
 from stmap.runtime.thumbnail import Thumbnail
 from stmap.runtime.vectorize import DamageTracer
+from stmap.runtime.viewer_tiles import MapTiles
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class Sketches:
         beside a GPU, but on a CPU it fights the model's threads, which then lose
         more than it saves (measured on two cores: 2.1 → 2.2–2.6 s end to end).
     failed: why gathering stopped, if it did; then none of it is to be used.
+    tiles: the viewer's tile pyramid, fed the same blocks (None: no viewer); its
+        imagery only where ``image`` is sampled.
     """
 
     image: Thumbnail | None
@@ -49,6 +52,7 @@ class Sketches:
     grid: GridTally
     tracer: DamageTracer | None
     failed: str | None = None
+    tiles: MapTiles | None = None
 
     @classmethod
     def for_input(
@@ -74,12 +78,15 @@ class Sketches:
             return
         out, src = block.out, block.source
         try:
+            view = None
             if pixels is None:
                 self.image.add_empty(out.row_off, out.col_off, out.height, out.width, fill=0)
-                return
-            r0, c0 = out.row_off - src.row_off, out.col_off - src.col_off
-            view = pixels[:, r0 : r0 + out.height, c0 : c0 + out.width]
-            self.image.add(out.row_off, out.col_off, view, valid)
+            else:
+                r0, c0 = out.row_off - src.row_off, out.col_off - src.col_off
+                view = pixels[:, r0 : r0 + out.height, c0 : c0 + out.width]
+                self.image.add(out.row_off, out.col_off, view, valid)
+            if self.tiles is not None:
+                self.tiles.add_image(out.row_off, out.col_off, out.height, out.width, view, valid)
         except Exception as exc:  # an optimisation must not stop the mapping
             self._fail(exc)
 
@@ -95,11 +102,15 @@ class Sketches:
                 self.grid.add(out.row_off, out.col_off, nodata)  # its cells still hold pixels
                 if self.tracer is not None:
                     self.tracer.add_empty(out.row_off, out.col_off, out.height, out.width)
+                if self.tiles is not None:
+                    self.tiles.add_prob(out.row_off, out.col_off, out.height, out.width, None)
                 return
             self.prob.add(out.row_off, out.col_off, layers[:1])
             self.grid.add(out.row_off, out.col_off, layers[0])
             if self.tracer is not None:
                 self.tracer.add(out.row_off, out.col_off, layers[1] == 1, layers[0])
+            if self.tiles is not None:
+                self.tiles.add_prob(out.row_off, out.col_off, out.height, out.width, layers[0])
         except Exception as exc:  # an optimisation must not stop the mapping
             self._fail(exc)
 

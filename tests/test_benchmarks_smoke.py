@@ -63,6 +63,10 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         [*PYTEST[1:], "benchmarks/bench_scaling.py", "--benchmark-disable"],
         "one `stmap infer` child per series: a 256² city, block 512, batch 8",
     ),
+    "bench_viewer.py": (
+        ["benchmarks/bench_viewer.py", "--size", "256", "--repeats", "1"],
+        "script mode: a 256² city, each --viewer mode once",
+    ),
     "bench_sparse.py": (
         [*PYTEST[1:], "benchmarks/bench_sparse.py", "--benchmark-disable"],
         "a full and a sparse mosaic of a 256² city, once each without timing",

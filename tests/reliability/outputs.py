@@ -4,7 +4,8 @@ The outputs are those of an uninterrupted reference run of the same command.
 Rasters: the same pixels, georeferencing, nodata and bytes. Vectors: the same set
 of geometries (GeoPackages carry timestamps, so their bytes differ between runs).
 The summary: the same fields and counts; the report: complete (both hold timings).
-Anything else (the quicklook): the same bytes.
+The viewer's tile folder: the same files with the same bytes. Anything else (the
+quicklook): the same bytes.
 """
 
 from __future__ import annotations
@@ -47,7 +48,12 @@ def assert_same_raster(path: Path, reference: Path) -> None:
 
 def assert_same_output(path: Path, reference: Path) -> None:
     """``path`` is a complete copy of the reference run's output of the same name."""
-    if path.suffix == ".tif":
+    if reference.is_dir():  # the viewer's tile pyramid: the same files, the same bytes
+        files = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
+        assert sorted(p.relative_to(path) for p in path.rglob("*") if p.is_file()) == files
+        for name in files:
+            assert (path / name).read_bytes() == (reference / name).read_bytes(), path / name
+    elif path.suffix == ".tif":
         assert_same_raster(path, reference)
     elif path.suffix == ".gpkg":
         assert geometry_set(path) == geometry_set(reference), f"{path}: geometries differ"

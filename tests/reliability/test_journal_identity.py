@@ -39,8 +39,13 @@ def interrupted(tmp_path_factory, scene, bundle) -> Path:
 
 
 def work_files(out: Path) -> dict[str, bytes]:
-    """The killed run's work files; its lock file (which the kernel released) may go."""
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != LOCK_FILE}
+    """The killed run's work files, folders read recursively; its lock file (which the
+    kernel released) may go."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != LOCK_FILE
+    }
 
 
 def assert_refused_then_restarted(args: list[str], out: Path, tmp_path: Path, *expected: str):

@@ -77,9 +77,12 @@ def test_outputs_are_valid_cogs_on_the_input_grid(reference, scene):
     names = sorted(p.name for p in out.iterdir())
     assert names == [
         "city_damage.gpkg",
+        "city_damage.qml",
         "city_damage.tif",
+        "city_damage_prob.qml",
         "city_damage_prob.tif",
         "city_grid.gpkg",
+        "city_map",
         "city_quicklook.png",
         "city_report.html",
         "city_summary.json",

@@ -94,6 +94,14 @@ class BandList(click.ParamType):
 )
 @tta_option
 @click.option(
+    "--viewer",
+    type=click.Choice(["none", "lite", "full"]),
+    default="lite",
+    show_default=True,
+    help="The report's zoomable map (tiles in S_map/): lite stops at half resolution "
+    "(a quarter of full's tiles), full goes to the input's pixels, none makes no map.",
+)
+@click.option(
     "--threshold", type=float, default=None, help="Damage threshold [default: the model's]."
 )
 @click.option(
@@ -178,6 +186,7 @@ def infer(
     building_buffers: tuple[float, ...],
     grid_m: float,
     tta: str,
+    viewer: str,
     threshold: float | None,
     resume: bool,
     allow_ungeoreferenced: bool,
@@ -198,9 +207,10 @@ def infer(
     Writes for each INPUT with stem S into OUTDIR: S_damage_prob.tif and S_damage.tif
     (COGs on the input's grid, nodata 255), S_damage.gpkg, S_buildings.gpkg (with
     --footprints), S_grid.gpkg (damage per --grid cell), S_quicklook.png,
-    S_report.html (one self-contained page) and S_summary.json; with several inputs
+    S_report.html (one page with a zoomable map of the tiles in S_map/, --viewer),
+    S_summary.json and QGIS styles (.qml beside the COGs); with several inputs
     also run_summary.json (totals, each summary under "runs"), which --json prints
-    (the summary itself for one input).
+    (the summary itself for one input), and run_index.html linking every report.
 
     \b
     Examples:
@@ -227,6 +237,7 @@ def infer(
         building_buffers=building_buffers,
         grid_m=grid_m,
         tta=tta,
+        viewer=viewer,
         threshold=threshold,
         restart=not resume,
         allow_ungeoreferenced=allow_ungeoreferenced,

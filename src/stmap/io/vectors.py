@@ -25,6 +25,7 @@ from pyproj import CRS, Transformer
 
 from stmap.errors import VectorError
 from stmap.io.paths import check_input_path
+from stmap.io.styles import VectorStyle, add_layer_style
 from stmap.io.writers import write_failure
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ def read_vector(
     """
     text = check_input_path(path, VectorError)
     try:
+        if layer is None:
+            layer = _data_layer(text)
         info = pyogrio.read_info(text, layer=layer)
     except _OGR_ERRORS as exc:
         raise VectorError(f"{text}: not a readable vector file ({exc})") from exc
@@ -194,6 +197,13 @@ def _check_finite(geometries: np.ndarray, fids: np.ndarray, source: str, has: st
     )
 
 
+def _data_layer(path: str) -> str | None:
+    """The one data layer of a file whose other layer holds QGIS styles (``layer_styles``,
+    as stmap's GeoPackages have); None (the first layer) otherwise."""
+    layers = [name for name, _ in pyogrio.list_layers(path) if name != "layer_styles"]
+    return layers[0] if len(layers) == 1 else None
+
+
 def _repair(geometries: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
     """Repair invalid geometries and find the usable ones.
 
@@ -227,6 +237,7 @@ def write_vector(
     *,
     layer: str | None = None,
     geometry_type: str | None = None,
+    style: VectorStyle | None = None,
 ) -> None:
     """Write `table` as the only layer of a GeoPackage at `path`, atomically.
 
@@ -237,6 +248,7 @@ def write_vector(
         MultiPolygon; no features -> "Unknown"). A Multi* type promotes single parts.
     layer: defaults to the file's stem.
     A table without features still gives a valid layer with its fields and CRS.
+    style: stored as the layer's default QGIS style (``styles.add_layer_style``).
     NaN floats are written as NULL. Raises VectorError naming the file when GDAL
     fails, ValueError for Multi* geometries in a single-part layer.
     """
@@ -261,6 +273,9 @@ def write_vector(
             promote_to_multi=multi,
             layer_options=layer_options,
         )
+        if style is not None:
+            geometry_column = pyogrio.read_info(str(tmp))["geometry_name"] or "geom"
+            add_layer_style(tmp, layer or target.stem, geometry_column, style)
         os.replace(tmp, target)
     except (*_OGR_ERRORS, OSError) as exc:
         raise VectorError(write_failure(Path(target), exc, " the GeoPackage")) from exc

@@ -259,6 +259,15 @@ def publish(staging: Path, target: Path) -> list[Path]:
     return moved
 
 
+def move(source: Path, target: Path) -> Path:
+    """Rename ``source`` (a file or a folder) to ``target`` on the same file system."""
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot move {source.name} into place ({exc})") from exc
+    return target
+
+
 def empty_dir(path: Path) -> Path:
     """``path`` as a new, empty directory (whatever was there is removed)."""
     remove(path)
