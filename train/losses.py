@@ -47,19 +47,31 @@ def _bhw(logits: torch.Tensor) -> tuple[int, int, int]:
 
 
 def focal_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.70, gamma: float = 2.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.70,
+    gamma: float = 2.0,
+    ignore: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary focal loss, mean over pixels; ``alpha`` weights the damaged class.
 
     logits: (B, 1, H, W) float; target: (B, 1, H, W) or (B, H, W) labels. Built on
     BCE-with-logits (p_t = exp(−BCE)) so that large logits stay finite.
+    ignore: a mask of target's shape, True (> 0.5) where the pixel is unlabelled:
+    sparse labels (``stmap adapt``) leave it out of the mean instead of calling it
+    undamaged; with no labelled pixel the loss is a zero that keeps a gradient.
     """
     logits = logits.float()
-    t = _binary_mask(target, *_bhw(logits), "target").float()
+    b, h, w = _bhw(logits)
+    t = _binary_mask(target, b, h, w, "target").float()
     bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
     p_t = torch.exp(-bce)
     alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
-    return (alpha_t * (1.0 - p_t) ** gamma * bce).mean()
+    per_pixel = alpha_t * (1.0 - p_t) ** gamma * bce
+    if ignore is None:
+        return per_pixel.mean()
+    counted = (~_binary_mask(ignore, b, h, w, "ignore").to(per_pixel.device)).float()
+    return (per_pixel * counted).sum() / counted.sum().clamp_min(1.0)
 
 
 @torch.no_grad()

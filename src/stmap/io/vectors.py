@@ -125,6 +125,7 @@ def read_vector(
     crs: Any = None,
     bbox: tuple[float, float, float, float] | None = None,
     layer: str | int | None = None,
+    report: dict[str, int] | None = None,
 ) -> VectorTable:
     """Read one layer of any OGR vector file into a `VectorTable`.
 
@@ -133,6 +134,8 @@ def read_vector(
     bbox: (minx, miny, maxx, maxy) in the target CRS (the file's CRS without
         `crs`); only features intersecting it are kept.
     layer: layer name or index; the first layer by default.
+    report: when given, filled with ``repaired`` and ``dropped`` (null, empty or
+        collapsed) geometry counts, for callers that must tell the user.
 
     Null and empty geometries are dropped; invalid polygons are repaired with
     `shapely.make_valid` keeping their polygonal parts (dropped if none is left).
@@ -165,7 +168,7 @@ def read_vector(
         raise VectorError(f"{text}: not a readable vector file ({exc})") from exc
 
     geometries, keep = _repair(
-        shapely.from_wkb(wkb) if wkb is not None else np.full(len(fids), None), text
+        shapely.from_wkb(wkb) if wkb is not None else np.full(len(fids), None), text, report
     )
     fid_name = info["fid_column"] or None
     attributes = {fid_name: np.asarray(fids, dtype=np.int64)} if fid_name else {}
@@ -178,7 +181,9 @@ def read_vector(
     return table
 
 
-def _repair(geometries: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+def _repair(
+    geometries: np.ndarray, source: str, report: dict[str, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Repair invalid geometries and find the usable ones.
 
     geometries: (N,) object array, None for null. Invalid polygonal geometries are
@@ -200,6 +205,8 @@ def _repair(geometries: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray
         present &= ~shapely.is_empty(repaired)
         log.info("%s: repaired %d invalid geometries", source, int(invalid.sum()))
     dropped = len(geometries) - int(present.sum())
+    if report is not None:
+        report.update(repaired=int(invalid.sum()), dropped=dropped)
     if dropped:
         log.info("%s: dropped %d null, empty or collapsed geometries", source, dropped)
     return repaired, np.flatnonzero(present)
