@@ -13,6 +13,7 @@ Unlabelled pixels never enter: they are unknown, not negatives.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,15 +126,20 @@ class ObjectScores:
             self.pixels[i] += n
 
     def per_class(
-        self, values: np.ndarray, classes: np.ndarray, threshold: float
+        self, values: np.ndarray, classes: np.ndarray, threshold: float | Mapping[int, float]
     ) -> dict[str, dict[str, Any]]:
         """Per source class (``values[i]`` of object i): objects seen, their mapped class,
-        mean of their mean probabilities, and the share whose mean is above ``threshold``."""
+        mean of their mean probabilities, and the share whose mean is above the threshold
+        (one for all, or per object: each fold's own in cross-validation)."""
         groups: dict[str, list[float]] = defaultdict(list)
+        flags: dict[str, list[bool]] = defaultdict(list)
         mapped: dict[str, int] = {}
         for i, n in self.pixels.items():
             if n:
-                groups[str(values[i])].append(self.prob_sum[i] / n)
+                mean = self.prob_sum[i] / n
+                t = threshold if isinstance(threshold, float | int) else threshold[i]
+                groups[str(values[i])].append(mean)
+                flags[str(values[i])].append(mean > t)
                 mapped[str(values[i])] = int(classes[i])
         names = {1: "damaged", 0: "undamaged", -1: "ignored"}
         return {
@@ -141,7 +147,7 @@ class ObjectScores:
                 "class": names[mapped[value]],
                 "objects": len(means),
                 "mean_prob": float(np.mean(means)),
-                "flagged_share": float(np.mean(np.asarray(means) > threshold)),
+                "flagged_share": float(np.mean(flags[value])),
             }
             for value, means in sorted(groups.items())
         }

@@ -17,7 +17,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -486,7 +486,7 @@ def label_regions(
     geoms = labels.geometries.copy()
     is_point = shapely.get_type_id(geoms) == shapely.GeometryType.POINT
     notes = []
-    unit = _metres_per_unit(labels.crs, labels.bounds)
+    unit = metres_per_unit(labels.crs, labels.bounds)
     todo = np.flatnonzero(is_point)
     if footprints is not None and len(footprints) and len(todo):
         polys = footprints.geometries[
@@ -515,10 +515,43 @@ def label_regions(
     return LabelRegions(geoms, labels.classes, labels.values, tuple(notes))
 
 
-def _metres_per_unit(crs: Any, bounds: Bounds) -> float:
+def metres_per_unit(crs: Any, bounds: Bounds) -> float:
     """Metres in one unit of ``crs``'s x axis (degrees: at the labels' mean latitude)."""
     parsed = CRS.from_user_input(crs)
     if parsed.is_geographic:
         latitude = (bounds[1] + bounds[3]) / 2
         return 111_320.0 * max(math.cos(math.radians(latitude)), 1e-6)
     return parsed.axis_info[0].unit_conversion_factor
+
+
+def probability_windows(
+    path: str | os.PathLike[str], regions: LabelRegions, block: int = 512
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Windows of a probability map (``S_damage_prob.tif``) that hold labels.
+
+    Yields (prob8, target, known, region) per ``block``-px window touching a region:
+    the map's uint8 values (255 where nodata or masked) and the labels rasterised on
+    its grid (``LabelRegions.rasterise``). Windows without labels are never read.
+    """
+    from rasterio.windows import Window
+
+    from stmap.io.raster import open_raster
+
+    text = os.fspath(path)
+    with open_raster(text) as ds:
+        if ds.count != 1 or ds.dtypes[0] != "uint8":
+            raise InputError(
+                f"{text}: not a probability map (one uint8 band, probability × 255, as "
+                "stmap infer writes S_damage_prob.tif)"
+            )
+        for row in range(0, ds.height, block):
+            for col in range(0, ds.width, block):
+                window = Window(col, row, min(block, ds.width - col), min(block, ds.height - row))
+                transform = ds.window_transform(window)
+                h, w = int(window.height), int(window.width)
+                corners = np.array([transform @ (c, r) for c in (0, w) for r in (0, h)])
+                if not len(regions.near((*corners.min(axis=0), *corners.max(axis=0)))):
+                    continue
+                prob8 = ds.read(1, window=window)
+                prob8[ds.read_masks(1, window=window) == 0] = 255
+                yield (prob8, *regions.rasterise(transform, h, w))
