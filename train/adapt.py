@@ -269,8 +269,9 @@ def evaluate_scene(scene: LabelledScene, device: torch.device) -> dict[str, Any]
 class AdaptSettings:
     """Training choices of ``stmap adapt`` (defaults: the method's, see the module doc)."""
 
-    epochs: int = 30
+    epochs: int = 10  # the method's training epochs
     fold_block_m: float = 200.0
+    max_folds: int = 5
     fit_threshold: bool = True  # False: keep the source bundle's threshold
     seed: int = 0
 
@@ -355,7 +356,9 @@ def adapt_scene(
     features = backbone_features(source, scene.tiles.images, normalize, device)
     labels, tiles = scene.labels, scene.tiles
     unit = metres_per_unit(labels.crs, labels.bounds)
-    folds = block_folds(scene.regions.geometries, settings.fold_block_m / unit, settings.seed)
+    folds = block_folds(
+        scene.regions.geometries, settings.fold_block_m / unit, settings.seed, settings.max_folds
+    )
     pixel_fold = np.where(tiles.region >= 0, folds[np.maximum(tiles.region, 0)], -1)
 
     before_pixels, before_objects = score(predict_from_features(source, features), tiles)

@@ -15,8 +15,10 @@ from stmap.errors import InputError
 MAX_FOLDS = 5
 
 
-def block_folds(geometries: np.ndarray, block: float, seed: int = 0) -> np.ndarray:
-    """(N,) fold of each of (N,) geometries, folds 0..k−1 with k = min(5, blocks).
+def block_folds(
+    geometries: np.ndarray, block: float, seed: int = 0, max_folds: int = MAX_FOLDS
+) -> np.ndarray:
+    """(N,) fold of each of (N,) geometries, folds 0..k−1 with k = min(max_folds, blocks).
 
     block: the block side in the geometries' units (positive). Raises InputError
     when the objects fill fewer than two blocks (no honest validation possible).
@@ -32,7 +34,7 @@ def block_folds(geometries: np.ndarray, block: float, seed: int = 0) -> np.ndarr
             "--fold-block: every label lies in one block, so no block could validate "
             "another; give a smaller --fold-block or labels spread over a wider area"
         )
-    k = min(MAX_FOLDS, len(blocks))
+    k = min(max(max_folds, 2), len(blocks))
     order = np.random.default_rng(seed).permutation(len(blocks))
     fold_of_block = np.empty(len(blocks), dtype=np.int64)
     fold_of_block[order] = np.arange(len(blocks)) % k

@@ -42,7 +42,7 @@ from stmap.cli.options import emit_json, json_option, model_option
     show_default=True,
     help="fit: the new threshold maximises F1 on the validation folds; keep: the source's.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @json_option
