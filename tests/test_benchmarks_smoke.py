@@ -63,6 +63,14 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ["benchmarks/bench_soak.py", "--scenes", "6", "--sizes", "256"],
         "script mode: 6 scenes of 256 px, growth from scene 5 to 6",
     ),
+    "bench_adapt.py": (
+        [
+            "benchmarks/bench_adapt.py",
+            *("--size", "512", "--style", "oldtown", "--n", "6", "--draws", "1"),
+            *("--folds", "2", "--epochs", "1"),
+        ],
+        "script mode: one adaptation on 6 labels of a 512² oldtown city, 1 epoch, 2 folds",
+    ),
 }
 # environment of the files whose pytest-benchmark tests take their sizes from it
 ENV: dict[str, dict[str, str]] = {

@@ -60,6 +60,9 @@ def test_adapt_writes_a_normal_bundle_with_provenance_and_figures(
     # the bundle is used like any other, and evaluate scores its map against the labels
     mapped = run("infer", graded_city, "--model", out, "-o", tmp_path / "maps", "-q")
     assert mapped.exit_code == 0, mapped.output
+    page = (tmp_path / "maps" / "city_report.html").read_text()
+    assert "adapted on labels" in page and origin["labels_sha256"][:12] in page
+    assert "Adaptation to this event" in page
     prob = tmp_path / "maps" / "city_damage_prob.tif"
     scored = run("evaluate", prob, "--model", out, *labels_args(graded_city), "--json")
     assert scored.exit_code == 0, scored.output
