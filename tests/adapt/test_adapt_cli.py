@@ -32,7 +32,9 @@ def test_adapt_writes_a_normal_bundle_with_provenance_and_figures(
 ) -> None:
     out = tmp_path / "adapted"
     args = ["adapt", "--model", tiny_bundle, graded_city, *labels_args(graded_city)]
-    result = run(*args, "-o", out, "--epochs", "1", "--fold-block", "40", "--json")
+    result = run(
+        *args, "-o", out, "--epochs", "1", "--fold-block", "40", "--threshold", "fit", "--json"
+    )
     assert result.exit_code == 0, result.output
     assert "field 'damage_gra' (preset ems)" in result.stderr
     printed = json.loads(result.stdout)
@@ -50,6 +52,7 @@ def test_adapt_writes_a_normal_bundle_with_provenance_and_figures(
         assert "No visible damage" in figures[when]["per_class"]
     assert figures["after"]["damaged_pixels"] == figures["before"]["damaged_pixels"]
     assert printed["threshold"] == pytest.approx(manifest.threshold)
+    assert len(figures["after"]["fold_thresholds"]) == figures["folds"]  # each from other folds
     source = open_bundle(tiny_bundle).load_segmenter().state_dict()
     adapted = bundle.load_segmenter().state_dict()
     assert source.keys() == adapted.keys()
@@ -136,3 +139,19 @@ def test_evaluate_labels_on_a_map_counts_only_labelled_pixels(tmp_path: Path) ->
     assert scores["per_class"]["0"]["flagged_share"] == 0.5
     text = run("evaluate", path, "--labels", labels)
     assert "| scores | 1.000 | 0.500 | 1.000 |" in text.stdout
+
+
+def test_evaluate_labels_refuses_labels_off_the_map_or_of_one_class(tmp_path: Path) -> None:
+    path = write_band(tmp_path / "s_damage_prob.tif", np.full((20, 20), 100, np.uint8))
+    x0, y0 = UTM_HALF_METRE.c, UTM_HALF_METRE.f
+    inside = [shapely.box(x0 + 1, y0 - 4, x0 + 4, y0 - 1), shapely.box(x0 + 5, y0 - 4, x0 + 8, y0)]
+    far = [shapely.box(x0 + 900, y0 - 4, x0 + 904, y0)] * 2
+    for name, geoms, values, message in (
+        ("far", far, [1, 0], "do not overlap"),
+        ("one", inside, [1, 1], "2 damaged and 0 undamaged objects"),
+    ):
+        labels = tmp_path / f"{name}.gpkg"
+        fields = {"damaged": np.array(values, np.int32)}
+        write_vector(labels, VectorTable(np.array(geoms, dtype=object), fields, "EPSG:32637"))
+        result = run("evaluate", path, "--labels", labels)
+        assert result.exit_code == 2 and message in result.stderr, result.output

@@ -37,10 +37,11 @@ from stmap.cli.options import emit_json, json_option, model_option
 @click.option(
     "--threshold",
     "threshold_mode",
-    type=click.Choice(["fit", "keep"]),
-    default="fit",
+    type=click.Choice(["keep", "fit"]),
+    default="keep",
     show_default=True,
-    help="fit: the new threshold maximises F1 on the validation folds; keep: the source's.",
+    help="keep: the source bundle's threshold; fit: the F1-best on the validation folds "
+    "(labelled pixels only: no background among them, so it tends to run low).",
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
