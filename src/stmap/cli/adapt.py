@@ -43,7 +43,13 @@ from stmap.cli.options import emit_json, json_option, model_option
     help="keep: the source bundle's threshold; fit: the F1-best on the validation folds "
     "(labelled pixels only: no background among them, so it tends to run low).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Decoder epochs over the labelled tiles (the method's 10).",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @json_option
