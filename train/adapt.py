@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from stmap import __version__
 from stmap.bundle import Bundle, open_bundle, resolve_bundle_path, write_bundle
@@ -277,6 +278,9 @@ class AdaptSettings:
     # buildings only, so the pixels it is chosen on hold no background, and on the
     # synthetic test bed a fitted threshold halved the dense F1 (adapt_synthetic.md).
     fit_threshold: bool = False
+    # Weight of a term that keeps unlabelled pixels at the source bundle's probability
+    # (soft targets, never negatives); 0: labelled pixels alone steer the decoder.
+    anchor: float = 0.0
     seed: int = 0
 
 
@@ -305,6 +309,15 @@ def fit(
     # step: re-estimated on a few label tiles they cost 0.11 of cross-validated F1 on
     # the test bed (benchmarks/results/adapt_synthetic.md).
     model.eval()
+    anchor = None
+    if settings.anchor > 0:
+        with torch.no_grad():
+            anchor = torch.cat(
+                [
+                    torch.sigmoid(source.decoder(features[i : i + BATCH])[0])
+                    for i in range(0, len(features), BATCH)
+                ]
+            )
     optimiser = torch.optim.AdamW(
         model.decoder.parameters(), lr=DECODER_LR, weight_decay=DECODER_WD
     )
@@ -314,6 +327,14 @@ def fit(
         for batch in order.split(BATCH):
             logits = model.decoder(features[batch.to(device)])[0]
             loss = focal_loss(logits, target[batch], ignore=ignore[batch])
+            if anchor is not None:
+                unlabelled = ignore[batch][:, None].float()
+                kept = F.binary_cross_entropy_with_logits(
+                    logits.float(), anchor[batch], reduction="none"
+                )
+                loss = loss + settings.anchor * (
+                    kept * unlabelled
+                ).sum() / unlabelled.sum().clamp_min(1)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), GRAD_CLIP)
@@ -414,6 +435,7 @@ def adapt_scene(
         "fold_block_m": settings.fold_block_m,
         "adapted": "LoRA on the backbone + decoder" if uses_lora(source) else "decoder",
         "epochs": settings.epochs,
+        "anchor": settings.anchor,
         "tiles": len(tiles),
         "seconds": round(time.perf_counter() - start, 1),
     }

@@ -34,7 +34,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def adapted(bundle: Path, city: Path, monkeypatch: pytest.MonkeyPatch):
+def adapted(bundle: Path, city: Path, monkeypatch: pytest.MonkeyPatch, anchor: float = 0.0):
     calls = []
     original = adapt.backbone_features
 
@@ -49,7 +49,7 @@ def adapted(bundle: Path, city: Path, monkeypatch: pytest.MonkeyPatch):
         LabelOptions(str(city.with_name("city_grading.gpkg"))),
         adapt.MIN_PER_CLASS,
     )
-    settings = AdaptSettings(epochs=1, fold_block_m=40.0, max_folds=2)
+    settings = AdaptSettings(epochs=3, fold_block_m=40.0, max_folds=2, anchor=anchor)
     model, report = adapt_scene(scene, settings, torch.device("cpu"))
     return scene, model, report, calls
 
@@ -93,3 +93,22 @@ def test_tiny_adapts_its_decoder_from_features_computed_once(
     assert report["threshold"] == after["threshold"] == scene.bundle.manifest.threshold
     seen = sum(c["objects"] for c in before["per_class"].values())
     assert len(scene.labels) * 0.8 <= seen <= len(scene.labels)  # overlapping disks hide some
+
+
+def test_anchor_keeps_unlabelled_pixels_near_the_source(
+    city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = Path("default")  # the demo bundle: probabilities away from 0 and 1
+    drift = []
+    for anchor in (0.0, 50.0):
+        scene, model, _, _ = adapted(bundle, city, monkeypatch, anchor)
+        source = scene.bundle.load_segmenter()
+        features = adapt.backbone_features(
+            source, scene.tiles.images, adapt.normaliser(scene, torch.device("cpu")), "cpu"
+        )
+        with torch.no_grad():
+            before = torch.sigmoid(source.decoder(features)[0])[:, 0]
+            after = torch.sigmoid(model.eval().decoder(features)[0])[:, 0]
+        unlabelled = torch.from_numpy(~scene.tiles.known)
+        drift.append((after - before).abs()[unlabelled].mean().item())
+    assert drift[1] < drift[0] / 2

@@ -50,6 +50,15 @@ from stmap.cli.options import emit_json, json_option, model_option
     show_default=True,
     help="Decoder epochs over the labelled tiles (the method's 10).",
 )
+@click.option(
+    "--anchor",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Weight keeping unlabelled pixels at the source bundle's probability (soft "
+    "targets, never negatives); labels cover buildings only, and without it the adapted "
+    "map flags more outside them (benchmarks/results/adapt_synthetic.md).",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @json_option
@@ -73,6 +82,7 @@ def adapt(
     fold_block_m: float,
     threshold_mode: str,
     epochs: int,
+    anchor: float,
     seed: int,
     device: str,
     as_json: bool,
@@ -105,7 +115,11 @@ def adapt(
 
     target = check_output(model, out, restart)
     settings = AdaptSettings(
-        epochs=epochs, fold_block_m=fold_block_m, fit_threshold=threshold_mode == "fit", seed=seed
+        epochs=epochs,
+        fold_block_m=fold_block_m,
+        fit_threshold=threshold_mode == "fit",
+        anchor=anchor,
+        seed=seed,
     )
     torch_device = resolve_device(device)
     scene = load_labelled_scene(
