@@ -387,13 +387,52 @@ def _model(model: Mapping[str, Any]) -> str:
     ):
         if provenance.get(key):
             rows.append((label, f"<code>{escape(str(provenance[key]))}</code>"))
+    rows += _adaptation_rows(provenance.get("adaptation") or {})
     table = _pairs(rows)
     metrics = (model.get("metrics") or {}).get("mean_over_regions") or {}
     for protocol, scores in metrics.items():
         names = [k for k, v in scores.items() if isinstance(v, int | float)]
         table += f"<p>Validation scores ({escape(str(protocol))}, mean over regions):</p>"
         table += _table(names, [[f"{scores[k]:.3f}" for k in names]], numeric_from=0)
+    adaptation = (model.get("metrics") or {}).get("adaptation") or {}
+    if adaptation.get("before") and adaptation.get("after"):
+        names = ["auc", "precision", "recall", "f1", "iou1"]
+        table += (
+            "<p>Adaptation to this event's labels, on labelled pixels only "
+            f"({escape(str(adaptation.get('validation', '')))}):</p>"
+        )
+        table += _table(
+            ["", *names],
+            [
+                [when, *(_score(adaptation[when].get(k)) for k in names)]
+                for when in ("before", "after")
+            ],
+            numeric_from=1,
+        )
     return table
+
+
+def _adaptation_rows(adaptation: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Where an adapted bundle came from (``stmap adapt``): source bundle and labels."""
+    if not adaptation:
+        return []
+    digest = str(adaptation.get("source_bundle_hash"))[:12]
+    source = f"{adaptation.get('source_bundle')} (hash {digest})"
+    counts = adaptation.get("label_counts") or {}
+    labels = (
+        f"{adaptation.get('labels')} (SHA-256 {str(adaptation.get('labels_sha256'))[:12]}; "
+        + ", ".join(f"{v} {k}" for k, v in counts.items())
+        + ")"
+    )
+    return [
+        ("adapted from", f"<code>{escape(source)}</code>"),
+        ("adapted on labels", f"<code>{escape(labels)}</code>"),
+        ("adaptation command", f"<code>{escape(str(adaptation.get('command', '')))}</code>"),
+    ]
+
+
+def _score(value: Any) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _run(summary: Mapping[str, Any]) -> str:

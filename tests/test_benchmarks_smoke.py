@@ -86,6 +86,14 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ["-m", "benchmarks.bench_xbd", "--images", "2"],
         "script mode (as a module: it writes its images with the tests' xBD fixture): 2 images",
     ),
+    "bench_adapt.py": (
+        [
+            "benchmarks/bench_adapt.py",
+            *("--size", "512", "--style", "oldtown", "--n", "6", "--draws", "1"),
+            *("--folds", "2", "--epochs", "1"),
+        ],
+        "script mode: one adaptation on 6 labels of a 512² oldtown city, 1 epoch, 2 folds",
+    ),
 }
 # environment of the files whose pytest-benchmark tests take their sizes from it
 ENV: dict[str, dict[str, str]] = {

@@ -55,22 +55,32 @@ def _bhw(logits: torch.Tensor) -> tuple[int, int, int]:
 
 
 def focal_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.70, gamma: float = 2.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.70,
+    gamma: float = 2.0,
+    ignore: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary focal loss, mean over the pixels with a known label; ``alpha`` weights the
     damaged class.
 
     logits: (B, 1, H, W) float; target: (B, 1, H, W) or (B, H, W) labels, IGNORE_LABEL
-    where unknown (with none known the loss is a zero that still carries a gradient).
-    Built on BCE-with-logits (p_t = exp(−BCE)) so that large logits stay finite.
+    where unknown. ignore: a mask of target's shape, True (> 0.5) where the pixel is
+    unlabelled: sparse labels (``stmap adapt``) leave it out of the mean instead of
+    calling it undamaged. With no known pixel the loss is a zero that still carries a
+    gradient. Built on BCE-with-logits (p_t = exp(−BCE)) so that large logits stay finite.
     """
     logits = logits.float()
-    t = _binary_mask(target, *_bhw(logits), "target").float()
-    known = _known(target, *_bhw(logits)).float()
+    b, h, w = _bhw(logits)
+    t = _binary_mask(target, b, h, w, "target").float()
+    known = _known(target, b, h, w)
+    if ignore is not None:
+        known = known & ~_binary_mask(ignore, b, h, w, "ignore").to(known.device)
     bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
     p_t = torch.exp(-bce)
     alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
-    return (alpha_t * (1.0 - p_t) ** gamma * bce * known).sum() / known.sum().clamp_min(1.0)
+    counted = known.float()
+    return (alpha_t * (1.0 - p_t) ** gamma * bce * counted).sum() / counted.sum().clamp_min(1.0)
 
 
 @torch.no_grad()

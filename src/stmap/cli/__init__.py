@@ -25,7 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("stmap.cli.info:info", "Describe a model bundle or a raster."),
     "export": ("stmap.cli.export:export", "Add verified ONNX models and TensorRT engines."),
     "train": ("stmap.cli.train:train", "Train Smart Transfer under a protocol."),
-    "evaluate": ("stmap.cli.evaluate:evaluate", "Score a model bundle per region on tiles."),
+    "evaluate": (
+        "stmap.cli.evaluate:evaluate",
+        "Score a bundle per region on tiles, or a map against damage labels.",
+    ),
+    "adapt": ("stmap.cli.adapt:adapt", "Adapt a bundle to a new event with damage labels."),
     "bench": ("stmap.cli.bench:bench", "Measure model-only and end-to-end throughput."),
 }
 

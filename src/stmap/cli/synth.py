@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from stmap.cli.options import emit_json, json_option
-from stmap.synth import STYLES, generate_city, list_styles
+from stmap.synth import STYLES, Grading, generate_city, list_styles
 
 
 def _print_styles(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -51,6 +51,25 @@ def _print_styles(ctx: click.Context, _param: click.Parameter, value: str | None
     default=None,
     help="Also write a tile dataset (ST_Turkey_2023 layout) into DIR.",
 )
+@click.option(
+    "--grading",
+    is_flag=True,
+    help="Also write OUT_grading.gpkg: one Copernicus EMS grading point per building.",
+)
+@click.option(
+    "--possibly-damaged",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="With --grading: share of buildings graded 'Possibly damaged'.",
+)
+@click.option(
+    "--wrong-grades",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="With --grading: share of the other buildings given the wrong grade.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @json_option
 def synth(
@@ -65,6 +84,9 @@ def synth(
     seed: int,
     region: str | None,
     tiles_dir: Path | None,
+    grading: bool,
+    possibly_damaged: float,
+    wrong_grades: float,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -79,6 +101,7 @@ def synth(
       stmap synth city.tif
       stmap synth city.tif --size 8192 --style oldtown --seed 3
       stmap synth demo.tif --size 1024 --tiles data/synth --region demo
+      stmap synth city.tif --size 2048 --grading --wrong-grades 0.05
       stmap synth --style list
     """
     width, height = width or size, height or size
@@ -95,6 +118,7 @@ def synth(
             seed=seed,
             region=region,
             tiles_dir=tiles_dir,
+            grading=Grading(possibly_damaged, wrong_grades) if grading else None,
             overwrite=overwrite,
             progress=progress,
         )

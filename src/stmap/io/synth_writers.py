@@ -106,9 +106,12 @@ def write_footprints(
     crs: CRS,
     *,
     driver: str = "GPKG",
+    layer: str = "buildings",
+    geometry_type: str = "Polygon",
 ) -> None:
-    """Building footprints, one polygon per row; GeoJSON is written per RFC 7946
-    (reprojected to EPSG:4326 by GDAL), GeoPackage in `crs`."""
+    """Building footprints, one polygon per row (or, with ``geometry_type="Point"``,
+    grading points); GeoJSON is written per RFC 7946 (reprojected to EPSG:4326 by
+    GDAL), GeoPackage in `crs`."""
     options = {"RFC7946": "YES"} if driver == "GeoJSON" else None
     with atomic_path(Path(path)) as tmp, _fixed_date():
         pyogrio.raw.write(
@@ -116,9 +119,9 @@ def write_footprints(
             polygons_wkb,
             field_data=list(fields.values()),
             fields=list(fields),
-            layer="buildings",
+            layer=layer,
             driver=driver,
-            geometry_type="Polygon",
+            geometry_type=geometry_type,
             crs=crs.to_wkt(),
             layer_options=options,
         )

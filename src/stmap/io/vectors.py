@@ -127,6 +127,7 @@ def read_vector(
     crs: Any = None,
     bbox: tuple[float, float, float, float] | None = None,
     layer: str | int | None = None,
+    report: dict[str, int] | None = None,
 ) -> VectorTable:
     """Read one layer of any OGR vector file into a `VectorTable`.
 
@@ -135,6 +136,8 @@ def read_vector(
     bbox: (minx, miny, maxx, maxy) in the target CRS (the file's CRS without
         `crs`); only features intersecting it are kept.
     layer: layer name or index; the first layer by default.
+    report: when given, filled with ``repaired`` and ``dropped`` (null, empty or
+        collapsed) geometry counts, for callers that must tell the user.
 
     Null and empty geometries are dropped; invalid polygons are repaired with
     `shapely.make_valid` keeping their polygonal parts (dropped if none is left).
@@ -169,7 +172,7 @@ def read_vector(
     with np.errstate(invalid="ignore"):  # NaN coordinates are refused just below
         parsed = shapely.from_wkb(wkb) if wkb is not None else np.full(len(fids), None)
     _check_finite(parsed, fids, text, "has")
-    geometries, keep = _repair(parsed, text)
+    geometries, keep = _repair(parsed, text, report)
     fid_name = info["fid_column"] or None
     attributes = {fid_name: np.asarray(fids, dtype=np.int64)} if fid_name else {}
     attributes.update(zip(info["fields"].tolist(), fields, strict=True))
@@ -204,7 +207,9 @@ def _data_layer(path: str) -> str | None:
     return layers[0] if len(layers) == 1 else None
 
 
-def _repair(geometries: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+def _repair(
+    geometries: np.ndarray, source: str, report: dict[str, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Repair invalid geometries and find the usable ones.
 
     geometries: (N,) object array, None for null. Invalid polygonal geometries are
@@ -226,6 +231,8 @@ def _repair(geometries: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray
         present &= ~shapely.is_empty(repaired)
         log.info("%s: repaired %d invalid geometries", source, int(invalid.sum()))
     dropped = len(geometries) - int(present.sum())
+    if report is not None:
+        report.update(repaired=int(invalid.sum()), dropped=dropped)
     if dropped:
         log.info("%s: dropped %d null, empty or collapsed geometries", source, dropped)
     return repaired, np.flatnonzero(present)

@@ -10,7 +10,8 @@ Outputs, beside OUT.tif: OUT_labels.tif (1 = damaged-building pixel: the intact
 footprint of a damaged building plus its visible debris heap outside it) and
 OUT_footprints.gpkg (intact outlines with `building_id`, `damaged`, `damage`,
 `storeys`, `height_m`, `roof`, `fabric`); optionally a tile dataset in the
-ST_Turkey_2023 release layout.
+ST_Turkey_2023 release layout, and OUT_grading.gpkg: one Copernicus EMS grading
+point per building (`damage_gra`), as a responder would receive them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from stmap.synth.layout import ROOF_NAMES, CityLayout, build_layout
 from stmap.synth.render import render_window
 from stmap.synth.styles import CHARACTERS, STYLES
 
-__all__ = ["STYLES", "SynthResult", "generate_city", "list_styles"]
+__all__ = ["STYLES", "Grading", "SynthResult", "generate_city", "list_styles"]
 
 # The city is placed around central Kahramanmaraş (lon, lat), whatever the CRS.
 CENTRE_LONLAT = (36.937, 37.585)
@@ -57,6 +58,7 @@ class SynthResult:
     labels: Path
     footprints: Path
     tiles_dir: Path | None
+    grading: Path | None
     region: str
     style: str
     width: int
@@ -77,6 +79,54 @@ class SynthResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
+@dataclass(frozen=True)
+class Grading:
+    """Copernicus EMS grading points drawn from each building's true state.
+
+    One point per building, on its footprint, field ``damage_gra``: collapsed →
+    "Destroyed", partly collapsed or soft-storey → "Damaged", intact → "No visible
+    damage"; then a share ``possibly`` of all buildings, drawn at random, becomes
+    "Possibly damaged" and a share ``wrong`` of the rest takes the wrong grade
+    (damaged → "No visible damage", intact → "Damaged"), as analysts' errors would.
+    ``building_id`` joins a point to its footprint; ``true_damaged`` keeps the truth.
+    """
+
+    possibly: float = 0.1
+    wrong: float = 0.0
+
+    def check(self) -> None:
+        for name, value in (("--possibly-damaged", self.possibly), ("--wrong-grades", self.wrong)):
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} {value}: give a share of buildings in [0, 1]")
+
+    def points(
+        self, footprints_wkb: np.ndarray, grades: np.ndarray, seed: int
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(N,) point WKB and their fields for N footprints with their damage grades."""
+        n = len(grades)
+        truth = np.where(
+            grades == damage.COLLAPSED,
+            "Destroyed",
+            np.where(grades == damage.NONE, "No visible damage", "Damaged"),
+        ).astype(object)
+        rng = np.random.default_rng([seed, 15])
+        order = rng.permutation(n)
+        n_possibly = round(self.possibly * n)
+        n_wrong = round(self.wrong * (n - n_possibly))
+        graded = truth.copy()
+        graded[order[:n_possibly]] = "Possibly damaged"
+        wrong = order[n_possibly : n_possibly + n_wrong]
+        graded[wrong] = np.where(grades[wrong] == damage.NONE, "Damaged", "No visible damage")
+        points = shapely.point_on_surface(shapely.from_wkb(footprints_wkb))
+        fields = {
+            "building_id": np.arange(1, n + 1, dtype=np.int64),
+            "obj_type": np.full(n, "Residential Buildings", dtype=object),
+            "damage_gra": graded,
+            "true_damaged": (grades != damage.NONE).astype(np.int32),
+        }
+        return shapely.to_wkb(points), fields
+
+
 def list_styles() -> dict[str, str]:
     """Style name -> one-line description."""
     return {name: style.description for name, style in STYLES.items()}
@@ -94,6 +144,7 @@ def generate_city(
     seed: int = 0,
     region: str | None = None,
     tiles_dir: str | Path | None = None,
+    grading: Grading | None = None,
     tile_size: int = 128,
     block_size: int = 1024,
     workers: int | None = None,
@@ -105,7 +156,8 @@ def generate_city(
     width, height: pixels; gsd: metres per pixel; crs: any projected CRS in metres (the
     city is centred on Kahramanmaraş); style: a name from `list_styles()`; damage_rate:
     fraction of buildings damaged (exactly, rounded); region: the tile-dataset region id
-    (default: the style name); tiles_dir: also write a tile dataset there; block_size:
+    (default: the style name); tiles_dir: also write a tile dataset there; grading:
+    also write OUT_grading.gpkg (EMS grading points, see `Grading`); block_size:
     pixels per rendered window (memory, not output, depends on it); workers: render
     processes (default: all cores for large cities, in-process for small ones);
     progress(done_px, total_px) is called after each window. Raises InputError (or
@@ -124,9 +176,12 @@ def generate_city(
     stem = out.name[: -len(out.suffix)] if out.suffix.lower() in (".tif", ".tiff") else out.name
     labels = out.with_name(f"{stem}_labels.tif")
     footprints = out.with_name(f"{stem}_footprints.gpkg")
+    grading_path = out.with_name(f"{stem}_grading.gpkg") if grading is not None else None
     tiles = Path(tiles_dir) if tiles_dir is not None else None
+    if grading is not None:
+        grading.check()
     if not overwrite:
-        taken = [p for p in (out, labels, footprints) if p.exists()]
+        taken = [p for p in (out, labels, footprints, grading_path) if p and p.exists()]
         taken += writers.existing_tiles(tiles, region) if tiles is not None else []
         if taken:
             raise OutputExistsError(
@@ -141,6 +196,11 @@ def generate_city(
     )
     wkb, fields = _footprints(city, transform)
     writers.write_footprints(footprints, wkb, fields, crs_obj)
+    if grading is not None and grading_path is not None:
+        points, point_fields = grading.points(wkb, city.buildings.grade, seed)
+        writers.write_footprints(
+            grading_path, points, point_fields, crs_obj, layer="grading", geometry_type="Point"
+        )
     n_tiles = 0
     if tiles is not None:
         n_tiles = writers.write_tiles(out, labels, tiles, region, tile_size, wkb, fields)
@@ -150,6 +210,7 @@ def generate_city(
         labels=labels,
         footprints=footprints,
         tiles_dir=tiles,
+        grading=grading_path,
         region=region,
         style=style,
         width=width,
