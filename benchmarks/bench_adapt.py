@@ -147,13 +147,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=AdaptSettings().epochs)
     parser.add_argument("--folds", type=int, default=AdaptSettings().max_folds)
     parser.add_argument("--vits", action="store_true", help="also time a ViT-S adaptation")
+    parser.add_argument(
+        "--anchor", type=float, default=AdaptSettings().anchor, help="stmap adapt --anchor W"
+    )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "stmap-adapt")
     parser.add_argument("--out", type=Path, default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args()
     work = args.work / f"{args.style}-{args.size}"
     work.mkdir(parents=True, exist_ok=True)
     city = make_city(work, args.size, args.style)
-    settings = AdaptSettings(epochs=args.epochs, fold_block_m=100.0, max_folds=args.folds)
+    settings = AdaptSettings(
+        epochs=args.epochs, fold_block_m=100.0, max_folds=args.folds, anchor=args.anchor
+    )
     before = map_city(city, Path(open_bundle("default").root), work / "map-before")
     rows: list[dict] = []
     result = {
@@ -161,6 +166,7 @@ def main() -> None:
         "epochs": args.epochs,
         "max_folds": args.folds,
         "fold_block_m": settings.fold_block_m,
+        "anchor": settings.anchor,
         "dense_before": before,
         "rows": rows,
         "vits": None,
