@@ -155,3 +155,14 @@ def test_evaluate_labels_refuses_labels_off_the_map_or_of_one_class(tmp_path: Pa
         write_vector(labels, VectorTable(np.array(geoms, dtype=object), fields, "EPSG:32637"))
         result = run("evaluate", path, "--labels", labels)
         assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def test_the_cli_anchor_default_is_the_library_default():
+    import click
+
+    from stmap.cli import main
+    from stmap.train.adapt import AdaptSettings
+
+    command = main.get_command(click.Context(main), "adapt")
+    (option,) = [p for p in command.params if p.name == "anchor"]
+    assert option.default == AdaptSettings().anchor > 0

@@ -53,11 +53,11 @@ from stmap.cli.options import emit_json, json_option, model_option
 @click.option(
     "--anchor",
     type=click.FloatRange(min=0),
-    default=0.0,
+    default=10.0,  # AdaptSettings().anchor: the train stage is imported only when adapt runs
     show_default=True,
     help="Weight keeping unlabelled pixels at the source bundle's probability (soft "
-    "targets, never negatives); labels cover buildings only, and without it the adapted "
-    "map flags more outside them (benchmarks/results/adapt_synthetic.md).",
+    "targets, never negatives); labels cover buildings only, and with 0 the adapted map "
+    "flags more and more outside them (benchmarks/results/adapt_synthetic*.md).",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
