@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,14 @@ def labels_args(city: Path) -> list[str]:
 
 
 def test_adapt_writes_a_normal_bundle_with_provenance_and_figures(
-    graded_city: Path, tiny_bundle: Path, tmp_path: Path
+    graded_city: Path, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "adapted"
     args = ["adapt", "--model", tiny_bundle, graded_city, *labels_args(graded_city)]
-    result = run(
-        *args, "-o", out, "--epochs", "1", "--fold-block", "40", "--threshold", "fit", "--json"
-    )
+    args += ["-o", out, "--epochs", "1", "--fold-block", "40", "--threshold", "fit", "--json"]
+    # the process's command line is what provenance records, whoever started the tests
+    monkeypatch.setattr(sys, "argv", ["stmap", *map(str, args)])
+    result = run(*args)
     assert result.exit_code == 0, result.output
     assert "field 'damage_gra' (preset ems)" in result.stderr
     printed = json.loads(result.stdout)
@@ -44,7 +46,7 @@ def test_adapt_writes_a_normal_bundle_with_provenance_and_figures(
     assert origin["source_bundle_hash"] == open_bundle(tiny_bundle).hash()
     assert len(origin["labels_sha256"]) == 64
     assert origin["class_mapping"]["preset"] == "ems"
-    assert "adapt" in origin["command"]
+    assert origin["command"].startswith(f"stmap adapt --model {tiny_bundle} ")
     figures = manifest.metrics["adaptation"]
     assert figures["adapted"] == "decoder" and figures["folds"] >= 2
     for when in ("before", "after"):

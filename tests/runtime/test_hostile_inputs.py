@@ -205,6 +205,8 @@ def test_a_device_a_socket_and_a_directory_are_refused(tmp_path, bundle):
         Affine(0.5, 1.0, 500000.0, 0.25, 0.5, 4200000.0),  # collinear axes
         Affine(float("nan"), 0.0, 500000.0, 0.0, -0.5, 4200000.0),
         Affine(0.5, 0.0, float("inf"), 0.0, -0.5, 4200000.0),
+        # found by the fuzzer: 1e300 units along a column (a lattice of 1e147 grid cells)
+        Affine(1.0, 1.0, 500000.0, 1e300, -0.5, 4200000.0),
     ],
 )
 def test_degenerate_geotransforms_are_refused(tmp_path, bundle, transform):
@@ -212,6 +214,18 @@ def test_degenerate_geotransforms_are_refused(tmp_path, bundle, transform):
     out = tmp_path / "out"
     result = infer(str(path), "-o", str(out), bundle=bundle)
     assert_refused(result, "bad.tif: the geotransform", out=out)
+
+
+def test_geographic_corners_off_the_globe_are_refused(tmp_path, bundle):
+    """Found by the fuzzer: EPSG:4326 with UTM-like numbers (the viewer's reprojection of
+    the damage polygons made them infinite and GEOS raised, exit 1)."""
+    transform = Affine(1.0, 0.0, 500000.0, 0.0, -1.0, 4200000.0)
+    path = write_raster(
+        tmp_path / "lonlat.tif", smooth_image(64, 64), crs="EPSG:4326", transform=transform
+    )
+    out = tmp_path / "out"
+    result = infer(str(path), "-o", str(out), bundle=bundle)
+    assert_refused(result, "lonlat.tif: the geotransform has corners at longitudes 500000", out=out)
 
 
 def test_a_vrt_mixing_data_types_is_refused(tmp_path, bundle):

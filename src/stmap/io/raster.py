@@ -228,20 +228,46 @@ def projection_scale(crs: CRS, x: float, y: float) -> tuple[float, float] | None
     return scale
 
 
+# Pixels longer along one side than this many times the other are no imagery's: a
+# geotransform that says so is broken (real products stay within 2:1).
+MAX_PIXEL_ASPECT = 20.0
+
+
 def geotransform_problem(transform: Affine) -> str | None:
-    """Why a geotransform cannot place pixels (non-finite or without area), or None."""
+    """Why a geotransform cannot place pixels (non-finite, without area, or pixels far
+    longer than wide), or None."""
     coefficients = list(transform)[:6]
     if not all(math.isfinite(v) for v in coefficients):
         return f"non-finite coefficients {coefficients}"
     determinant = transform.a * transform.e - transform.b * transform.d
     if not (math.isfinite(determinant) and determinant != 0):
         return f"a zero determinant (pixels without area): {coefficients}"
+    steps = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+    if max(steps) > MAX_PIXEL_ASPECT * min(steps):
+        return (
+            f"pixels {steps[0]:.4g} × {steps[1]:.4g} units, more than "
+            f"{MAX_PIXEL_ASPECT:g} times longer than wide: {coefficients}"
+        )
+    return None
+
+
+def bounds_problem(info: RasterInfo) -> str | None:
+    """Why a geographic raster's corners cannot be longitudes and latitudes, or None."""
+    if info.crs is None or not info.crs.is_geographic:
+        return None
+    corners = [info.transform @ (c, r) for c in (0, info.width) for r in (0, info.height)]
+    lons, lats = [x for x, _ in corners], [y for _, y in corners]
+    if min(lons) < -360 or max(lons) > 360 or min(lats) < -90.001 or max(lats) > 90.001:
+        return (
+            f"corners at longitudes {min(lons):.6g} to {max(lons):.6g} and latitudes "
+            f"{min(lats):.6g} to {max(lats):.6g}, outside the globe of its CRS {info.crs}"
+        )
     return None
 
 
 def check_geotransform(info: RasterInfo) -> None:
     """RasterError naming the file when its geotransform cannot place pixels."""
-    problem = geotransform_problem(info.transform)
+    problem = geotransform_problem(info.transform) or bounds_problem(info)
     if problem is not None:
         raise RasterError(
             f"{printable(info.path)}: the geotransform has {problem}; fix its "
