@@ -492,7 +492,7 @@ def _check_memory(
     block_size = choose_block_size(options.block_size, info.block_shape)
     budget = options.memory_budget or default_budget()
     check_raster(info.path, info.height, info.width, budget)
-    overlap = manifest.tile_size // 8 if options.overlap is None else options.overlap
+    overlap = default_overlap(manifest.tile_size) if options.overlap is None else options.overlap
     itemsize = np.dtype(info.dtype).itemsize
     shape = (info.height, info.width)
     tile = manifest.tile_size

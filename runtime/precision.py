@@ -263,7 +263,7 @@ def time_backends(backends: dict[Any, Any], bundle: Bundle) -> dict[Any, float]:
 def machine() -> dict[str, Any]:
     """What the measurements depend on besides the bundle: CPU and library versions."""
     found: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "flags": sorted(cpu_flags()),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
@@ -277,7 +277,8 @@ def machine() -> dict[str, Any]:
     return found
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -52,6 +52,7 @@ from stmap.io.labels import (
 )
 from stmap.io.writers import remove
 from stmap.model import DamageSegmenter, Normalize
+from stmap.runtime.grid import default_overlap
 from stmap.runtime.infer import InferOptions, InputPlan, plan_input, plan_mosaic
 from stmap.train.label_metrics import ObjectScores, PixelScores, cross_validated, quantise
 from stmap.train.label_tiles import LabelTiles, read_label_tiles
@@ -79,6 +80,17 @@ class LabelOptions:
     footprints: str | None = None
     snap_m: float = 5.0
     point_radius_m: float = 3.0
+
+    def read(self, crs: Any) -> LabelSet:
+        """The labels in ``crs``, classes mapped by the preset or the overrides."""
+        return read_labels(
+            self.path,
+            crs,
+            label_field=self.label_field,
+            damaged=self.damaged,
+            undamaged=self.undamaged,
+            ignore=self.ignore,
+        )
 
 
 @dataclass(frozen=True)
@@ -140,7 +152,7 @@ def _read_scene(
     bundle: Bundle, plans: list[InputPlan], options: LabelOptions, minimum: int
 ) -> LabelledScene:
     manifest = bundle.manifest
-    tile, overlap = manifest.tile_size, manifest.tile_size // 8
+    tile, overlap = manifest.tile_size, default_overlap(manifest.tile_size)  # as infer
     messages: list[str] = []
     labels = regions = None
     parts = []
@@ -148,14 +160,7 @@ def _read_scene(
         info = plan.info
         if info.crs is None:
             raise InputError(f"--labels {options.path}: {info.path} has no CRS to place them on")
-        here = read_labels(
-            options.path,
-            info.crs,
-            label_field=options.label_field,
-            damaged=options.damaged,
-            undamaged=options.undamaged,
-            ignore=options.ignore,
-        )
+        here = options.read(info.crs)
         if labels is None:
             labels = here
             messages.append(labels.describe())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from stmap.io.footprints import read_footprints
-from stmap.io.labels import label_regions, probability_windows, read_labels
+from stmap.io.labels import label_regions, probability_windows
 from stmap.io.raster import describe_raster
 from stmap.train.adapt import LabelOptions
 from stmap.train.label_metrics import ObjectScores, PixelScores
@@ -35,14 +35,7 @@ def evaluate_probability_map(path: str, options: LabelOptions, threshold: float)
     info = describe_raster(path)
     if info.crs is None:
         raise InputError(f"{path}: the map has no CRS to place the labels on")
-    labels = read_labels(
-        options.path,
-        info.crs,
-        label_field=options.label_field,
-        damaged=options.damaged,
-        undamaged=options.undamaged,
-        ignore=options.ignore,
-    )
+    labels = options.read(info.crs)
     messages = [labels.describe()]
     labels.check_classes(MIN_PER_CLASS)
     corners = [info.transform @ (c, r) for c in (0, info.width) for r in (0, info.height)]

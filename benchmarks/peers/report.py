@@ -21,6 +21,7 @@ import torch
 
 from stmap.provenance import git_commit
 from stmap.runtime.bench import versions
+from stmap.runtime.precision import cpu_model
 
 EXTRA_PACKAGES = ("torchgeo", "numpy", "pillow", "rio-cogeo")
 
@@ -35,7 +36,7 @@ def provenance() -> dict[str, Any]:
             continue
     return {
         "device": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
@@ -97,13 +98,3 @@ def finish(report: dict[str, Any], markdown: str, stem: Path | None) -> None:
         print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
     else:
         print(json.dumps(report, indent=2))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
