@@ -229,8 +229,9 @@ def projection_scale(crs: CRS, x: float, y: float) -> tuple[float, float] | None
 
 
 # Pixels longer along one side than this many times the other are no imagery's: a
-# geotransform that says so is broken (real products stay within 2:1).
-MAX_PIXEL_ASPECT = 20.0
+# geotransform that says so is broken (real products stay within 2:1; resampled test
+# rasters reach 50:1, a fuzzed one 1e300:1, which would make a grid of 1e147 cells).
+MAX_PIXEL_ASPECT = 1000.0
 
 
 def geotransform_problem(transform: Affine) -> str | None:
