@@ -92,6 +92,16 @@ class LabelOptions:
             ignore=self.ignore,
         )
 
+    def regions(self, labels: LabelSet, crs: Any) -> LabelRegions:
+        """What ``labels`` supervise in ``crs``: polygons, points on the ``footprints``
+        that hold them (or within ``snap_m``), else disks of ``point_radius_m``."""
+        footprints = None
+        if self.footprints is not None:
+            footprints = read_footprints(self.footprints, crs=crs, bbox=labels.bounds)
+        return label_regions(
+            labels, footprints=footprints, snap_m=self.snap_m, point_radius_m=self.point_radius_m
+        )
+
 
 @dataclass(frozen=True)
 class ImageryOptions:
@@ -165,15 +175,7 @@ def _read_scene(
             labels = here
             messages.append(labels.describe())
             labels.check_classes(minimum)
-        footprints = None
-        if options.footprints is not None:
-            footprints = read_footprints(options.footprints, crs=info.crs, bbox=here.bounds)
-        here_regions = label_regions(
-            here,
-            footprints=footprints,
-            snap_m=options.snap_m,
-            point_radius_m=options.point_radius_m,
-        )
+        here_regions = options.regions(here, info.crs)
         if regions is None:
             regions = here_regions
             messages += [f"  {note}" for note in regions.notes]

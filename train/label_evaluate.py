@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stmap.io.footprints import read_footprints
-from stmap.io.labels import label_regions, probability_windows
+from stmap.io.labels import probability_windows
 from stmap.io.raster import describe_raster
 from stmap.train.adapt import LabelOptions
 from stmap.train.label_metrics import ObjectScores, PixelScores
@@ -41,15 +40,7 @@ def evaluate_probability_map(path: str, options: LabelOptions, threshold: float)
     corners = [info.transform @ (c, r) for c in (0, info.width) for r in (0, info.height)]
     xs, ys = zip(*corners, strict=True)
     labels.check_overlap((min(xs), min(ys), max(xs), max(ys)), path)
-    footprints = None
-    if options.footprints is not None:
-        footprints = read_footprints(options.footprints, crs=info.crs, bbox=labels.bounds)
-    regions = label_regions(
-        labels,
-        footprints=footprints,
-        snap_m=options.snap_m,
-        point_radius_m=options.point_radius_m,
-    )
+    regions = options.regions(labels, info.crs)
     messages += [f"  {note}" for note in regions.notes]
     pixels, objects = PixelScores(), ObjectScores()
     for prob8, target, known, region in probability_windows(path, regions):
