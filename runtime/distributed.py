@@ -49,7 +49,7 @@ from stmap.io.writers import BlockWriter, prepare_output_dir
 from stmap.lazy import lazy_import
 from stmap.memory import ENVIRONMENT
 from stmap.runtime.backends.base import resolve_device
-from stmap.runtime.grid import BlockPlan, TileGrid
+from stmap.runtime.grid import BlockPlan
 from stmap.runtime.infer import (
     InferOptions,
     InputPlan,
@@ -211,7 +211,7 @@ def assemble_strips(
         info.height,
         info.width,
         plan.block_size,
-        TileGrid(*plan.model_shape, session.bundle.manifest.tile_size, session.overlap),
+        plan.tile_grid(session.bundle.manifest.tile_size, session.overlap),
         plan.scale,
     )
     times, counts = StageTimes(), {}

@@ -1,22 +1,26 @@
-"""One global tile grid over a raster, and the blocks that stream through it.
+"""One tile grid fixed in the world, and the blocks that stream through it.
 
 Pure geometry, no IO: frozen value objects in the manner of rasterio's ``Window``.
 
-Tiles. The model sees T × T tiles on one grid fixed by the raster alone: stride
-S = T − O for an overlap of O pixels, tile k of an axis spanning
-[k·S − pad, k·S − pad + T) with pad = O // 2, and as many tiles as it takes to
-cover every pixel. Pixels the tiles need beyond the raster's edge are mirrored
-back into it (``reflect_index``), so a tile's input, and hence its prediction,
-is a function of the raster and never of how the work is cut up.
+Tiles. The model sees T × T tiles with stride S = T − O for an overlap of O pixels;
+tile k of an axis spans [k·S − pad − shift, … + T) with pad = O // 2, and as many
+tiles as it takes to cover every pixel. The tiles' cores (their first S pixels past
+the pad) lie on a lattice of the stride fixed in the CRS: every S-th model pixel
+counted from the CRS origin (``world_shift``). Any crop, AOI, mosaic or neighbour on
+the same pixel grid therefore gets the same tiles over the pixels it shares, and so
+the same probabilities wherever those tiles see the same pixels: the answer at a
+place does not depend on the extent processed. Pixels the tiles need beyond the
+raster's edge are mirrored back into it (``reflect_index``), so a tile's input, and
+hence its prediction, is a function of the raster and never of how the work is cut
+up.
 
 Blocks. Work streams in blocks of output pixels, aligned to the 512-px tiling of
 the output GeoTIFFs so that every write fills whole tiles. A block needs the
 model-grid pixels of its ``region`` (the block itself, or the neighbourhood that
 bilinear resampling reads when the model runs on another grid); every tile of the
-global grid that touches the region contributes, and their union is the block's
-``read`` window (region + halo). Neighbouring blocks compute the tiles they share
-twice; in exchange, no block waits for another and the result is the same for any
-block size.
+grid that touches the region contributes, and their union is the block's ``read``
+window (region + halo). Tiles that neighbouring blocks share are computed once and
+handed over (``pipeline.SharedTiles``); the result is the same for any block size.
 
 Resampling. When the input's ground sample distance differs from the model's, the
 model runs on a virtual grid with the same origin and model-sized pixels,
@@ -76,16 +80,23 @@ class Window:
 
 @dataclass(frozen=True)
 class AxisTiles:
-    """The tiles of one axis: tile k spans [k·stride − pad, k·stride − pad + tile)."""
+    """The tiles of one axis: tile k spans [k·stride − pad − shift, … + tile).
+
+    shift: in [0, stride), moves the tiles back so that their cores fall on the world
+        lattice (``world_shift``); tile 0's core holds pixel 0 whatever the shift.
+    """
 
     size: int
     tile: int
     overlap: int
+    shift: int = 0
 
     def __post_init__(self) -> None:
         if self.size < 1 or self.tile < 1:
             raise ValueError(f"size and tile must be positive, got {self.size}, {self.tile}")
         check_overlap(self.overlap, self.tile)
+        if not 0 <= self.shift < self.stride:
+            raise ValueError(f"shift must lie in [0, {self.stride}), got {self.shift}")
 
     @property
     def stride(self) -> int:
@@ -96,17 +107,22 @@ class AxisTiles:
         return self.overlap // 2
 
     @property
+    def lead(self) -> int:
+        """How far tile 0 starts before pixel 0."""
+        return self.pad + self.shift
+
+    @property
     def count(self) -> int:
         """Tiles needed so that the last one reaches the last pixel."""
-        return max(0, math.ceil((self.size + self.pad - self.tile) / self.stride)) + 1
+        return max(0, math.ceil((self.size + self.lead - self.tile) / self.stride)) + 1
 
     def origin(self, k: int) -> int:
-        return k * self.stride - self.pad
+        return k * self.stride - self.lead
 
     def intersecting(self, start: int, stop: int) -> range:
         """Indices of the tiles that hold at least one pixel of [start, stop)."""
-        first = (start + self.pad - self.tile) // self.stride + 1
-        last = -(-(stop + self.pad) // self.stride) - 1
+        first = (start + self.lead - self.tile) // self.stride + 1
+        last = -(-(stop + self.lead) // self.stride) - 1
         return range(max(first, 0), min(last, self.count - 1) + 1)
 
     def span(self, tiles: range) -> tuple[int, int]:
@@ -116,20 +132,24 @@ class AxisTiles:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """The global tile grid of a ``height`` × ``width`` (model-grid) raster."""
+    """The tile grid of a ``height`` × ``width`` (model-grid) raster.
+
+    shift: (rows, cols) of ``AxisTiles.shift``; (0, 0) tiles from the raster's corner.
+    """
 
     height: int
     width: int
     tile: int
     overlap: int
+    shift: tuple[int, int] = (0, 0)
 
     @cached_property
     def rows(self) -> AxisTiles:
-        return AxisTiles(self.height, self.tile, self.overlap)
+        return AxisTiles(self.height, self.tile, self.overlap, self.shift[0])
 
     @cached_property
     def cols(self) -> AxisTiles:
-        return AxisTiles(self.width, self.tile, self.overlap)
+        return AxisTiles(self.width, self.tile, self.overlap, self.shift[1])
 
     @property
     def stride(self) -> int:
@@ -308,6 +328,42 @@ def model_grid_size(height: int, width: int, scale: tuple[float, float]) -> tupl
     if scale == (1.0, 1.0):
         return height, width
     return max(1, math.ceil(height * scale[0])), max(1, math.ceil(width * scale[1]))
+
+
+@dataclass(frozen=True)
+class WorldShift:
+    """Where the world's tile lattice falls on one raster's model grid.
+
+    shift: (rows, cols) ``AxisTiles.shift`` that puts the tiles' cores on the lattice.
+    snapped_px: (rows, cols) how far, in model pixels, the raster's pixel corners lie
+        past the lattice's (the world count of its pixel 0 minus the nearest whole
+        count, in [-0.5, 0.5]): the tiles were snapped by that much. Zero for a raster
+        whose pixel corners lie on multiples of the model pixel from the CRS origin;
+        rasters on one pixel grid share it, and with it their tiles.
+    """
+
+    shift: tuple[int, int]
+    snapped_px: tuple[float, float]
+
+
+def world_shift(crs_origin_px: tuple[float, float], stride: int) -> WorldShift:
+    """The tile shift that anchors a raster's tiles to the CRS origin.
+
+    crs_origin_px: (row, col) of the CRS origin (0, 0) in the raster's model-grid pixel
+        coordinates (``~model_transform * (0, 0)``, swapped); (0, 0) for a raster
+        without georeferencing, which is tiled from its corner.
+    Pixel 0 of an axis is pixel −origin of the world's count; the lattice holds every
+    ``stride``-th pixel of that count, so tile 0's core starts ``(−origin) mod stride``
+    pixels before pixel 0 (Python's ``%`` is non-negative for a positive stride).
+    """
+    shifts, snaps = [], []
+    for origin in crs_origin_px:
+        if not math.isfinite(origin):  # refused at planning; keep the geometry defined
+            origin = 0.0
+        nearest = round(origin)
+        shifts.append(-nearest % stride)
+        snaps.append(float(nearest - origin))
+    return WorldShift((shifts[0], shifts[1]), (snaps[0], snaps[1]))
 
 
 def default_overlap(tile: int) -> int:

@@ -69,10 +69,12 @@ from stmap.runtime.density_grid import GridTally, damage_grid, grid_facts
 from stmap.runtime.grid import (
     BlockPlan,
     TileGrid,
+    WorldShift,
     check_overlap,
     choose_block_size,
     default_overlap,
     model_grid_size,
+    world_shift,
 )
 from stmap.runtime.index_page import INDEX, write_index
 from stmap.runtime.journal import Journal
@@ -163,6 +165,17 @@ class InputPlan:
         if self.scale == (1.0, 1.0):
             return None
         return self.info.transform @ Affine.scale(1 / self.scale[1], 1 / self.scale[0])
+
+    def world_shift(self, stride: int) -> WorldShift:
+        """Where the world's tile lattice of ``stride`` model pixels falls on this input."""
+        transform = self.model_transform or self.info.transform
+        col, row = ~transform * (0.0, 0.0)
+        return world_shift((row, col), stride)
+
+    def tile_grid(self, tile: int, overlap: int) -> TileGrid:
+        """The input's model-grid tiles, anchored to the world (see ``runtime.grid``)."""
+        rows, cols = self.model_shape
+        return TileGrid(rows, cols, tile, overlap, self.world_shift(tile - overlap).shift)
 
 
 @dataclass(frozen=True)
@@ -702,6 +715,7 @@ def stream_blocks(
         "bands": list(plan.bands),
         "tile": manifest.tile_size,
         "overlap": overlap,
+        "tile_shift": list(plan.world_shift(manifest.tile_size - overlap).shift),
         "threshold": threshold,
         "precision": backend.precision,
         "tta": options.tta,
@@ -735,11 +749,7 @@ def stream_blocks(
         warn(f"resuming with the interrupted run's block size {block_size}")
     rows, cols = plan.model_shape
     grid_plan = BlockPlan(
-        info.height,
-        info.width,
-        block_size,
-        TileGrid(rows, cols, manifest.tile_size, overlap),
-        plan.scale,
+        info.height, info.width, block_size, plan.tile_grid(manifest.tile_size, overlap), plan.scale
     )
     spec = ReadSpec(
         info.path, plan.bands, info.dtype, plan.masked, (rows, cols), plan.model_transform, plan.aoi
@@ -803,6 +813,7 @@ def stream_blocks(
         "batch_size": batcher.size,
         "tile_size": manifest.tile_size,
         "overlap": overlap,
+        "tile_grid": _tile_grid_facts(plan, manifest, overlap),
         "block_size": block_size,
         "workers": workers,
         "threshold": threshold,
@@ -810,6 +821,21 @@ def stream_blocks(
         "timings": options.timings,  # whether the stage times were synchronised
     }
     return result, run, sketches
+
+
+def _tile_grid_facts(plan: InputPlan, manifest: Manifest, overlap: int) -> dict[str, Any]:
+    """Where the tiles fell: the world lattice they follow, and how far they were snapped."""
+    stride = manifest.tile_size - overlap
+    world = plan.world_shift(stride)
+    return {
+        "anchor": "CRS origin" if plan.info.is_georeferenced else "raster corner",
+        "stride_px": stride,
+        "stride_m": stride * manifest.gsd_m,
+        "shift_px": list(world.shift),
+        # model pixels by which this raster's pixel grid lies off the lattice's: rasters
+        # on one pixel grid share the figure, and with it their tiles and probabilities
+        "snapped_px": [round(v, 4) for v in world.snapped_px],
+    }
 
 
 def _finalise(

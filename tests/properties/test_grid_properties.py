@@ -27,7 +27,9 @@ def tile_and_overlap(draw, max_tile: int = 160) -> tuple[int, int]:
 def grids(draw, max_side: int = 400) -> TileGrid:
     tile, overlap = draw(tile_and_overlap())
     height, width = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
-    return TileGrid(height, width, tile, overlap)
+    stride = tile - overlap
+    shift = (draw(st.integers(0, stride - 1)), draw(st.integers(0, stride - 1)))
+    return TileGrid(height, width, tile, overlap, shift)
 
 
 def _coverage(axis: AxisTiles) -> np.ndarray:
@@ -47,7 +49,7 @@ def test_neighbouring_tiles_overlap_by_exactly_the_declared_overlap(size, tile_o
     spans = np.stack([origins, origins + tile], axis=1)
     shared = spans[:-1, 1] - spans[1:, 0]
     assert np.all(shared == overlap)
-    # the halo is centred: the first tile starts overlap // 2 before the raster
+    # without a shift the halo is centred: the first tile starts overlap // 2 before
     assert origins[0] == -(overlap // 2)
     assert origins[-1] < size <= origins[-1] + tile
 

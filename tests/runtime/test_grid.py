@@ -30,7 +30,8 @@ tiles = st.sampled_from([16, 32, 128])
 @st.composite
 def axes(draw) -> AxisTiles:
     tile = draw(tiles)
-    return AxisTiles(draw(sizes), tile, draw(st.integers(0, tile // 2)))
+    overlap = draw(st.integers(0, tile // 2))
+    return AxisTiles(draw(sizes), tile, overlap, draw(st.integers(0, tile - overlap - 1)))
 
 
 @given(axes())
@@ -71,7 +72,8 @@ def plans(draw) -> BlockPlan:
     scale = (draw(st.floats(0.3, 3.0)), draw(st.floats(0.3, 3.0))) if resample else (1.0, 1.0)
     rows, cols = model_grid_size(height, width, scale)
     block = draw(st.sampled_from([512, 1024]))
-    return BlockPlan(height, width, block, TileGrid(rows, cols, tile, overlap), scale)
+    shift = (draw(st.integers(0, tile - overlap - 1)), draw(st.integers(0, tile - overlap - 1)))
+    return BlockPlan(height, width, block, TileGrid(rows, cols, tile, overlap, shift), scale)
 
 
 @given(plans())
