@@ -1,8 +1,8 @@
 """Phase stability: how far a damage map moves when the tile grid falls elsewhere (#20).
 
 For a synthetic city of every style (``--size`` px, 0.5 m), the city is mapped, then
-crops of it that start at sub-stride offsets: each crop is tiled from its own corner,
-so its tile grid has another phase over the same pixels. The maps are compared on
+crops of it that start at sub-stride offsets, placed at the city's corner (``crop_at``),
+so their tile grids have another phase over the same pixels. The maps are compared on
 the pixels both hold, a tile (128 px) away from either raster's edge
 (``stmap.runtime.phase``): the share of pixels whose damaged flag flips (absolute
 and relative to the flagged share) and the median / p99 of |Δprob| in 1/255 steps,

@@ -834,7 +834,7 @@ def _tile_grid_facts(plan: InputPlan, manifest: Manifest, overlap: int) -> dict[
         "shift_px": list(world.shift),
         # model pixels by which this raster's pixel grid lies off the lattice's: rasters
         # on one pixel grid share the figure, and with it their tiles and probabilities
-        "snapped_px": [round(v, 4) for v in world.snapped_px],
+        "snapped_px": [round(v, 4) + 0.0 for v in world.snapped_px],  # + 0.0: no -0.0
     }
 
 

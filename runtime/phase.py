@@ -1,11 +1,12 @@
 """Phase stability: how far the damage map moves when the tile grid falls elsewhere.
 
-A crop of a raster that starts at (row, col) is tiled from its own corner, so its
-tile grid is the raster's shifted by (row, col) modulo the stride: the same pixels,
-another phase. Comparing the two maps on the pixels both hold says how much of the
-map is the model's view of the ground and how much is where the tiles happened to
-fall. Pixels within ``margin`` of either raster's edge are left out: there the
-tiles see mirrored pixels, a difference of context rather than of phase (with a
+The tile grid is fixed in the world (``runtime.grid``), so a crop georeferenced in place
+gets the raster's tiles. A crop that starts at (row, col) but is placed at the raster's
+corner (``crop_at``) gets the raster's tile grid shifted by (row, col) modulo the stride
+over the same pixels: another phase. Comparing the two maps on the pixels both hold says
+how much of the map is the model's view of the ground and how much is where the tiles
+happened to fall. Pixels within ``margin`` of either raster's edge are left out: there
+the tiles see mirrored pixels, a difference of context rather than of phase (with a
 margin of one tile no tile that covers a compared pixel reaches past an edge).
 
 Figures, in uint8 probability steps of 1/255: the share of compared pixels whose
@@ -113,11 +114,13 @@ def read_layers(prob_path: Path, damage_path: Path) -> tuple[np.ndarray, np.ndar
 def crop_at(
     source: Path, target: Path, offset: tuple[int, int], size: tuple[int, int]
 ) -> tuple[int, int]:
-    """Write ``source``'s crop from ``offset`` of at most ``size`` (h, w) px; its (h, w)."""
+    """Write ``source``'s crop from ``offset`` of at most ``size`` (h, w) px, placed at
+    ``source``'s corner so that its tiles fall ``offset`` px (modulo the stride) from the
+    raster's over the same pixels; its (h, w)."""
     info = describe_raster(source)
     row, col = offset
     height, width = min(size[0], info.height - row), min(size[1], info.width - col)
     if height < 1 or width < 1:
         raise ValueError(f"{source}: a crop at {offset} is empty ({info.height}×{info.width})")
-    crop_raster(source, target, (row, col, height, width))
+    crop_raster(source, target, (row, col, height, width), at_origin=True)
     return height, width

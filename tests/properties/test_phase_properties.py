@@ -1,7 +1,8 @@
 """The default tiling and blending add almost nothing to a map under a shift of the tile phase.
 
-A crop of a raster that starts at (row, col) is tiled from its own corner: the same
-pixels under another tile phase (runtime/phase.py). To see what the *path* (the
+A crop of a raster that starts at (row, col), placed at the raster's corner, gets the
+world's tile grid shifted by (row, col): the same pixels under another tile phase
+(runtime/phase.py). To see what the *path* (the
 grid, mirrored edges, the window, the default overlap) adds, the model here is a
 small CNN with stride 1 and zero padding: its output on a whole raster shifts with
 the raster exactly, so any difference comes from where the tiles fall, as zero

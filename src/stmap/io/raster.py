@@ -366,11 +366,15 @@ def crop_raster(
     source: str | os.PathLike[str],
     target: str | os.PathLike[str],
     window: tuple[int, int, int, int],
+    *,
+    at_origin: bool = False,
 ) -> Path:
     """A GeoTIFF of ``source``'s (row, col, height, width) window, georeferenced in place.
 
     Same bands, data type, CRS and nodata; the transform is the window's, so the crop's
     pixels lie on the source's pixel grid (a user's crop or AOI of the same image).
+    at_origin: georeference it at the source's corner instead — the same pixels moved
+        on the ground, so a tile grid fixed in the world falls elsewhere over them.
     """
     row, col, height, width = window
     with open_raster(source) as src:
@@ -381,7 +385,7 @@ def crop_raster(
             count=src.count,
             dtype=src.dtypes[0],
             crs=src.crs,
-            transform=src.window_transform(area),
+            transform=src.transform if at_origin else src.window_transform(area),
             width=width,
             height=height,
             nodata=src.nodata,
