@@ -561,6 +561,7 @@ def plan_mosaic(
         gsd_m=manifest.gsd_m if options.gsd is None else options.gsd,
         crs=options.crs,
         aoi=options.aoi,
+        context_m=manifest.tile_size * manifest.gsd_m,  # a tile: all a model pixel sees
     )
     try:
         plan = plan_input(str(mosaic.path), manifest, options, stem=name)

@@ -11,7 +11,8 @@ reads the VRT window by window like any raster, and no pixel is mosaicked in Pyt
 
 The grid: ``crs`` (default the UTM zone of the AOI's centre, else of the inputs'),
 pixels of ``gsd_m`` metres aligned to multiples of it, covering the inputs (cut to
-the AOI's bounds when there is one).
+the AOI's bounds, grown by ``context_m``, when there is one: the model's tiles near
+the AOI's edge then see the ground around it, as they would in the whole scene).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def build_mosaic(
     gsd_m: float,
     crs: str | None = None,
     aoi: str | None = None,
+    context_m: float = 0.0,
 ) -> Mosaic:
     """Write the VRT of ``scenes`` as one scene into ``workdir`` (emptied first).
 
@@ -130,6 +132,8 @@ def build_mosaic(
     input or option: an invalid or geographic ``crs``, ``gsd_m`` ≤ 0, an input
     without georeferencing, mixed band counts or data types, an AOI that does not
     overlap the inputs (both extents named) or cannot be read.
+    context_m: metres of the inputs kept around the AOI's bounds (outside the AOI:
+        read as context, mapped as nodata).
     """
     if not gsd_m > 0:
         raise InputError(f"--gsd {gsd_m}: must be a positive number of metres")
@@ -139,12 +143,15 @@ def build_mosaic(
     _check_compatible(sources)
     target = _target_crs(crs, aoi, sources)
     step = gsd_m / target.linear_units_factor[1]
+    context = context_m / target.linear_units_factor[1]
     union = _union([s.bounds_in(target) for s in sources])
     extent = union
     if aoi is not None:
         area = read_aoi(aoi, target, within=union)
         area.check_overlap(union, "the inputs")
-        extent = _intersection(area.bounds, union)
+        minx, miny, maxx, maxy = area.bounds
+        grown = (minx - context, miny - context, maxx + context, maxy + context)
+        extent = _intersection(grown, union)
     grid = aligned_grid(extent, target, step)
     layers = sorted(range(len(sources)), key=lambda i: (_acquired(sources[i].scene), i))
     try:
