@@ -21,7 +21,6 @@ from stmap.bundle import Bundle
 from stmap.errors import DeviceError
 from stmap.lazy import lazy_import
 from stmap.onnx_files import checked_onnx_path
-from stmap.runtime.backends.base import register_backend
 from stmap.stage_contract import INPUT_NAME, ONNX_FILES, OUTPUT_NAME, recorded_onnx
 
 MAX_BATCH = {"cuda": 256, "cpu": 32}
@@ -143,6 +142,3 @@ def _cuda_providers(
         }
         providers.insert(0, ("TensorrtExecutionProvider", trt_options))
     return providers
-
-
-register_backend("onnxruntime", OnnxRuntimeBackend, tuple(ONNX_FILES))

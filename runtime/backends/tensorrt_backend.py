@@ -14,19 +14,17 @@ import torch
 from stmap.bundle import Bundle
 from stmap.errors import DeviceError
 from stmap.lazy import lazy_import
-from stmap.runtime.backends.base import register_backend
 from stmap.stage_contract import ENGINE_PRECISIONS, recorded_engines, select_engine
 from stmap.tensorrt_runner import EngineRunner, current_target
 
 
 class TensorRTBackend:
-    """One TensorRT engine on one GPU; see ``base.Backend`` for the contract."""
+    """One TensorRT engine on one GPU (the registry runs it on CUDA only); see
+    ``base.Backend`` for the contract."""
 
     name = "tensorrt"
 
     def __init__(self, bundle: Bundle, device: torch.device, precision: str, input_dtype: str):
-        if device.type != "cuda":
-            raise DeviceError(f"TensorRT runs on CUDA GPUs only, not on {device}")
         if input_dtype != "uint8":
             raise DeviceError(
                 f"TensorRT engines take uint8 pixels, the input is {input_dtype}; "
@@ -53,6 +51,3 @@ class TensorRTBackend:
     def infer(self, tiles: torch.Tensor) -> torch.Tensor:
         """(N, C, T, T) uint8 on ``device`` → (N, 1, T, T) float32, on the current stream."""
         return self.runner(tiles)
-
-
-register_backend("tensorrt", TensorRTBackend, ENGINE_PRECISIONS)
