@@ -411,12 +411,6 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
 def open_array_store(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
     """A new ``.npy`` file of ``shape`` and ``dtype``, memory-mapped for writing and reading."""
     path.parent.mkdir(parents=True, exist_ok=True)
