@@ -36,8 +36,8 @@ from functools import cached_property
 import numpy as np
 
 from stmap.errors import InputError
+from stmap.io.layout import TILE as COG_TILE  # blocks are multiples of the output tiles
 
-COG_TILE = 512  # output GeoTIFF tile size: blocks are multiples of it
 DEFAULT_BLOCK = 2048
 MAX_AUTO_BLOCK = 8192
 
