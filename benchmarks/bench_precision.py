@@ -40,12 +40,13 @@ import torch
 from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
 from stmap.bundle import default_bundle_path, open_bundle
 from stmap.cache import CACHE_ENV
+from stmap.cli.bench import synthetic_city
 from stmap.errors import DeviceError, InputError
 from stmap.export import export_bundle
 from stmap.runtime.backends.base import create_backend
 from stmap.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from stmap.runtime.backends.torch_backend import TorchBackend
-from stmap.runtime.bench import _make_city, random_bundle
+from stmap.runtime.bench import random_bundle
 from stmap.runtime.infer import InferOptions, run_inference
 from stmap.runtime.precision import (
     AUTOTUNE_ENV,
@@ -166,7 +167,7 @@ def measure(name: str, bundle: Path, args: argparse.Namespace, root: Path) -> di
     built = build(bundle)
     backends = {p: b["backend"] for p, b in built.items() if "backend" in b}
     tile = open_bundle(bundle).manifest.tile_size
-    city = _make_city(root / f"city-{args.size}.tif", args.size, 0.5, 0)
+    city = synthetic_city(root / f"city-{args.size}.tif", args.size, 0.5, 0)
     result: dict[str, Any] = {"model": name, "size": args.size, "batch": args.batch}
     result["model_only"] = model_only(backends, args.batch, tile, args.rounds)
     result["end_to_end"] = end_to_end(backends, bundle, city, root, args.e2e_rounds)

@@ -30,8 +30,9 @@ import torch
 from stmap.bundle import Bundle, open_bundle
 from stmap.errors import DeviceError, MissingDependencyError
 from stmap.export import export_bundle
-from stmap.export.parity import TOLERANCES, parity_batches
+from stmap.export.parity import TOLERANCES
 from stmap.model import InferenceModel
+from stmap.parity_tiles import parity_batches
 from stmap.runtime.backends.base import create_backend
 
 TOLERANCE = {**TOLERANCES, "bf16": 2e-2}  # bf16 keeps 8 mantissa bits to fp16's 11

@@ -20,23 +20,19 @@ from typing import Any
 
 from stmap.bundle import MANIFEST, Bundle, add_files, open_bundle
 from stmap.errors import InputError, OutputExistsError
-from stmap.export.onnx_export import (
-    DEFAULT_OPSET,
+from stmap.export.onnx_export import DEFAULT_OPSET, check_opset, export_onnx, quantize_onnx
+from stmap.export.parity import onnx_parity
+from stmap.export.tensorrt_engine import DEFAULT_WORKSPACE_GIB, export_engine, require_tensorrt
+from stmap.model import InferenceModel
+from stmap.parity_tiles import DEFAULT_SAMPLES, check_samples
+from stmap.stage_contract import (
+    DEFAULT_MAX_BATCH,
     EXPORT_KEYS,
     ONNX_FILES,
-    check_opset,
-    export_onnx,
-    quantize_onnx,
-)
-from stmap.export.parity import DEFAULT_SAMPLES, check_samples, onnx_parity
-from stmap.export.tensorrt_engine import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_WORKSPACE_GIB,
+    TENSORRT_KEY,
     BatchProfile,
-    export_engine,
-    require_tensorrt,
+    recorded_engines,
 )
-from stmap.model import InferenceModel
 
 FORMATS = ("onnx", "tensorrt")
 
@@ -145,10 +141,10 @@ def export_bundle(
                 workspace_gib=workspace_gib,
             )
             files.update(engine_files)
-            engines = dict(manifest.exports.get("tensorrt", {}).get("engines", {}))
+            engines = recorded_engines(manifest.exports)
             engines[record["file"]] = record
             checked[record["file"]] = record["parity"]
-            exports["tensorrt"] = {"engines": engines}
+            exports[TENSORRT_KEY] = {"engines": engines}
         add_files(target, files, exports)
     written = Path(output) if output is not None else bundle.source
     say(f"added {', '.join(files)} to {written}")

@@ -1,7 +1,8 @@
 """Export a bundle's model to ONNX: raw uint8 tiles in, float32 probabilities out.
 
 The graph is ``InferenceModel`` at the bundle's tile size with a dynamic batch axis:
-input ``pixels`` (B, C, T, T) uint8, output ``probability`` (B, 1, T, T) float32. The
+input ``pixels`` (B, C, T, T) uint8, output ``probability`` (B, 1, T, T) float32, as
+``stmap.stage_contract`` declares them for the runtime, with the file names. The
 uint8 → float cast, the scaling and the normalisation live inside it, so a runtime
 ships bytes and every backend computes exactly what the manifest says.
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from stmap.bundle import Bundle
-from stmap.errors import BundleError, InputError
+from stmap.errors import InputError
 from stmap.lazy import lazy_import
 from stmap.model import InferenceModel
+from stmap.onnx_files import graph_tensors
+from stmap.stage_contract import BATCH_AXIS, DYNAMIC_AXES, INPUT_NAME, OUTPUT_NAME
 
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "probability"
 DEFAULT_OPSET = 18
 # 17 brings LayerNormalization (a ViT's norms stay one fused, fp32-accumulating op in
 # TensorRT); 20 is the highest opset the TorchScript exporter writes.
@@ -52,9 +51,6 @@ SUPPORTED_OPSETS = range(17, 21)
 PROTOBUF_LIMIT = 2**31  # one serialised ModelProto cannot exceed 2 GiB
 # No bf16 variant: ONNX Conv takes bfloat16 only from opset 22, beyond this exporter.
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
-# where manifest.exports records each
-EXPORT_KEYS = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8"}
 INT8_OPS = ["MatMul", "Gemm"]  # a ViT's linear layers; ONNX Runtime's ConvInteger is slow
 
 
@@ -136,7 +132,7 @@ def export_onnx(
                 str(raw),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes=DYNAMIC_AXES,
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
@@ -168,12 +164,12 @@ def export_onnx(
         "input": {
             "name": INPUT_NAME,
             "dtype": "uint8",
-            "shape": ["batch", channels, tile_size, tile_size],
+            "shape": [BATCH_AXIS, channels, tile_size, tile_size],
         },
         "output": {
             "name": OUTPUT_NAME,
             "dtype": "float32",
-            "shape": ["batch", 1, tile_size, tile_size],
+            "shape": [BATCH_AXIS, 1, tile_size, tile_size],
         },
         "exporter": "torch.onnx TorchScript exporter (dynamo=False), onnxslim",
         "versions": {
@@ -187,60 +183,7 @@ def export_onnx(
 
 def weight_bytes(proto: Any) -> int:
     """Bytes of every tensor stored in the graph (initialisers and constants)."""
-    return sum(len(t.raw_data) or t.ByteSize() for t in _tensors(proto.graph))
-
-
-def external_data_locations(proto: Any) -> list[str]:
-    """The distinct ``location`` entries of tensors stored outside ``proto``, in order."""
-    external = lazy_import("onnx").TensorProto.EXTERNAL
-    locations: dict[str, None] = {}
-    for tensor in _tensors(proto.graph):
-        if tensor.data_location == external:
-            entry = {e.key: e.value for e in tensor.external_data}
-            locations[entry.get("location", "")] = None
-    return list(locations)
-
-
-def _tensors(graph: Any) -> Iterator[Any]:
-    """Every tensor of ``graph``: initialisers and attribute tensors, subgraphs included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _tensors(subgraph)
-
-
-def checked_onnx_path(bundle: Bundle, name: str) -> Path:
-    """The path of ONNX model ``name`` in ``bundle``, once its external data is known safe.
-
-    Every external data file must be a plain name inside the bundle that the manifest
-    lists (so ``open_bundle`` verified its hash): an ONNX file pointing elsewhere could
-    make a runtime read arbitrary files, or weights nobody checked.
-    """
-    onnx = lazy_import("onnx")
-    path = bundle.path_of(name)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several types for corrupt files
-        raise BundleError(f"{bundle.source}: {name} is not a readable ONNX model ({exc})") from exc
-    for location in external_data_locations(proto):
-        if Path(location).name != location or location in ("", ".", ".."):
-            raise BundleError(
-                f"{bundle.source}: {name} refers to external data {location!r} outside the "
-                "bundle; refused. Re-export the model with: stmap export BUNDLE --format onnx"
-            )
-        if location not in bundle.manifest.files:
-            raise BundleError(
-                f"{bundle.source}: {name} refers to external data {location!r} that the "
-                "manifest does not list (so no hash verified it); refused. Re-export with: "
-                "stmap export BUNDLE --format onnx"
-            )
-    return path
+    return sum(len(t.raw_data) or t.ByteSize() for t in graph_tensors(proto.graph))
 
 
 def quantize_onnx(fp32: OnnxExport, path: Path) -> OnnxExport:

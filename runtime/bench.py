@@ -9,8 +9,8 @@ One run measures, for one model on one backend, device and precision:
    machine's speed drifts (±25 % within minutes on a 2-core cloud VM): the two
    bracket the run they are compared with, and both are reported;
 2. end-to-end throughput: ``run_inference`` (the call ``stmap infer`` makes) on a
-   synthetic city, with its per-stage times, the process's peak RSS and, on CUDA,
-   the peak device memory;
+   city the caller makes (``stmap bench``: a synthetic one), with its per-stage
+   times, the process's peak RSS and, on CUDA, the peak device memory;
 3. their ratio, ``efficiency``: how much of the model's speed the pipeline keeps;
 4. the ceiling: the model's FLOPs per tile, counted, against the device's measured
    matrix-multiply rate in the same precision.
@@ -62,6 +62,9 @@ BACKBONE_TILE = 128  # --backbone models: the tile and decoder of the shipped co
 BACKBONE_DECODER_CHANNELS = 256
 MATMUL_SIDE = {"cuda": 8192, "cpu": 1024}  # big enough to reach the device's peak rate
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Writes a city raster of side ``size`` px at ``gsd`` m with ``seed`` to ``path`` and
+# returns its path: the caller's, so that the runtime does not know how cities are made.
+MakeCity = Callable[[Path, int, float, int], Path]
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class BenchOptions:
 
     model: a bundle path or "default"; backbone: instead, a random-weight model of
     this registered backbone (tile 128, decoder 256 channels). size: the side of the
-    synthetic city in pixels. repeats: timed repeats of the model-only loop (median).
+    city in pixels. repeats: timed repeats of the model-only loop (median).
     min_repeat_s: each repeat runs enough batches to last at least this long.
     tta: test-time augmentation ("none", "flip", "d4") in both measurements; its cost
     is the drop in tiles per second against the same run without it.
@@ -89,8 +92,10 @@ class BenchOptions:
     seed: int = 0
 
 
-def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
+def run_bench(options: BenchOptions, make_city: MakeCity) -> dict[str, Any]:
     """Measure ``options``' model on this machine; one JSON-ready dict (see the module doc).
+
+    make_city: writes the cities mapped end to end, at the model's GSD.
 
     Raises InputError subclasses (exit 2) for bad options, bundles or devices, before
     any work.
@@ -124,7 +129,7 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
         )
         matmul_flops = measure_matmul_flops(device, backend.precision)
 
-        city = _make_city(root / "city.tif", options.size, manifest.gsd_m, options.seed)
+        city = make_city(root / "city.tif", options.size, manifest.gsd_m, options.seed)
         infer_options = InferOptions(
             model=bundle_path,
             backend=backend.name,  # the backend "auto" picked, for both measurements
@@ -136,7 +141,7 @@ def run_bench(options: BenchOptions = BenchOptions()) -> dict[str, Any]:
         )
         # A small run first: kernel selection and (on CUDA) compilation are paid once
         # per process, not per city, and would otherwise be charged to the measured run.
-        _make_city(root / "warmup.tif", min(options.size, 4 * tile), manifest.gsd_m, 1)
+        make_city(root / "warmup.tif", min(options.size, 4 * tile), manifest.gsd_m, 1)
         # The model-only loop's backend, already compiled for this batch size: building
         # (and compiling) another one would be charged to the end-to-end time.
         run_inference([str(root / "warmup.tif")], root / "warmup", infer_options, backend=backend)
@@ -276,13 +281,6 @@ def random_bundle(path: Path, backbone: str, seed: int) -> Path:
         normalization=Normalization(mean=spec.mean, std=spec.std),
     )
     return write_bundle(path, DamageSegmenter(config).eval(), manifest)
-
-
-def _make_city(path: Path, size: int, gsd: float, seed: int) -> Path:
-    from stmap.synth import generate_city
-
-    generate_city(path, width=size, height=size, gsd=gsd, seed=seed, overwrite=True)
-    return path
 
 
 def time_median(

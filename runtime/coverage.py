@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 from rasterio.windows import Window
 
-COVER = 512  # the pipeline's blocks are made of whole 512-px tiles
+from stmap.io.layout import TILE as COVER  # the pipeline's blocks are made of whole tiles
+
 FILL_BLOCK = 2048  # what is read back is read in blocks of up to this size
 
 

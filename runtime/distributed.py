@@ -45,6 +45,7 @@ import numpy as np
 from stmap.bundle import DEFAULT, open_bundle
 from stmap.errors import DeviceError, InputError, Interrupted, RasterError, StmapError
 from stmap.io.blocks import BlockReader, ReadSpec, streaming_env
+from stmap.io.paths import is_virtual
 from stmap.io.writers import BlockWriter, prepare_output_dir
 from stmap.lazy import lazy_import
 from stmap.memory import ENVIRONMENT
@@ -384,7 +385,7 @@ def _connect(ray: ModuleType, address: str | None) -> None:
 
 def _absolute(inputs: Sequence[str]) -> list[str]:
     """Local paths made absolute: workers do not share the driver's working directory."""
-    return [p if p.startswith("/vsi") or "://" in p else os.path.abspath(p) for p in inputs]
+    return [p if is_virtual(p) else os.path.abspath(p) for p in inputs]
 
 
 def _absolute_model(options: InferOptions) -> InferOptions:

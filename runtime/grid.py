@@ -19,8 +19,10 @@ the output GeoTIFFs so that every write fills whole tiles. A block needs the
 model-grid pixels of its ``region`` (the block itself, or the neighbourhood that
 bilinear resampling reads when the model runs on another grid); every tile of the
 grid that touches the region contributes, and their union is the block's ``read``
-window (region + halo). Tiles that neighbouring blocks share are computed once and
-handed over (``pipeline.SharedTiles``); the result is the same for any block size.
+window (region + halo). The tiles that neighbouring blocks share are computed once
+and handed from one block to the next (the pipeline's ``SharedTiles``); a block that
+arrives before its neighbour computes them itself, so no block waits for another and
+the result is the same for any block size.
 
 Resampling. When the input's ground sample distance differs from the model's, the
 model runs on a virtual grid with the same origin and model-sized pixels,
@@ -39,8 +41,8 @@ from functools import cached_property
 import numpy as np
 
 from stmap.errors import InputError
+from stmap.io.layout import TILE as COG_TILE  # blocks are multiples of the output tiles
 
-COG_TILE = 512  # output GeoTIFF tile size: blocks are multiples of it
 DEFAULT_BLOCK = 2048
 MAX_AUTO_BLOCK = 8192
 

@@ -36,7 +36,7 @@ from stmap.io.footprints import footprint_files, read_footprints
 from stmap.io.inputs import SceneInput, expand_inputs
 from stmap.io.mosaic import Mosaic, build_mosaic
 from stmap.io.outdir import check_name, check_writes, outdir_lock, output_name, read_paths
-from stmap.io.paths import check_utf8
+from stmap.io.paths import check_utf8, is_virtual
 from stmap.io.raster import (
     BitDepth,
     GroundPixel,
@@ -1032,7 +1032,7 @@ def _footprint_files(options: InferOptions) -> list[str]:
     the run, when a local one is not there."""
     files = footprint_files(options.footprints) if options.footprints else []
     for path in files:
-        if not path.startswith("/vsi") and "://" not in path and not os.path.exists(path):
+        if not is_virtual(path) and not os.path.exists(path):
             raise VectorError(f"--footprints {path}: file not found")
     return files
 

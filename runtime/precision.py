@@ -3,7 +3,7 @@
 On a CPU, bf16 (where the CPU has it natively: avx512_bf16 or AMX) and int8 (dynamic
 quantisation of the linear layers) can run a model faster than fp32, but only a
 measurement says whether they keep its probabilities. Parity is measured as the
-export stage measures ONNX's (``stmap.export.parity``: the same random and synthetic
+export stage measures ONNX's (``stmap.parity_tiles``: the same random and synthetic
 city tiles against eager float32 PyTorch on the CPU): the largest |Δ probability|
 must stay within ``TOLERANCE`` (2/255, two steps of the uint8 probability raster),
 or the precision is refused with the figure.
@@ -39,6 +39,8 @@ from stmap.bundle import Bundle
 from stmap.cache import user_cache_dir
 from stmap.errors import DeviceError, InputError, MissingDependencyError
 from stmap.model import InferenceModel
+from stmap.parity_tiles import DEFAULT_SAMPLES, parity_batches, torch_reference
+from stmap.stage_contract import recorded_onnx
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +104,6 @@ def measure_parity(
     pixels whose damage call flips at the bundle's threshold, the spread of the
     reference's probabilities, and whether it holds.
     """
-    from stmap.export.parity import DEFAULT_SAMPLES, parity_batches, torch_reference
-
     manifest = bundle.manifest
     model = InferenceModel(bundle.load_segmenter(), manifest.preprocessing(input_dtype)).eval()
     reference = torch_reference(model)
@@ -178,9 +178,7 @@ def recorded_parity(bundle: Bundle, name: str, precision: str) -> dict[str, Any]
     """
     if name != "onnxruntime":
         return None
-    from stmap.export.onnx_export import EXPORT_KEYS
-
-    record = bundle.manifest.exports.get(EXPORT_KEYS.get(precision, ""), {}).get("parity")
+    record = (recorded_onnx(bundle.manifest.exports, precision) or {}).get("parity")
     if not isinstance(record, dict) or not isinstance(record.get("max_abs_diff"), int | float):
         return None
     return {**record, "ok": record["max_abs_diff"] <= TOLERANCE}

@@ -21,13 +21,16 @@ from typing import Any
 
 from stmap.bundle import default_bundle_path
 from stmap.io.writers import write_text
-from stmap.synth.styles import STYLES
 
 from .buildings import LABEL_FRACTION
 from .quicklook import DAMAGE_EDGE, DAMAGE_FILL, FILL_ALPHA, NO_IMAGE
 from .viewer import map_section
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Bundles trained before the provenance recorded ``training_data`` name only their
+# regions; one whose regions all bear the names of stmap synth's styles of that time was
+# trained on synthetic cities. Frozen: the runtime does not know the generator.
+LEGACY_SYNTHETIC_REGIONS = frozenset({"citycentre", "oldtown", "village", "periurban"})
 _STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;
 margin:0 auto;max-width:1080px;padding:20px 28px 48px;background:#fff}
@@ -117,9 +120,9 @@ def training_note(model: Mapping[str, Any]) -> str:
     provenance = model.get("provenance") or {}
     trained_on = provenance.get("trained_on")
     regions = provenance.get("regions") or []
+    # The shipped demo predates ``training_data``: it is known by where it lies.
     shipped = _same_path(model.get("path"), default_bundle_path())
-    synthetic = bool(regions) and all(region in STYLES for region in regions)
-    if shipped or synthetic:
+    if shipped or trained_on_synthetic(provenance):
         return (
             ("This is the demo model shipped with stmap: it was " if shipped else "It was ")
             + "trained on synthetic cities only (stmap synth"
@@ -136,6 +139,16 @@ def training_note(model: Mapping[str, Any]) -> str:
         "The model's bundle does not say what it was trained on, so nothing is known "
         "of its accuracy here; treat this map as unverified."
     )
+
+
+def trained_on_synthetic(provenance: Mapping[str, Any]) -> bool:
+    """The provenance says the model saw synthetic cities only (``training_data``, or for
+    an older bundle without it, its regions' names: ``LEGACY_SYNTHETIC_REGIONS``)."""
+    kind = provenance.get("training_data")
+    if kind is not None:
+        return kind == "synthetic"
+    regions = provenance.get("regions") or []
+    return bool(regions) and all(region in LEGACY_SYNTHETIC_REGIONS for region in regions)
 
 
 def png_size(png: bytes) -> tuple[int, int]:

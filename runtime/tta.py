@@ -3,25 +3,20 @@
 Damage does not depend on which way the satellite looked, but a model's errors do;
 averaging its probabilities over flipped and rotated views of a tile smooths them.
 ``flip`` uses the identity and a horizontal flip (2 views), ``d4`` the 8 symmetries
-of the square (4 rotations, each with and without a flip). The views of one chunk of
-tiles are stacked into one batch on the device, run through the wrapped backend in
-one call, mapped back and averaged: no extra host↔device traffic, K× the compute.
+of the square (4 rotations, each with and without a flip), as ``tta_modes`` declares
+them. The views of one chunk of tiles are stacked into one batch on the device, run
+through the wrapped backend in one call, mapped back and averaged: no extra
+host↔device traffic, K× the compute.
 """
 
 from __future__ import annotations
 
 import torch
 
-from stmap.errors import InputError
 from stmap.runtime.backends.base import Backend
+from stmap.runtime.tta_modes import TTA_MODES, VIEWS, check_tta
 
-# (quarter turns, flipped first) per view; the identity first.
-VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
-    "none": ((0, False),),
-    "flip": ((0, False), (0, True)),
-    "d4": tuple((turns, flip) for flip in (False, True) for turns in range(4)),
-}
-TTA_MODES = tuple(VIEWS)
+__all__ = ["TTA_MODES", "VIEWS", "TTABackend", "augment", "merge", "with_tta"]
 
 
 def augment(tiles: torch.Tensor, mode: str) -> torch.Tensor:
@@ -74,7 +69,6 @@ class TTABackend:
 
 
 def with_tta(backend: Backend, mode: str) -> Backend:
-    """``backend`` augmented by ``mode`` ("none", "flip", "d4"); "none" returns it as is."""
-    if mode not in VIEWS:
-        raise InputError(f"--tta {mode}: unknown mode; choose one of {', '.join(TTA_MODES)}")
+    """``backend`` augmented by ``mode`` (one of TTA_MODES); "none" returns it as is."""
+    check_tta(mode)
     return backend if mode == "none" else TTABackend(backend, mode)

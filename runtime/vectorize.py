@@ -35,12 +35,12 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from stmap.errors import RasterError
+from stmap.io.layout import NODATA
 from stmap.io.raster import open_raster
 from stmap.io.vectors import VectorTable, crs_string
 
 from .coverage import COVER, Coverage
 
-NODATA = 255
 CONNECTIVITY = 4
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity for labelling
 

@@ -38,7 +38,9 @@ class TileData:
     images: (N, 3, S, S) uint8 RGB; labels: (N, S, S) uint8, 1 = damaged, 0 = not,
     255 = ignored (xBD's un-classified buildings); buildings: (N, S, S) bool footprint
     masks; regions: canonical region per tile; notes: what reading the data found,
-    in sentences for the run's report.
+    in sentences for the run's report; kind: what the tiles are, recorded in the
+    model's provenance (``training_data``): "xbd", "synthetic" (every tile made by
+    ``stmap synth``, which marks its files), else the layout ("tiles", "rasters").
     """
 
     tile_ids: list[str]
@@ -49,6 +51,7 @@ class TileData:
     gsd_m: float  # ground sample distance of the S² tiles
     regions_with_footprints: frozenset[str]
     notes: list[str] = field(default_factory=list)
+    kind: str = "unknown"
     # tile id → (CRS, transform) where the layout places tiles on the map (xBD's fit)
     georef: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
@@ -98,14 +101,17 @@ def load_tile_data(
             if wanted is None or canonical_region(name) in wanted:
                 refs += tile_io.tile_refs(tile_io.list_region_tiles(folder), meta)
         crs_of = dict.fromkeys((r.tile_id for r in refs), meta.crs)
+        synthetic = set(meta.synthetic)
         default_footprints = data_root / "footprints"
     else:
-        refs, crs_of = [], {}
+        refs, crs_of, synthetic = [], {}, set()
         for stem, image, label in tile_io.list_scenes(data_root):
             if wanted is None or region_of(f"{stem}_r0") in wanted:
                 scene, crs = tile_io.scene_tiles(stem, image, label, size)
                 refs += scene
                 crs_of.update(dict.fromkeys((r.tile_id for r in scene), crs))
+                if tile_io.is_synthetic_scene(image):
+                    synthetic |= {r.tile_id for r in scene}
         default_footprints = data_root / "footprints"
         if not default_footprints.is_dir():
             default_footprints = data_root
@@ -148,6 +154,7 @@ def load_tile_data(
         buildings=torch.from_numpy(buildings),
         gsd_m=gsd,
         regions_with_footprints=frozenset(r for r, _ in indexes),
+        kind="synthetic" if all(r.tile_id in synthetic for r in refs) else layout,
     )
     log.info(
         "%d tiles of %d regions (%s layout), %.2f m GSD; footprints for %d regions",
@@ -191,6 +198,7 @@ def _load_xbd(
         buildings=torch.from_numpy(tiles.buildings),
         gsd_m=gsd_m,
         regions_with_footprints=frozenset(regions),
+        kind="xbd",
         notes=_xbd_notes(catalog, tiles, gsd_m),
         georef=tiles.georef,
     )

@@ -305,5 +305,6 @@ def provenance(
         "git_commit": git_commit(),
         "data_root": str(Path(config.data_root).resolve()),
         "regions": data.region_names,
+        "training_data": data.kind,
         "trained_on": sentence,
     }

@@ -5,11 +5,13 @@ pipeline never knows which backend runs (Polygraphy's ``BaseRunner`` in spirit).
 Preprocessing (scaling by the input dtype, normalisation) runs inside the backend,
 on the device, exactly as the bundle's manifest prescribes.
 
-Adding a backend touches one place: a module that calls ``register_backend`` at
-import time, listed in ``MODULES`` so that it is imported only when asked for.
-Its factory raises ``DeviceError`` or ``MissingDependencyError`` (with the install
-hint) when it cannot run here; ``auto`` then tries the next one in ``AUTO_ORDER``.
-Precision ``auto`` is resolved per backend, from the precisions it registered: ONNX
+Adding a backend touches one place: a module with its class, and one row in
+``stmap.runtime.backends.BACKENDS`` (precisions, devices, install hint; its position is
+its rank in ``auto``'s order), from which the CLI's choices come too. The module is
+imported only when the backend is asked for. Its factory raises ``DeviceError`` or
+``MissingDependencyError`` (with the install hint) when it cannot run here; ``auto``
+then tries the next one. Precision ``auto`` is resolved per backend, from the
+precisions its row declares: ONNX
 Runtime and TensorRT run fp16 where PyTorch runs bf16, and neither may be passed over
 just because bf16 was chosen before the backend was. On the CPU, ``auto`` for both
 backend and precision is measured instead (``stmap.runtime.precision.tune``), and any
@@ -27,23 +29,9 @@ import torch
 
 from stmap.bundle import Bundle
 from stmap.errors import DeviceError, InputError, MissingDependencyError
-from stmap.runtime.backends import PRECISIONS
+from stmap.runtime.backends import BACKENDS, DEVICE_WORDS, PRECISIONS, BackendSpec
 
 log = logging.getLogger(__name__)
-
-# Built-in backends by name → the module that registers them when imported.
-MODULES = {
-    "torch": "stmap.runtime.backends.torch_backend",
-    "onnxruntime": "stmap.runtime.backends.onnxruntime_backend",
-    "tensorrt": "stmap.runtime.backends.tensorrt_backend",
-}
-INSTALL_HINTS = {
-    "onnxruntime": "pip install 'stmap[onnx]' (CPU) or 'stmap[gpu]' (CUDA), then "
-    "`stmap export BUNDLE --format onnx`",
-    "tensorrt": "pip install 'stmap[tensorrt]' on a CUDA machine, then "
-    "`stmap export BUNDLE --format tensorrt`",
-}
-AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")  # fastest first; each refuses if it can't
 
 
 @runtime_checkable
@@ -70,29 +58,13 @@ class Backend(Protocol):
 
 
 BackendFactory = Callable[[Bundle, torch.device, str, str], Backend]
-_FACTORIES: dict[str, BackendFactory] = {}
-_PRECISIONS: dict[str, tuple[str, ...]] = {}
-
-
-def register_backend(
-    name: str, factory: BackendFactory, precisions: tuple[str, ...] = PRECISIONS
-) -> None:
-    """Make ``factory(bundle, device, precision, input_dtype)`` available as ``name``.
-
-    precisions: those it can run in, in no particular order.
-    """
-    _FACTORIES[name] = factory
-    _PRECISIONS[name] = precisions
-
-
-def backend_names() -> list[str]:
-    return list(MODULES)
+_FACTORIES: dict[str, BackendFactory] = {}  # the factories imported so far, by name
 
 
 def create_backend(
     name: str, bundle: Bundle, device: torch.device, precision: str, input_dtype: str
 ) -> Backend:
-    """The backend ``name`` (or the first of ``AUTO_ORDER`` that runs here, for "auto").
+    """The backend ``name`` (or the first of ``BACKENDS`` that runs here, for "auto").
 
     precision: "auto" or one of PRECISIONS; "auto" is resolved per backend
         (``precision_candidates``) and the backend reports what it chose. On the CPU,
@@ -122,11 +94,11 @@ def create_backend(
 def _create_any(
     name: str, bundle: Bundle, device: torch.device, precision: str, input_dtype: str
 ) -> Backend:
-    """Backend ``name``, or for "auto" the first of ``AUTO_ORDER`` that runs here."""
+    """Backend ``name``, or for "auto" the first of ``BACKENDS`` that runs here."""
     if name != "auto":
         return _create(name, bundle, device, precision, input_dtype, fall_back=True)
     refusals = []
-    for candidate in AUTO_ORDER:
+    for candidate in BACKENDS:
         try:
             return _create(candidate, bundle, device, precision, input_dtype, fall_back=False)
         except (DeviceError, MissingDependencyError) as exc:
@@ -150,8 +122,12 @@ def _create(
     runs even without a reduced-precision export); "auto" backends try only the fast
     precisions, so that an fp32 engine is not preferred to PyTorch in bf16.
     """
-    factory = _factory(name)
-    candidates = precision_candidates(precision, device, _PRECISIONS[name])
+    spec = _spec(name)
+    if device.type not in spec.devices:
+        runs_on = " and ".join(DEVICE_WORDS.get(d, d) for d in spec.devices)
+        raise DeviceError(f"{spec.title} runs on {runs_on} only, not on {device}")
+    factory = _factory(spec)
+    candidates = precision_candidates(precision, device, spec.precisions)
     if fall_back and precision == "auto" and "fp32" not in candidates:
         candidates.append("fp32")
     if not candidates:
@@ -164,23 +140,28 @@ def _create(
     return factory(bundle, device, candidates[-1], input_dtype)
 
 
-def _factory(name: str) -> BackendFactory:
-    if name not in _FACTORIES:
-        if name not in MODULES:
-            raise InputError(
-                f"--backend {name}: unknown backend; choose one of auto, {', '.join(MODULES)}"
-            )
+def _spec(name: str) -> BackendSpec:
+    if name not in BACKENDS:
+        raise InputError(
+            f"--backend {name}: unknown backend; choose one of auto, {', '.join(BACKENDS)}"
+        )
+    return BACKENDS[name]
+
+
+def _factory(spec: BackendSpec) -> BackendFactory:
+    """The backend's factory, its module imported on first use."""
+    if spec.name not in _FACTORIES:
         try:
-            importlib.import_module(MODULES[name])
+            module = importlib.import_module(spec.module)
         except ModuleNotFoundError as exc:
-            if exc.name != MODULES[name]:
+            if exc.name != spec.module:
                 raise
-        if name not in _FACTORIES:
             raise DeviceError(
-                f"--backend {name}: not available in this version of stmap"
-                + (f"; it will need: {INSTALL_HINTS[name]}" if name in INSTALL_HINTS else "")
-            )
-    return _FACTORIES[name]
+                f"--backend {spec.name}: not available in this version of stmap"
+                + (f"; it will need: {spec.install_hint}" if spec.install_hint else "")
+            ) from None
+        _FACTORIES[spec.name] = getattr(module, spec.factory.partition(":")[2])
+    return _FACTORIES[spec.name]
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -19,15 +19,9 @@ import torch
 
 from stmap.bundle import Bundle
 from stmap.errors import DeviceError
-from stmap.export.onnx_export import (
-    EXPORT_KEYS,
-    INPUT_NAME,
-    ONNX_FILES,
-    OUTPUT_NAME,
-    checked_onnx_path,
-)
 from stmap.lazy import lazy_import
-from stmap.runtime.backends.base import register_backend
+from stmap.onnx_files import checked_onnx_path
+from stmap.stage_contract import INPUT_NAME, ONNX_FILES, OUTPUT_NAME, recorded_onnx
 
 MAX_BATCH = {"cuda": 256, "cpu": 32}
 
@@ -107,7 +101,8 @@ def _onnx_file(bundle: Bundle, precision: str, input_dtype: str) -> str:
             "--precision fp16 or fp32, or --backend torch"
         )
     file = ONNX_FILES[precision]
-    if file not in bundle.manifest.files or EXPORT_KEYS[precision] not in bundle.manifest.exports:
+    recorded = recorded_onnx(bundle.manifest.exports, precision)
+    if file not in bundle.manifest.files or recorded is None:
         flag = {"fp16": " --fp16", "int8": " --int8"}.get(precision, "")
         raise DeviceError(
             f"{bundle.source}: the bundle has no {file}; add it with: "
@@ -147,6 +142,3 @@ def _cuda_providers(
         }
         providers.insert(0, ("TensorrtExecutionProvider", trt_options))
     return providers
-
-
-register_backend("onnxruntime", OnnxRuntimeBackend, tuple(ONNX_FILES))

@@ -26,7 +26,6 @@ from torch import nn
 from stmap.bundle import Bundle
 from stmap.errors import DeviceError
 from stmap.model import InferenceModel
-from stmap.runtime.backends.base import register_backend
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +173,3 @@ def compile_mode(device: torch.device) -> str | None:
     if mode == "auto":
         return "default" if device.type == "cuda" else None
     return None if mode == "off" else mode
-
-
-register_backend("torch", TorchBackend)

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from stmap.errors import InputError
+from stmap.io.layout import TILE
 
 BUDGET_FRACTION = 0.5  # of the memory available at start
 GIB = 1 << 30
@@ -108,20 +109,20 @@ def check_block(cost: BlockCost, budget: int, *, block_option: bool, overlap_opt
                 f"use ≤ {fits[-1]}"
             )
     fits_block = largest_block(cost, budget)
-    if fits_block is not None and (block_option or fits_block >= 512):
+    if fits_block is not None and (block_option or fits_block >= TILE):
         option = f"--block-size {cost.block}" if block_option else f"block size {cost.block}"
         raise InputError(
             f"{option} needs ~{gib(need)} for one block {where}; use --block-size {fits_block}"
         )
     raise InputError(
-        f"even the smallest block (512 px) needs ~{gib(_with(cost, block=512).bytes())} "
+        f"even the smallest block ({TILE} px) needs ~{gib(_with(cost, block=TILE).bytes())} "
         f"{where}: the model grid is {cost.scale[1]:.3g} × {cost.scale[0]:.3g} times the "
         f"input's and tiles overlap by {cost.overlap} of {cost.tile} px; use a coarser "
         "--gsd, a smaller --overlap or a larger --memory-budget"
     )
 
 
-def largest_block(cost: BlockCost, budget: int, step: int = 512) -> int | None:
+def largest_block(cost: BlockCost, budget: int, step: int = TILE) -> int | None:
     """The largest multiple of ``step`` up to ``cost.block`` whose block fits, or None."""
     block = (cost.block // step) * step
     while block >= step:
@@ -131,16 +132,15 @@ def largest_block(cost: BlockCost, budget: int, step: int = 512) -> int | None:
     return None
 
 
-# Bookkeeping per 512-px tile of a raster, whatever is read: coverage maps of the
+# Bookkeeping per output tile (TILE px) of a raster, whatever is read: coverage maps of the
 # finishing steps, the journal's block list, the block plan (generous).
 BYTES_PER_TILE = 64
-TILE_PX = 512
 
 
 def check_raster(name: str, height: int, width: int, budget: int) -> None:
     """InputError when a raster is so large that its bookkeeping alone exceeds the budget
     (a header may claim 2³¹ × 2³¹ pixels in a few bytes)."""
-    tiles = math.ceil(height / TILE_PX) * math.ceil(width / TILE_PX)
+    tiles = math.ceil(height / TILE) * math.ceil(width / TILE)
     need = tiles * BYTES_PER_TILE
     if need > budget:
         raise InputError(

@@ -47,12 +47,6 @@ class MissingDependencyError(InputError, ImportError):
     """An optional package is needed; the message says which extra installs it."""
 
 
-class NotAvailableError(StmapError):
-    """A command or feature that this version of stmap does not provide yet (exit 2)."""
-
-    exit_code = 2
-
-
 class Interrupted(StmapError):
     """The run was interrupted; work done so far is kept for resume (exit 130)."""
 

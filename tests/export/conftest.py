@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from stmap.bundle import open_bundle, write_bundle
-from stmap.export.parity import parity_batches
 from stmap.model import InferenceModel
+from stmap.parity_tiles import parity_batches
 from tests.conftest import make_tiny_bundle
 
 

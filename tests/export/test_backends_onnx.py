@@ -14,7 +14,7 @@ import torch
 
 from stmap.bundle import Bundle, add_files, open_bundle, read_manifest
 from stmap.errors import BundleError, DeviceError, MissingDependencyError
-from stmap.export.parity import parity_batches
+from stmap.parity_tiles import parity_batches
 from stmap.runtime.backends.base import Backend, Batcher, create_backend
 
 CPU = torch.device("cpu")

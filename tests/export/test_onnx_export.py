@@ -14,15 +14,11 @@ import torch
 from stmap.bundle import Normalization, add_files, manifest_for, open_bundle, write_bundle
 from stmap.errors import BundleError, InputError
 from stmap.export import export_bundle
-from stmap.export.onnx_export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    check_opset,
-    checked_onnx_path,
-    export_onnx,
-)
+from stmap.export.onnx_export import check_opset, export_onnx
 from stmap.model import DamageSegmenter, InferenceModel, SegmenterConfig
 from stmap.model.backbones import IMAGENET_MEAN, IMAGENET_STD
+from stmap.onnx_files import checked_onnx_path
+from stmap.stage_contract import INPUT_NAME, OUTPUT_NAME
 from tests.export.conftest import liven
 
 

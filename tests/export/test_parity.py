@@ -10,7 +10,8 @@ import torch
 
 from stmap.bundle import MANIFEST, open_bundle
 from stmap.export import export_bundle
-from stmap.export.parity import TOLERANCES, ParityError, compare, parity_batches
+from stmap.export.parity import TOLERANCES, ParityError, compare
+from stmap.parity_tiles import parity_batches
 from tests.export.conftest import snapshot
 
 

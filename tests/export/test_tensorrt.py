@@ -9,13 +9,13 @@ import torch
 
 from stmap.errors import DeviceError, InputError, MissingDependencyError
 from stmap.export import export_bundle
-from stmap.export.tensorrt_engine import (
+from stmap.export.tensorrt_engine import require_tensorrt
+from stmap.stage_contract import (
     BatchProfile,
     GpuTarget,
     engine_name,
     engine_record,
     gpu_slug,
-    require_tensorrt,
     select_engine,
     timing_cache_name,
 )

@@ -26,7 +26,7 @@ from tests.fuzz.counting import fuzz_target
 onnx = pytest.importorskip(
     "onnx", reason="the onnx extra is not installed (pip install 'stmap[onnx]')"
 )
-from stmap.export.onnx_export import checked_onnx_path  # noqa: E402  (needs onnx)
+from stmap.onnx_files import checked_onnx_path  # noqa: E402  (needs onnx)
 
 
 @pytest.fixture(scope="module")

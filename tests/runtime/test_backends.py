@@ -7,7 +7,7 @@ import torch
 
 from stmap.bundle import open_bundle
 from stmap.errors import DeviceError, InputError
-from stmap.runtime.backends import base
+from stmap.runtime.backends import BACKENDS, PRECISIONS, BackendSpec, base
 from stmap.runtime.backends.base import (
     Backend,
     Batcher,
@@ -103,8 +103,15 @@ def test_a_fixed_batch_size_that_does_not_fit_is_an_error_with_a_fix():
 def test_unknown_and_unavailable_backends_are_refused_with_a_hint(bundle, device, monkeypatch):
     with pytest.raises(InputError, match="--backend nope: unknown backend"):
         create_backend("nope", bundle, device, "fp32", "uint8")
-    monkeypatch.setitem(base.MODULES, "fancy", "stmap.runtime.backends.fancy_not_here")
-    monkeypatch.setitem(base.INSTALL_HINTS, "fancy", "pip install fancy")
+    fancy = BackendSpec(
+        "fancy",
+        "Fancy",
+        "stmap.runtime.backends.fancy_not_here:FancyBackend",
+        PRECISIONS,
+        ("cpu", "cuda"),
+        "pip install fancy",
+    )
+    monkeypatch.setitem(BACKENDS, "fancy", fancy)
     with pytest.raises(DeviceError, match="--backend fancy: not available.*pip install fancy"):
         create_backend("fancy", bundle, device, "fp32", "uint8")
 
@@ -152,18 +159,16 @@ class _FakeBackend:
 def fake_cuda_backends(monkeypatch):
     """A 'fast' backend that runs fp32/fp16 only, tried before torch, on a bf16 GPU."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    monkeypatch.setattr(base, "AUTO_ORDER", ("fast", "torch"))
-    monkeypatch.setitem(base.MODULES, "fast", "stmap.runtime.backends.base")
+    fast = BackendSpec("fast", "Fast", "tests.unused:Fast", ("fp32", "fp16"), ("cpu", "cuda"))
+    monkeypatch.setattr(base, "BACKENDS", {"fast": fast, "torch": BACKENDS["torch"]})
 
     def register(engines: tuple[str, ...]) -> None:
         def factory(bundle, device, precision, dtype):
             return _FakeBackend("fast", engines, device, precision)
 
-        base.register_backend("fast", factory, ("fp32", "fp16"))
+        monkeypatch.setitem(base._FACTORIES, "fast", factory)
 
-    yield register
-    base._FACTORIES.pop("fast", None)
-    base._PRECISIONS.pop("fast", None)
+    return register
 
 
 def test_auto_precision_is_resolved_per_backend_so_auto_keeps_the_fast_backend(

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from stmap.cli import main
-from stmap.cli.bench import _phase_cell
+from stmap.cli.bench import _phase_cell, synthetic_city
 from stmap.runtime.bench import (
     BenchOptions,
     count_flops_per_tile,
@@ -55,7 +55,7 @@ def result(tiny_bundle: Path) -> dict[str, Any]:
     options = BenchOptions(
         model=str(tiny_bundle), device="cpu", batch_size=4, size=256, repeats=1, min_repeat_s=0.01
     )
-    return run_bench(options)
+    return run_bench(options, synthetic_city)
 
 
 def test_tiny_run_reports_every_field(result: dict[str, Any]) -> None:
@@ -190,7 +190,8 @@ def test_the_end_to_end_runs_reuse_the_model_only_backend(tiny_bundle: Path, mon
             size=128,
             repeats=1,
             min_repeat_s=0.01,
-        )
+        ),
+        synthetic_city,
     )
     assert built == ["torch"]
 

@@ -162,6 +162,14 @@ def test_the_demo_model_is_called_synthetic_only():
     assert "unverified" in training_note({"path": "/m", "provenance": {}})
 
 
+def test_what_the_model_was_trained_on_is_read_from_its_provenance():
+    """training_data decides; region names only for bundles older than it."""
+    synthetic = {"training_data": "synthetic", "regions": ["citycentreb"], "trained_on": "T."}
+    assert "synthetic cities only" in training_note({"path": "/m", "provenance": synthetic})
+    real = {"training_data": "tiles", "regions": ["village"], "trained_on": "Field survey."}
+    assert training_note({"path": "/m", "provenance": real}).startswith("Field survey.")
+
+
 @pytest.mark.parametrize("width_m", [0.7, 3, 150, 999, 1000, 12_345, 4e5])
 def test_the_scale_bar_is_a_round_length_near_a_fifth_of_the_map(width_m):
     length = scale_bar_metres(width_m)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from stmap.bundle import open_bundle
 from stmap.cli import main
+from stmap.cli.bench import synthetic_city
 from stmap.errors import InputError
 from stmap.model import InferenceModel
 from stmap.runtime.backends.base import Backend, Batcher, create_backend
@@ -143,7 +144,8 @@ def test_the_bench_measures_with_tta_and_charges_every_view(tiny_bundle):
             repeats=1,
             min_repeat_s=0.01,
             tta="d4",
-        )
+        ),
+        synthetic_city,
     )
     assert result["tta"] == "d4" and result["batch_size"] == 2
     manifest = open_bundle(tiny_bundle).manifest

@@ -52,6 +52,7 @@ def test_end_to_end_tiny_backbone_with_both_auxiliary_losses(tile_root: Path, tm
     provenance = manifest.provenance
     assert provenance["command"] == "stmap train --config x"
     assert provenance["regions"] == ["alpha", "beta"]
+    assert provenance["training_data"] == "tiles"  # hand-made tiles: not synthetic
     assert provenance["seeds"]["base"] == 42
     assert provenance["config"]["lambda_pc"] == 0.01
     assert "trained_on" in provenance and provenance["stmap_version"]

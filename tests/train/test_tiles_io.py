@@ -17,6 +17,7 @@ from rasterio.transform import Affine
 
 from stmap.errors import InputError, VectorError
 from stmap.io import tiles as tile_io
+from stmap.synth import generate_city
 from stmap.train.datasets import load_tile_data
 from tests.train.conftest import GSD, ORIGIN, UTM, make_tile_dataset, write_png
 
@@ -232,3 +233,23 @@ def test_synth_tiles_and_rasters_load(tmp_path: Path):
     assert torch.equal(rasters.images, tiles.images)
     assert torch.equal(rasters.labels, tiles.labels)
     assert (rasters.buildings == tiles.buildings).float().mean() > 0.99
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_the_data_says_when_stmap_synth_made_it(tile_root: Path, tmp_path: Path):
+    """What the model's provenance records (training_data), and its report warns of."""
+    assert load_tile_data(tile_root, None, 128).kind == "tiles"
+    city = generate_city(
+        tmp_path / "city" / "town.tif", width=256, height=256, seed=1, tiles_dir=tmp_path / "t"
+    )
+    assert load_tile_data(tmp_path / "t", None, 128).kind == "synthetic"
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    shutil.copy(city.image, scenes / "town.tif")
+    shutil.copy(city.labels, scenes / "town_labels.tif")
+    assert load_tile_data(scenes, None, 128).kind == "synthetic"
+    shutil.copy(city.image, scenes / "real.tif")
+    with rasterio.open(scenes / "real.tif", "r+") as real:
+        real.update_tags(GENERATOR="a camera")
+    shutil.copy(city.labels, scenes / "real_labels.tif")
+    assert load_tile_data(scenes, None, 128).kind == "rasters"  # one real scene among them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -82,12 +83,21 @@ def bench(
             tta=tta,
             size=size,
             repeats=repeats,
-        )
+        ),
+        synthetic_city,
     )
     if as_json:
         emit_json(result)
     elif not quiet:
         _print_table(result)
+
+
+def synthetic_city(path: Path, size: int, gsd: float, seed: int) -> Path:
+    """A ``size``² synthetic city at ``gsd`` m (``stmap synth``): what the bench maps."""
+    from stmap.synth import generate_city
+
+    generate_city(path, width=size, height=size, gsd=gsd, seed=seed, overwrite=True)
+    return path
 
 
 def _print_table(result: dict[str, Any]) -> None:

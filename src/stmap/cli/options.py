@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 
-from stmap.runtime.backends import PRECISIONS  # the registry's list; no torch imported
+# the runtime's declarations, read without importing torch
+from stmap.runtime.backends import BACKENDS, PRECISIONS
+from stmap.runtime.tta_modes import DESCRIPTIONS, TTA_MODES, VIEWS
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object on stdout (text goes to stderr)."
@@ -25,11 +27,16 @@ model_option = click.option(
 
 tta_option = click.option(
     "--tta",
-    type=click.Choice(["none", "flip", "d4"]),  # runtime.tta's modes (not imported: torch)
+    type=click.Choice(TTA_MODES),
     default="none",
     show_default=True,
-    help="Test-time augmentation: average over a flip (2×) or all 8 flips and turns (8×), "
-    "at as many times the compute.",
+    help="Test-time augmentation: the mean probability over views of each tile ("
+    + "; ".join(
+        f"{mode}: {DESCRIPTIONS[mode]}, {len(VIEWS[mode])}×"
+        for mode in TTA_MODES
+        if len(VIEWS[mode]) > 1
+    )
+    + "), at as many times the compute.",
 )
 
 
@@ -60,10 +67,12 @@ def execution_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--backend",
-            type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+            type=click.Choice(["auto", *BACKENDS]),
             default="auto",
             show_default=True,
-            help="Inference backend; auto picks the fastest one available.",
+            help="Inference backend; auto picks the fastest one available: "
+            + ", then ".join(BACKENDS)
+            + ".",
         ),
         click.option(
             "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."

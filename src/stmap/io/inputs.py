@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from stmap.errors import InputError, RasterError
-from stmap.io.paths import check_input_path
+from stmap.io.paths import check_input_path, is_gdal_virtual
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")  # what a folder contributes
 
@@ -58,7 +58,7 @@ def remote_path(href: str) -> str | None:
 
 
 def _expand(arg: str, asset: str) -> list[SceneInput]:
-    virtual = remote_path(arg) or (arg if arg.startswith("/vsi") else None)
+    virtual = remote_path(arg) or (arg if is_gdal_virtual(arg) else None)
     if virtual is not None:
         return [_scene(virtual)]
     path = Path(arg)
@@ -100,7 +100,7 @@ def _listed(listing: Path) -> list[SceneInput]:
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        virtual = remote_path(entry) or (entry if entry.startswith("/vsi") else None)
+        virtual = remote_path(entry) or (entry if is_gdal_virtual(entry) else None)
         if virtual is not None:
             scenes.append(_scene(virtual))
             continue

@@ -41,6 +41,7 @@ from rasterio.warp import transform_bounds
 from stmap.errors import InputError, RasterError
 from stmap.io.aoi import Bounds, read_aoi
 from stmap.io.inputs import SceneInput
+from stmap.io.paths import is_virtual
 from stmap.io.raster import open_raster
 from stmap.io.sources import content_digest, dataset_files
 from stmap.io.writers import remove
@@ -400,7 +401,7 @@ def _file_stamp(href: str) -> dict[str, Any]:
 
 
 def _abs(href: str) -> str:
-    return href if href.startswith("/vsi") else os.path.abspath(href)
+    return href if is_virtual(href) else os.path.abspath(href)
 
 
 def _union(boxes: Sequence[Bounds]) -> Bounds:

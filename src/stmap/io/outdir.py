@@ -25,6 +25,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from stmap.errors import InputError
+from stmap.io.paths import is_utf8, is_virtual
 from stmap.io.sources import dataset_files
 from stmap.io.writers import prepare_output_dir, remove
 
@@ -35,9 +36,12 @@ _held: dict[Path, int] = {}  # OUTDIRs this process has locked → how many time
 
 
 def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name outputs, or None when it can."""
+    """Why ``name`` cannot name outputs, or None when it can: a stricter rule than a
+    path's (``paths.check_utf8``), which it builds on."""
     if not name:
         return "it is empty"
+    if not is_utf8(name):
+        return "it is not valid UTF-8"
     if len(name.encode("utf-8", "surrogatepass")) > NAME_BYTES:
         return f"it is longer than {NAME_BYTES} bytes"
     bad = sorted({c for c in name if not _safe(c)})
@@ -69,7 +73,7 @@ def show_name(name: str) -> str:
 def output_name(name: str, href: str) -> str:
     """The output name of a scene read from ``href``: ``name`` checked where the user can
     rename the file (a local path), made safe where they cannot (a URL, a /vsi path)."""
-    return safe_name(name) if href.startswith("/vsi") else check_name(name, href)
+    return safe_name(name) if is_virtual(href) else check_name(name, href)
 
 
 def safe_name(name: str) -> str:
@@ -90,7 +94,7 @@ def read_paths(hrefs: Iterable[str | None]) -> list[Path]:
     with it (sidecars, a VRT's sources). Remote and virtual paths have none."""
     paths: list[Path] = []
     for href in hrefs:
-        if not href or href.startswith("/vsi") or "://" in href or "\x00" in href:
+        if not href or is_virtual(href) or "\x00" in href:
             continue
         paths.append(Path(href))
         if os.path.isfile(href):

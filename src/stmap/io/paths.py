@@ -10,6 +10,7 @@ outputs (GeoPackage layers, JSON summaries), so they are refused up front too.
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 from stmap.errors import InputError
@@ -20,6 +21,12 @@ _KINDS = (
     (stat.S_ISBLK, "a block device"),
     (stat.S_ISSOCK, "a socket"),
 )
+# GDAL's network file systems (https://gdal.org/user/virtual_file_systems.html), as a
+# path's first or a chained component: /vsicurl/..., /vsizip//vsis3/..., /vsicurl?url=
+NETWORK_FILE_SYSTEMS = ("curl", "s3", "gs", "az", "adls", "oss", "swift", "hdfs", "webhdfs")
+_NETWORK = re.compile(rf"/vsi(?:{'|'.join(NETWORK_FILE_SYSTEMS)})(?:_streaming)?(?:[/?]|$)")
+# A URL's scheme (RFC 3986) and "://" at the start; one letter is a Windows drive (C://x).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
 
 
 def printable(path: str | os.PathLike[str]) -> str:
@@ -30,20 +37,52 @@ def printable(path: str | os.PathLike[str]) -> str:
         return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def is_url(text: str) -> bool:
+    """``text`` starts with a URL scheme and ``://`` (``https://h/a.tif``, ``s3://b/k``).
+
+    Only at the start: ``./a://b`` is a local path, ``/vsicurl/https://...`` a GDAL one.
+    """
+    return _URL.match(text) is not None
+
+
+def is_gdal_virtual(text: str) -> bool:
+    """A GDAL virtual file system path (``/vsi...``): local archives (``/vsizip/``,
+    ``/vsitar/``), memory (``/vsimem/``) and network ones alike."""
+    return text.startswith("/vsi")
+
+
 def is_virtual(text: str) -> bool:
-    """A GDAL virtual path or a URL: nothing on the local file system to inspect."""
-    return text.startswith("/vsi") or "://" in text
+    """A GDAL virtual path or a URL: nothing on the local file system to ``os.stat``,
+    hash or make absolute (a ``/vsizip/`` archive's member included)."""
+    return is_gdal_virtual(text) or is_url(text)
+
+
+def is_remote(text: str) -> bool:
+    """Read over the network: a URL, or a GDAL path through a network file system, first
+    or chained (``/vsicurl/``, ``/vsis3/``, ``/vsizip//vsicurl/...``). Such a path's
+    folder must not be listed (a request each); ``/vsizip/local.zip/a.tif`` is not remote.
+    """
+    return is_url(text) or (is_gdal_virtual(text) and _NETWORK.search(text) is not None)
+
+
+def is_utf8(text: str) -> bool:
+    """``text`` encodes as UTF-8: no lone surrogate, which is how Python holds the bytes
+    of a file name that are not UTF-8. The outputs record only such text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_utf8(
     path: str | os.PathLike[str], error: type[InputError] = InputError, *, what: str = ""
 ) -> str:
     """``path`` as text when its name is valid UTF-8 (GeoPackage layers, JSON summaries
-    and HTML reports carry it); else ``error`` naming it."""
+    and HTML reports carry it); else ``error`` naming it. Any other character is
+    allowed: a path names an input or OUTDIR, not an output (``outdir.check_name``)."""
     text = os.fspath(path)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_utf8(text):
         raise error(
             f"{what}{printable(text)}: the name is not valid UTF-8, so the outputs could not "
             "record it; rename it"

@@ -18,21 +18,9 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from stmap.errors import RasterError
-from stmap.io.paths import check_input_path, printable
+from stmap.io.paths import check_input_path, is_remote, printable
 
 SCALE_TOLERANCE = 0.01  # projection scale factors closer to 1 are taken as 1 (see ground_pixel)
-# GDAL's network file systems (https://gdal.org/user/virtual_file_systems.html)
-NETWORK_PREFIXES = (
-    "/vsicurl",
-    "/vsis3",
-    "/vsigs",
-    "/vsiaz",
-    "/vsiadls",
-    "/vsioss",
-    "/vsiswift",
-    "/vsihdfs",
-    "/vsiwebhdfs",
-)
 
 
 @dataclass(frozen=True)
@@ -75,7 +63,7 @@ def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     """
     text = check_input_path(path, RasterError)
     try:
-        if _is_remote(text):
+        if is_remote(text):
             return rasterio.open(text)
         if threading.current_thread() is threading.main_thread():
             # rasterio sets the main thread's options process-wide, and unsets them on
@@ -92,11 +80,6 @@ def _open_listing_folder(text: str) -> rasterio.DatasetReader:
     """Open a local file with its folder listed (this thread's GDAL options only)."""
     with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="NO"):
         return rasterio.open(text)
-
-
-def _is_remote(text: str) -> bool:
-    """A path read over the network, whose folder must not be listed (one request each)."""
-    return text.startswith(NETWORK_PREFIXES) or "://" in text
 
 
 def describe_raster(path: str | os.PathLike[str]) -> RasterInfo:

@@ -15,6 +15,8 @@ from pathlib import Path
 import rasterio
 from rasterio.errors import RasterioError
 
+from stmap.io.paths import is_virtual
+
 SAMPLE_BYTES = 64 << 10  # one read of the digest
 SAMPLES = 64  # evenly spaced reads of a large file: 4 MiB whatever its size
 WHOLE_BELOW = SAMPLE_BYTES * SAMPLES  # smaller files are hashed whole
@@ -25,7 +27,7 @@ def dataset_files(href: str) -> list[Path]:
 
     Falls back to ``href`` alone when GDAL cannot open it (the caller refuses it later).
     """
-    if href.startswith("/vsi") or "://" in href:
+    if is_virtual(href):
         return []
     try:
         with rasterio.open(href) as dataset:
@@ -34,7 +36,7 @@ def dataset_files(href: str) -> list[Path]:
         names = [href]
     files = {}
     for name in names:
-        if not name.startswith("/vsi") and os.path.isfile(name):
+        if not is_virtual(name) and os.path.isfile(name):
             files.setdefault(os.path.realpath(name), Path(name))
     return list(files.values())
 

@@ -24,7 +24,11 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-TILE = 512  # GeoTIFF internal tile size
+from stmap.io.layout import TILE  # tiled as the outputs are: a block reads whole tiles
+
+# The mark of a synthetic city on its rasters (GDAL metadata GENERATOR) and tile datasets
+# ("generator" in tiles_meta), so that a model trained on them can say so (training_data).
+SYNTHETIC_GENERATOR = "stmap synth"
 # GDAL's block cache defaults to 5 % of RAM; a streaming writer needs a few tile rows.
 _ENV = {"GDAL_CACHEMAX": 64, "GDAL_PAM_ENABLED": "NO"}
 
@@ -48,7 +52,8 @@ class CityRasterWriter:
 
     OUT.tif: RGB uint8, tiled 512², DEFLATE with horizontal predictor, photometric RGB.
     OUT_labels.tif: uint8, 1 = damaged-building pixel, 0 other, tiled 512², DEFLATE.
-    Both carry the CRS and transform, and exist under their names only when complete.
+    Both carry the CRS, the transform and the GENERATOR tag ``SYNTHETIC_GENERATOR``, and
+    exist under their names only when complete.
     """
 
     def __init__(
@@ -84,6 +89,8 @@ class CityRasterWriter:
                 stack.enter_context(rasterio.open(stack.enter_context(atomic_path(p)), "w", **prof))
                 for p, prof in self._profiles
             )
+            for dataset in (self._rgb, self._lab):
+                dataset.update_tags(GENERATOR=SYNTHETIC_GENERATOR)
             self._stack = stack.pop_all()
         return self
 
@@ -171,8 +178,8 @@ def write_tiles(
 
     Writes ``root/<region>/images/<region>_r<row>_c<col>.png`` (RGB) and the same name
     under ``labels/`` (uint8, 1 = damaged), complete `tile`² tiles only (the partial
-    edge is dropped), ``root/tiles_meta/<region>.json`` (CRS WKT, parent transform,
-    per-tile pixel offsets) and ``root/footprints/<region>_buildings.geojson`` (RFC 7946,
+    edge is dropped), ``root/tiles_meta/<region>.json`` (generator, CRS WKT, parent
+    transform, per-tile pixel offsets) and ``root/footprints/<region>_buildings.geojson`` (RFC 7946,
     EPSG:4326). Existing tiles of the region are replaced. Returns the tile count.
     """
     root = Path(root)
@@ -199,7 +206,8 @@ def write_tiles(
                     "w": tile,
                     "h": tile,
                 }
-    write_json(root / "tiles_meta" / f"{region}.json", {**meta_head, "tiles": meta})
+    head = {"generator": SYNTHETIC_GENERATOR, **meta_head}
+    write_json(root / "tiles_meta" / f"{region}.json", {**head, "tiles": meta})
     write_footprints(
         root / "footprints" / f"{region}_buildings.geojson",
         footprints_wkb,

@@ -5,8 +5,9 @@ Two layouts are read (``detect_layout`` tells them apart):
 - **tiles** (the paper's release): ``<root>/<region>/images/<id>.png`` and
   ``<root>/<region>/labels/<id>.png`` (same file name; label > 0 = damaged);
   ``tiles_meta/*.json`` searched recursively (``crs`` WKT, the parent raster's
-  ``transform`` a, b, c, d, e, f, and ``tiles`` {stem: {file, x0, y0, w, h}}); as the
-  reference, only the first file's CRS is used and rotation is ignored.
+  ``transform`` a, b, c, d, e, f, and ``tiles`` {stem: {file, x0, y0, w, h}}; ``stmap
+  synth`` adds ``generator``); as the reference, only the first file's CRS is used and
+  rotation is ignored.
 - **rasters**: ``<root>/<scene>.tif`` with ``<root>/<scene>_labels.tif`` (same size;
   > 0 = damaged), cut on the fly into complete, non-overlapping tiles named
   ``<scene>_r<row>_c<col>`` (tile row and column).
@@ -46,6 +47,7 @@ from rasterio.windows import Window
 
 from stmap.errors import InputError, RasterError, VectorError
 from stmap.io.raster import ground_sample_distance
+from stmap.io.synth_writers import SYNTHETIC_GENERATOR
 
 IMAGE_DIR, LABEL_DIR = "images", "labels"
 LABEL_SUFFIX = "_labels"
@@ -77,11 +79,13 @@ class TileRef:
 
 @dataclass(frozen=True)
 class TilesMeta:
-    """Georeferencing of PNG tiles: the first file's CRS, bounds and width in metres by stem."""
+    """Georeferencing of PNG tiles: the first file's CRS, bounds and width in metres by
+    stem; and the stems that a file says ``stmap synth`` generated."""
 
     crs: CRS | None
     bounds: dict[str, tuple[float, float, float, float]]
     extent_m: dict[str, float]
+    synthetic: frozenset[str] = frozenset()
 
 
 # ---- the tiles layout ------------------------------------------------------------------
@@ -133,6 +137,7 @@ def read_tiles_meta(directory: Path | None) -> TilesMeta:
     crs: CRS | None = None
     bounds: dict[str, tuple[float, float, float, float]] = {}
     extent: dict[str, float] = {}
+    synthetic: set[str] = set()
     for path in sorted(directory.rglob("*.json")):
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
@@ -164,7 +169,9 @@ def read_tiles_meta(directory: Path | None) -> TilesMeta:
             gsd = ground_sample_distance(crs, Affine(a, 0.0, xs[0], 0.0, e, ys[0]), int(w), int(h))
             if gsd:
                 extent[key] = gsd * w
-    return TilesMeta(crs, bounds, extent)
+            if meta.get("generator") == SYNTHETIC_GENERATOR:
+                synthetic.add(key)
+    return TilesMeta(crs, bounds, extent, frozenset(synthetic))
 
 
 def tile_refs(tiles: Iterable[tuple[str, Path, Path]], meta: TilesMeta) -> list[TileRef]:
@@ -193,6 +200,12 @@ def list_scenes(root: Path) -> list[tuple[str, Path, Path]]:
             raise TileDataError(f"{image}: no label raster; expected {stem}{LABEL_SUFFIX}.tif")
         scenes.append((stem, image, label))
     return scenes
+
+
+def is_synthetic_scene(image: Path) -> bool:
+    """The scene raster says ``stmap synth`` generated it (its GENERATOR tag)."""
+    with _open(image) as src:
+        return src.tags().get("GENERATOR") == SYNTHETIC_GENERATOR
 
 
 def scene_tiles(stem: str, image: Path, label: Path, size: int) -> tuple[list[TileRef], CRS]:
@@ -409,12 +422,6 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def open_array_store(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:

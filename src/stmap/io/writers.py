@@ -29,9 +29,8 @@ from rasterio.transform import Affine
 from rasterio.windows import Window as RioWindow
 
 from stmap.errors import InputError, RasterError
+from stmap.io.layout import NODATA, TILE
 
-NODATA = 255
-TILE = 512
 PARTIAL_OPTIONS = {
     "driver": "GTiff",
     "count": 1,
