@@ -31,7 +31,8 @@ from stmap.bundle import GSD_RANGE_M, MANIFEST, TILE_RANGE, open_bundle
 from stmap.errors import BundleError, InputError, VectorError
 from stmap.io.footprints import read_footprints
 from stmap.runtime import buildings
-from stmap.runtime.infer import READ_BUFFERS, InferOptions, plan_run, run_inference
+from stmap.runtime.infer import InferOptions, run_inference
+from stmap.runtime.plan import READ_BUFFERS, plan_run
 from tests.conftest import make_tiny_bundle
 from tests.fuzz.counting import fuzz_target
 from tests.properties.profiles import examples
