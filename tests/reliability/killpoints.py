@@ -78,7 +78,9 @@ TARGETS: dict[str, Target] = {
     "vector": Target("pyogrio.raw", "write", "GDAL writes a GeoPackage (temporary name)"),
     "quicklook": Target("stmap.runtime.quicklook", "save_quicklook", "the quicklook PNG"),
     "report": Target("stmap.runtime.report", "write_report", "the HTML report"),
-    "summary": Target("stmap.io.writers", "write_json", "the summary is staged", caller="_finish"),
+    "summary": Target(
+        "stmap.io.writers", "write_json", "the summary is staged", caller="finish_input"
+    ),
     "publish": Target("os", "replace", "a staged output is renamed into OUTDIR", caller="publish"),
     "cleanup": Target("stmap.io.writers", "remove", "work files removed", caller="discard_work"),
 }
