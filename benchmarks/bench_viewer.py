@@ -28,11 +28,13 @@ import time
 from pathlib import Path
 
 import rasterio
-from rasterio.windows import Window
 
+from stmap.io.blocks import IMAGE, LayerReader, ReadSpec
 from stmap.runtime.infer import InferOptions, run_inference
+from stmap.runtime.sinks import PROB
 from stmap.runtime.viewer_tiles import MapTiles, Pyramid
 from stmap.synth import generate_city
+from stmap.window import lattice
 
 BLOCK = 2048
 MODES = ("lite", "full")
@@ -43,26 +45,25 @@ def folder_mb(path: Path) -> float:
 
 
 def sink_cost(city: Path, probs: Path, work: Path, mode: str) -> dict[str, float]:
-    """The tile sink alone, as the pipeline's taps drive it, then its finish."""
-    with rasterio.open(city) as img, rasterio.open(probs) as lab:
+    """The tile sinks alone, as the pipeline drives them, then their finish."""
+    with rasterio.open(city) as img:
         height, width = img.height, img.width
-        root = work / f"sink-{mode}"
-        shutil.rmtree(root, ignore_errors=True)
-        tiles = MapTiles(root, Pyramid.for_raster(height, width, mode), value_max=255)
-        blocks, elapsed = [], 0.0
-        for r in range(0, height, BLOCK):
-            for c in range(0, width, BLOCK):
-                window = Window(c, r, min(BLOCK, width - c), min(BLOCK, height - r))
-                pixels = img.read([1, 2, 3], window=window)
-                prob = lab.read(1, window=window)
-                t0 = time.perf_counter()
-                tiles.add_image(r, c, window.height, window.width, pixels, None)
-                tiles.add_prob(r, c, window.height, window.width, prob)
-                elapsed += time.perf_counter() - t0
-                blocks.append(window)
-        t0 = time.perf_counter()
-        tiles.finish(str(city), probs, (1, 2, 3))  # nothing to read back: the lower levels
-        finish = time.perf_counter() - t0
+    root = work / f"sink-{mode}"
+    shutil.rmtree(root, ignore_errors=True)
+    tiles = MapTiles(root, Pyramid.for_raster(height, width, mode), value_max=255)
+    spec = ReadSpec(str(city), (1, 2, 3), "uint8", False, (height, width))
+    elapsed = 0.0
+    with LayerReader({PROB: probs}, spec) as reader:
+        windows = [w for row in lattice(0, 0, height, width, BLOCK) for w in row]
+        for window, layers in reader.read(windows, {IMAGE, PROB}):
+            t0 = time.perf_counter()
+            tiles.image.add(window, {IMAGE: layers[IMAGE]})
+            tiles.prob.add(window, {PROB: layers[PROB]})
+            elapsed += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tiles.image.finish()  # nothing to read back: the lower levels
+    tiles.prob.finish()
+    finish = time.perf_counter() - t0
     km2 = height * width * 0.25 / 1e6
     count = sum(1 for p in root.rglob("*") if p.is_file())
     return {

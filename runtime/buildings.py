@@ -1,4 +1,5 @@
-"""Per-building damage from the probability raster, block by block.
+"""Per-building damage from the probability raster, block by block (``BuildingDamage``,
+a sink of ``prob``, fed by the finishing step or from a raster on disk).
 
 Conventions (one rule each, applied everywhere):
 - Pixel membership: a pixel belongs to a footprint when its centre lies inside it
@@ -20,22 +21,24 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rasterio
 import rasterio.features
 import shapely
 from pyproj import CRS
 from rasterio.transform import Affine
-from rasterio.windows import Window
 
 from stmap.errors import InputError, RasterError
-from stmap.io.raster import ground_sample_distance, open_raster
+from stmap.io.blocks import LayerReader
+from stmap.io.raster import RasterInfo, describe_raster
 from stmap.io.vectors import VectorTable, crs_string, transform_geometries
+from stmap.window import Window, lattice
 
+from .coverage import Coverage
+from .sinks import PROB, Layers, feed_missing
 from .vectorize import NODATA, apply_affine, damage_cutoff
 
 LABEL_FRACTION = 0.25  # damaged_fraction from which a building is labelled "damaged"
@@ -65,9 +68,28 @@ def building_damage(
     unknown_limit: float = 0.5,
     block_size: int = 2048,
 ) -> VectorTable:
-    """Damage statistics for every footprint over a uint8 probability raster.
+    """Damage statistics for every footprint over a uint8 probability raster on disk.
 
-    prob_path: single-band uint8 probability × 255, nodata 255.
+    prob_path: single-band uint8 probability × 255, nodata 255. See ``BuildingDamage``.
+    """
+    sink = BuildingDamage(
+        describe_raster(prob_path),
+        footprints,
+        threshold=threshold,
+        buffers_m=buffers_m,
+        label_fraction=label_fraction,
+        unknown_limit=unknown_limit,
+        block_size=block_size,
+    )
+    with LayerReader({PROB: prob_path}, None) as reader:
+        feed_missing([sink], reader)
+    return sink.finish()
+
+
+class BuildingDamage:
+    """Damage statistics for every footprint, tallied from the ``prob`` windows added.
+
+    raster: the probability raster's grid (size, CRS, transform; the input's).
     footprints: N features, reprojected to the raster's CRS when their CRS differs
         (a table without CRS is taken to be in the raster's CRS already).
     threshold: a pixel is damaged when prob / 255 > threshold.
@@ -76,50 +98,149 @@ def building_damage(
         CRS when projected, else in the local UTM zone). 0 is the footprint itself.
     label_fraction: damaged_fraction from which a building is labelled "damaged".
     unknown_limit: unknown_fraction above which a building is labelled "unknown".
+    block_size: the windows ``missing`` lists, and the blocks beyond the raster's
+        edges whose pixels count as nodata.
 
-    Returns the N footprints in the raster's CRS (cut near it, `clip_to_raster`), in
-    input order, with every source attribute (identifiers first, see `ids_first`; a
-    source column with a result's name is replaced) followed by float64
-    `damaged_fraction` (damaged / valid pixels), `damaged_fraction_b{M}m`...,
-    `mean_prob`, `max_prob` (prob / 255 over valid pixels; NaN without any),
-    `unknown_fraction` (nodata or outside pixels / all pixels) and the str `label`.
+    ``finish`` returns the N footprints in the raster's CRS (cut near it,
+    `clip_to_raster`), in input order, with every source attribute (identifiers
+    first, see `ids_first`; a source column with a result's name is replaced)
+    followed by float64 `damaged_fraction` (damaged / valid pixels),
+    `damaged_fraction_b{M}m`..., `mean_prob`, `max_prob` (prob / 255 over valid
+    pixels; NaN without any), `unknown_fraction` (nodata or outside pixels / all
+    pixels) and the str `label`. Footprints found in a window are coloured and burnt
+    in batches of LAYER_BATCH, so memory does not grow with how many overlap.
     """
-    if block_size < 1:
-        raise ValueError(f"block_size must be positive, got {block_size}")
-    if any(m < 0 for m in buffers_m):
-        raise InputError(f"building buffers must be >= 0 metres, got {list(buffers_m)}")
-    extra = list(dict.fromkeys(float(m) for m in buffers_m if m > 0))
-    with open_raster(prob_path) as ds:
-        geoms = _in_raster_crs(footprints, ds)
-        margin = block_size + _metres_in_pixels(max(extra, default=0.0), ds)
-        clipped, outside = clip_to_raster(geoms, ds.transform, ds.width, ds.height, margin)
-        sets = [clipped] + [buffer_metres(clipped, m, ds.crs, ds.name) for m in extra]
-        pixel_sets = [apply_affine(g, ~ds.transform) for g in sets]
-        stats = _accumulate(ds, pixel_sets, block_size, damage_cutoff(threshold))
-        for count in stats:  # the pixels beyond the clip are outside, hence nodata
-            count.total += outside
-        crs = crs_string(ds.crs) if ds.crs is not None else footprints.crs
 
-    base = stats[0]
-    columns = {"damaged_fraction": base.damaged_fraction}
-    columns.update(
-        {buffer_column(m): s.damaged_fraction for m, s in zip(extra, stats[1:], strict=True)}
-    )
-    unknown = base.unknown_fraction
-    label = np.where(base.damaged_fraction >= label_fraction, "damaged", "undamaged")
-    label = np.where(unknown > unknown_limit, "unknown", label).astype(object)
-    columns.update(
-        mean_prob=base.mean_prob, max_prob=base.max_prob, unknown_fraction=unknown, label=label
-    )
-    attributes = ids_first(
-        {k: v for k, v in footprints.attributes.items() if k not in columns}, footprints.fid_name
-    )
-    return VectorTable(
-        geometries=clipped,
-        attributes={**attributes, **columns},
-        crs=crs,
-        fid_name=footprints.fid_name,
-    )
+    needs = frozenset({PROB})
+
+    def __init__(
+        self,
+        raster: RasterInfo,
+        footprints: VectorTable,
+        *,
+        threshold: float,
+        buffers_m: Sequence[float] = (0.0,),
+        label_fraction: float = LABEL_FRACTION,
+        unknown_limit: float = 0.5,
+        block_size: int = 2048,
+    ):
+        if block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        if any(m < 0 for m in buffers_m):
+            raise InputError(f"building buffers must be >= 0 metres, got {list(buffers_m)}")
+        self.footprints, self.block_size = footprints, block_size
+        self.label_fraction, self.unknown_limit = label_fraction, unknown_limit
+        self.cutoff = damage_cutoff(threshold)
+        self.height, self.width = raster.height, raster.width
+        self.extra = list(dict.fromkeys(float(m) for m in buffers_m if m > 0))
+        geoms = _in_raster_crs(footprints, raster)
+        gsd = raster.gsd_m
+        margin = block_size + (max(self.extra, default=0.0) / gsd if gsd else 0.0)
+        self.clipped, self.outside = clip_to_raster(
+            geoms, raster.transform, raster.width, raster.height, margin
+        )
+        sets = [self.clipped] + [
+            buffer_metres(self.clipped, m, raster.crs, raster.path) for m in self.extra
+        ]
+        self.pixel_sets = [apply_affine(g, ~raster.transform) for g in sets]
+        self.crs = crs_string(raster.crs) if raster.crs is not None else footprints.crs
+        raster_box = shapely.box(0, 0, raster.width, raster.height)
+        n = len(self.pixel_sets[0])
+        self.usable = [np.flatnonzero(shapely.intersects(g, raster_box)) for g in self.pixel_sets]
+        self.trees = [
+            shapely.STRtree(g[u]) for g, u in zip(self.pixel_sets, self.usable, strict=True)
+        ]
+        self.counts = [_Counts.zeros(n) for _ in self.pixel_sets]
+        # The pixel under each footprint's inner point, for footprints without a pixel.
+        self.point_prob = np.full(n, NODATA, dtype=np.uint8)
+        self.cols, self.rows = _inner_pixels(self.pixel_sets[0], raster.width, raster.height)
+        parts = [raster_box, *(g[u] for g, u in zip(self.pixel_sets, self.usable, strict=True))]
+        self.bounds = shapely.total_bounds(np.concatenate([np.atleast_1d(p) for p in parts]))
+        self.coverage = Coverage(raster.height, raster.width, block_size)
+
+    def add(self, window: Window, layers: Layers) -> None:
+        """Tally one window of the raster: (h, w) uint8 ``prob`` (none: all nodata)."""
+        shape = (window.height, window.width)
+        prob = layers[PROB] if layers else np.broadcast_to(np.uint8(NODATA), shape)
+        self._tally(window, prob)
+        self.coverage.add(window)
+
+    def missing(self) -> Iterator[Window]:
+        return self.coverage.missing(self.block_size)
+
+    def finish(self) -> VectorTable:
+        """The building table, once every window of the raster was added."""
+        if not self.coverage.complete:
+            raise RuntimeError("the buildings have not seen every window of the raster")
+        # Pixels beyond the raster, within the blocks the footprints reach, are nodata.
+        minx, miny, maxx, maxy = self.bounds
+        for row in lattice(
+            math.floor(miny), math.floor(minx), math.ceil(maxy), math.ceil(maxx), self.block_size
+        ):
+            for window in row:
+                if window.clip(self.height, self.width) != window:
+                    nodata = np.broadcast_to(np.uint8(NODATA), (window.height, window.width))
+                    self._tally(window, nodata, beyond_only=True)
+        for count in self.counts:
+            count.fill_empty(self.point_prob, self.cutoff)
+            count.total += self.outside  # the pixels beyond the clip are outside, hence nodata
+        return self._table()
+
+    def _tally(self, win: Window, prob: np.ndarray, *, beyond_only: bool = False) -> None:
+        """Burn the footprints found in ``win`` and count their pixels of ``prob``;
+        beyond_only: only the pixels outside the raster."""
+        c0, r0 = win.col_off, win.row_off
+        box = shapely.box(c0, r0, win.col_stop, win.row_stop)
+        found = [tree.query(box) for tree in self.trees]  # indices into usable
+        if not any(len(f) for f in found):
+            return
+        if not beyond_only:  # a footprint's inner point lies in a window where it is found
+            near = self.usable[0][found[0]]
+            near = near[(self.cols[near] >= c0) & (self.cols[near] < win.col_stop)]
+            near = near[(self.rows[near] >= r0) & (self.rows[near] < win.row_stop)]
+            self.point_prob[near] = prob[self.rows[near] - r0, self.cols[near] - c0]
+        sets = zip(self.pixel_sets, self.usable, found, self.counts, strict=True)
+        for geoms, u, local, count in sets:
+            local = np.sort(local)
+            for start in range(0, len(local), LAYER_BATCH):  # memory bounded by the batch
+                batch = u[local[start : start + LAYER_BATCH]]
+                layer = overlap_layers(geoms[batch])
+                for value in np.unique(layer).tolist():
+                    sel = batch[layer == value]
+                    burnt = _burn_ids(geoms[sel], win)
+                    if burnt is not None:
+                        ids, part = burnt
+                        if beyond_only:
+                            inside = part.clip(self.height, self.width)
+                            ids[inside.relative_to(part)] = 0
+                        count.add_block(sel, ids, prob[part.relative_to(win)], self.cutoff)
+
+    def _table(self) -> VectorTable:
+        base = self.counts[0]
+        columns = {"damaged_fraction": base.damaged_fraction}
+        columns.update(
+            {
+                buffer_column(m): s.damaged_fraction
+                for m, s in zip(self.extra, self.counts[1:], strict=True)
+            }
+        )
+        unknown = base.unknown_fraction
+        label = np.where(base.damaged_fraction >= self.label_fraction, "damaged", "undamaged")
+        label = np.where(unknown > self.unknown_limit, "unknown", label).astype(object)
+        columns.update(
+            mean_prob=base.mean_prob, max_prob=base.max_prob, unknown_fraction=unknown, label=label
+        )
+        footprints = self.footprints
+        attributes = ids_first(
+            {k: v for k, v in footprints.attributes.items() if k not in columns},
+            footprints.fid_name,
+        )
+        return VectorTable(
+            geometries=self.clipped,
+            attributes={**attributes, **columns},
+            crs=self.crs,
+            fid_name=footprints.fid_name,
+        )
 
 
 def ids_first(attributes: dict[str, np.ndarray], fid_name: str | None) -> dict[str, np.ndarray]:
@@ -162,15 +283,15 @@ def damaged_fraction_histogram(table: VectorTable, bins: int = 10) -> dict[str, 
     }
 
 
-def _in_raster_crs(footprints: VectorTable, ds: rasterio.DatasetReader) -> np.ndarray:
+def _in_raster_crs(footprints: VectorTable, raster: RasterInfo) -> np.ndarray:
     """(N,) footprint geometries in the raster's CRS."""
     if footprints.crs is None:
         return footprints.geometries
-    if ds.crs is None:
+    if raster.crs is None:
         raise RasterError(
-            f"{ds.name}: has no CRS, so footprints in {footprints.crs} cannot be placed on it"
+            f"{raster.path}: has no CRS, so footprints in {footprints.crs} cannot be placed on it"
         )
-    return transform_geometries(footprints.geometries, footprints.crs, ds.crs)
+    return transform_geometries(footprints.geometries, footprints.crs, raster.crs)
 
 
 def buffer_metres(geoms: np.ndarray, metres: float, crs: object, source: str) -> np.ndarray:
@@ -223,12 +344,6 @@ def clip_to_raster(
         lost = (shapely.area(geoms[beyond]) - shapely.area(clipped[beyond])) / pixel_area
     outside[beyond] = np.rint(np.clip(np.nan_to_num(lost, posinf=2.0**62), 0, 2.0**62))
     return clipped, outside
-
-
-def _metres_in_pixels(metres: float, ds: rasterio.DatasetReader) -> float:
-    """How many pixels ``metres`` span on the ground at the raster's centre."""
-    gsd = ground_sample_distance(ds.crs, ds.transform, ds.width, ds.height)
-    return metres / gsd if gsd else 0.0
 
 
 def overlap_layers(pixel_geoms: np.ndarray) -> np.ndarray:
@@ -339,73 +454,17 @@ class _Counts:
         return (self.total - self.valid) / self.total
 
 
-def _accumulate(
-    ds: rasterio.DatasetReader, pixel_sets: list[np.ndarray], block_size: int, cutoff: int
-) -> list[_Counts]:
-    """Tally every geometry set over the raster, one block window at a time.
-
-    pixel_sets: S arrays of the same N features in pixel coordinates (set 0 the
-    footprints, the others their buffers), clipped near the raster
-    (``clip_to_raster``). Footprints found in a window are coloured and burnt in
-    batches of LAYER_BATCH, so memory does not grow with how many overlap. The block
-    grid starts at pixel (0, 0)
-    and extends past the raster where footprints do, so their pixels outside it
-    count as nodata; geometries that miss the raster entirely are not rasterised.
-    """
-    raster_box = shapely.box(0, 0, ds.width, ds.height)
-    n = len(pixel_sets[0])
-    usable = [np.flatnonzero(shapely.intersects(g, raster_box)) for g in pixel_sets]
-    trees = [shapely.STRtree(g[u]) for g, u in zip(pixel_sets, usable, strict=True)]
-    counts = [_Counts.zeros(n) for _ in pixel_sets]
-
-    # The pixel under each footprint's inner point, for footprints without a pixel.
-    point_prob = np.full(n, NODATA, dtype=np.uint8)
-    cols, rows = _inner_pixels(pixel_sets[0], ds.width, ds.height)
-
-    parts = [raster_box, *(g[u] for g, u in zip(pixel_sets, usable, strict=True))]
-    bounds = shapely.total_bounds(np.concatenate([np.atleast_1d(p) for p in parts]))
-    for win in _grid_windows(*bounds, block_size):
-        c0, r0 = win.col_off, win.row_off
-        box = shapely.box(c0, r0, c0 + block_size, r0 + block_size)
-        found = [tree.query(box) for tree in trees]  # indices into usable
-        if not any(len(f) for f in found):
-            continue
-        prob = _read_block(ds, win)
-        # A footprint's inner point lies in a block where the footprint is found.
-        near = usable[0][found[0]]
-        near = near[(cols[near] >= c0) & (cols[near] < c0 + block_size)]
-        near = near[(rows[near] >= r0) & (rows[near] < r0 + block_size)]
-        point_prob[near] = prob[rows[near] - r0, cols[near] - c0]
-        for geoms, u, local, count in zip(pixel_sets, usable, found, counts, strict=True):
-            local = np.sort(local)
-            for start in range(0, len(local), LAYER_BATCH):  # memory bounded by the batch
-                batch = u[local[start : start + LAYER_BATCH]]
-                layer = overlap_layers(geoms[batch])
-                for value in np.unique(layer).tolist():
-                    sel = batch[layer == value]
-                    burnt = _burn_ids(geoms[sel], win, prob.shape)
-                    if burnt is not None:
-                        ids, part = burnt
-                        count.add_block(sel, ids, prob[part], cutoff)
-    for count in counts:
-        count.fill_empty(point_prob, cutoff)
-    return counts
-
-
-def _burn_ids(
-    pixel_geoms: np.ndarray, win: Window, shape: tuple[int, int]
-) -> tuple[np.ndarray, tuple[slice, slice]] | None:
+def _burn_ids(pixel_geoms: np.ndarray, win: Window) -> tuple[np.ndarray, Window] | None:
     """Rasterise K non-overlapping geometries as ids 1..K (pixel-centre rule).
 
-    Only the part of the (h, w) block window `win` that their bounds cover is
-    burnt. Returns the (h', w') int32 ids and the (rows, cols) slices of that part
-    within the block, or None when it is empty.
+    Only the part of window `win` that their bounds cover is burnt. Returns the
+    (h', w') int32 ids and that part, or None when it is empty.
     """
     minx, miny, maxx, maxy = shapely.total_bounds(pixel_geoms)
     c0 = max(math.floor(minx), win.col_off)
     r0 = max(math.floor(miny), win.row_off)
-    c1 = min(math.ceil(maxx), win.col_off + shape[1])
-    r1 = min(math.ceil(maxy), win.row_off + shape[0])
+    c1 = min(math.ceil(maxx), win.col_stop)
+    r1 = min(math.ceil(maxy), win.row_stop)
     if c1 <= c0 or r1 <= r0:
         return None
     ids = rasterio.features.rasterize(
@@ -416,9 +475,7 @@ def _burn_ids(
         all_touched=False,
         dtype=np.int32,
     )
-    rows = slice(r0 - win.row_off, r1 - win.row_off)
-    cols = slice(c0 - win.col_off, c1 - win.col_off)
-    return ids, (rows, cols)
+    return ids, Window(r0, c0, r1 - r0, c1 - c0)
 
 
 def _inner_pixels(
@@ -436,29 +493,3 @@ def _inner_pixels(
     outside = (cols < 0) | (cols >= width) | (rows < 0) | (rows >= height)
     cols[outside], rows[outside] = -1, -1
     return cols, rows
-
-
-def _grid_windows(
-    minx: float, miny: float, maxx: float, maxy: float, block_size: int
-) -> list[Window]:
-    """Square windows of the block grid anchored at pixel (0, 0) covering the bounds."""
-    c0 = math.floor(minx / block_size) * block_size
-    r0 = math.floor(miny / block_size) * block_size
-    return [
-        Window(col, row, block_size, block_size)
-        for row in range(r0, math.ceil(maxy), block_size)
-        for col in range(c0, math.ceil(maxx), block_size)
-    ]
-
-
-def _read_block(ds: rasterio.DatasetReader, win: Window) -> np.ndarray:
-    """(h, w) uint8 prob for a window that may reach past the raster (nodata there)."""
-    out = np.full((int(win.height), int(win.width)), NODATA, dtype=np.uint8)
-    c0, r0 = max(win.col_off, 0), max(win.row_off, 0)
-    c1 = min(win.col_off + win.width, ds.width)
-    r1 = min(win.row_off + win.height, ds.height)
-    if c1 > c0 and r1 > r0:
-        out[r0 - win.row_off : r1 - win.row_off, c0 - win.col_off : c1 - win.col_off] = ds.read(
-            1, window=Window(c0, r0, c1 - c0, r1 - r0)
-        )
-    return out

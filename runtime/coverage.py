@@ -1,8 +1,8 @@
 """Which windows of a raster a finishing step has already seen while the run streamed.
 
-Steps that gather from the blocks as they pass (thumbnails, grid tallies) read
-back from the files only what they missed: blocks mapped before a resume, or by
-other workers.
+Sinks that gather from the blocks as they pass (thumbnails, grid tallies, the
+damage tracer, the viewer's tiles) are fed from the files only what they missed:
+blocks mapped before a resume, or by other workers (``sinks.feed_missing``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import threading
 from collections.abc import Iterator
 
 import numpy as np
-from rasterio.windows import Window
 
 from stmap.io.layout import TILE as COVER  # the pipeline's blocks are made of whole tiles
+from stmap.window import Window
 
 FILL_BLOCK = 2048  # what is read back is read in blocks of up to this size
 
@@ -36,8 +36,9 @@ class Coverage:
     def complete(self) -> bool:
         return bool(self._tiles.all())
 
-    def add(self, row_off: int, col_off: int, height: int, width: int) -> None:
-        row_stop, col_stop, tile = row_off + height, col_off + width, self.tile
+    def add(self, window: Window) -> None:
+        row_off, col_off, tile = window.row_off, window.col_off, self.tile
+        row_stop, col_stop = window.row_stop, window.col_stop
         spans = ((row_off, row_stop, self.height), (col_off, col_stop, self.width))
         for offset, stop, size in spans:
             if offset % tile or (stop % tile and stop != size):
@@ -48,11 +49,11 @@ class Coverage:
                 col_off // tile : math.ceil(col_stop / tile),
             ] = True
 
-    def covers(self, row_off: int, col_off: int, height: int, width: int) -> bool:
+    def covers(self, window: Window) -> bool:
         """Whether every tile a window touches has been seen (windows may be off the tiles)."""
-        t = self.tile
-        rows = slice(max(row_off, 0) // t, math.ceil(min(row_off + height, self.height) / t))
-        cols = slice(max(col_off, 0) // t, math.ceil(min(col_off + width, self.width) / t))
+        t, inside = self.tile, window.clip(self.height, self.width)
+        rows = slice(inside.row_off // t, math.ceil(inside.row_stop / t))
+        cols = slice(inside.col_off // t, math.ceil(inside.col_stop / t))
         return bool(self._tiles[rows, cols].all())
 
     def missing(self, block: int | None = None) -> Iterator[Window]:
@@ -74,5 +75,4 @@ class Coverage:
     def _window(self, i0: int, j0: int, i1: int, j1: int) -> Window:
         """The window of tiles [i0, i1) × [j0, j1), clipped to the raster."""
         t = self.tile
-        r0, c0 = i0 * t, j0 * t
-        return Window(c0, r0, min(j1 * t, self.width) - c0, min(i1 * t, self.height) - r0)
+        return Window(i0 * t, j0 * t, (i1 - i0) * t, (j1 - j0) * t).clip(self.height, self.width)

@@ -12,15 +12,17 @@ Conventions:
 - A building belongs to the cell that holds its ``point_on_surface``.
 - Kept: the cells that hold a raster pixel centre or a building.
 
-Windows are tallied as they come (``GridTally``): a run's writer hands over each
-block while it streams, and only what it did not see is read back from the raster
-afterwards; memory is one block plus a few numbers per cell.
+Windows are tallied as they come (``GridTally``, a sink of the block stream): a
+run's writer hands over each block while it streams, and only what it did not see
+is read back from the raster afterwards; memory is one block plus a few numbers
+per cell.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +30,15 @@ import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 from rasterio.transform import Affine
-from rasterio.windows import Window
 
-from stmap.io.raster import open_raster
+from stmap.io.blocks import LayerReader
+from stmap.io.raster import describe_raster
 from stmap.io.vectors import VectorTable, crs_string
+from stmap.window import Window, lattice
 
 from .coverage import Coverage
-from .vectorize import NODATA, block_windows, damage_cutoff
+from .sinks import PROB, Layers, feed_missing
+from .vectorize import NODATA, damage_cutoff
 
 WORST_CELLS = 10  # cells listed in the summary and the report
 
@@ -72,9 +76,9 @@ def cell_frame(
 class GridTally:
     """Per-cell sums over a probability raster, gathered window by window.
 
-    The run's writer hands each block to ``add`` as it passes; ``fill`` reads from
-    the finished raster only the windows nobody added (blocks mapped before a
-    resume, or by other workers). Pixel centres map to grid coordinates through
+    A sink of ``prob``: the run's writer hands each block to ``add`` as it passes,
+    and what it did not see is fed from the finished raster (``missing``). Pixel
+    centres map to grid coordinates through
     one affine per ``block_size`` block of the raster's own block lattice, fitted
     once, so the cells a pixel falls in do not depend on how it was windowed.
     """
@@ -98,7 +102,7 @@ class GridTally:
         self.to_grid = _to_grid(crs, self.frame)
         self.block_size = block_size
         self.cutoff = damage_cutoff(threshold)
-        windows = [w for row in block_windows(width, height, block_size) for w in row]
+        windows = [w for row in lattice(0, 0, height, width, block_size) for w in row]
         self._affines = {
             (w.row_off, w.col_off): _block_affine(
                 transform @ Affine.translation(w.col_off, w.row_off), w, self.to_grid
@@ -111,17 +115,27 @@ class GridTally:
         self.tally = _Tally.zeros(self.lattice.size)
         self.coverage = Coverage(height, width)
 
-    def add(self, row_off: int, col_off: int, prob: np.ndarray) -> None:
-        """Tally an (h, w) uint8 window of probabilities × 255 (nodata 255).
+    needs = frozenset({PROB})
 
-        A window without valid pixels still counts its pixels for the cells: pass
-        ``np.broadcast_to(np.uint8(255), (h, w))``, a view that allocates nothing.
-        """
-        for affine, (rows, cols) in self._chunks(row_off, col_off, *prob.shape):
+    def add(self, window: Window, layers: Layers) -> None:
+        """Tally a window's (h, w) uint8 probabilities × 255 (nodata 255); a window
+        without valid pixels (no layers) still counts its pixels for the cells."""
+        shape = (window.height, window.width)
+        prob = layers[PROB] if layers else np.broadcast_to(np.uint8(NODATA), shape)
+        for affine, (rows, cols) in self._chunks(window.row_off, window.col_off, *shape):
             chunk = prob[rows, cols]
             pixel_m2 = abs(affine.determinant) * self.frame.metres_per_unit**2
             self.tally.add_chunk(self.lattice, affine, chunk, self.cutoff, pixel_m2)
-        self.coverage.add(row_off, col_off, *prob.shape)
+        self.coverage.add(window)
+
+    def missing(self) -> Iterator[Window]:
+        return self.coverage.missing()
+
+    def finish(self) -> GridTally:
+        """The complete tally (see ``damage_grid``)."""
+        if not self.coverage.complete:
+            raise RuntimeError("the grid has not seen every window of the raster")
+        return self
 
     def _chunks(self, row_off: int, col_off: int, height: int, width: int):
         """The window cut along the block lattice: each chunk's affine (pixel → grid)
@@ -143,12 +157,6 @@ class GridTally:
                 c = c_stop
             r = r_stop
 
-    def fill(self, prob_path: str | os.PathLike[str]) -> None:
-        """Tally what ``add`` has not seen, read from the raster at ``prob_path``."""
-        with open_raster(prob_path) as ds:
-            for window in self.coverage.missing():
-                self.add(window.row_off, window.col_off, ds.read(1, window=window))
-
 
 def damage_grid(
     prob_path: str | os.PathLike[str],
@@ -158,15 +166,34 @@ def damage_grid(
     buildings: VectorTable | None = None,
     gsd_m: float = 0.5,
     block_size: int = 1024,
-    tally: GridTally | None = None,
 ) -> VectorTable:
     """Damage per square cell over a uint8 probability raster (× 255, nodata 255).
 
     threshold: a pixel is damaged when prob / 255 > threshold (the damage raster's test).
-    buildings: the building layer (``building_damage``'s table, with ``label``), or None.
     gsd_m: the pixel size assumed for a raster without CRS.
     block_size: the blocks each fitted affine covers (see ``GridTally``).
-    tally: what the run already gathered with the same settings; None: all is read.
+    See ``grid_table`` for the rest.
+    """
+    info = describe_raster(prob_path)
+    tally = GridTally(
+        info.crs,
+        info.transform,
+        info.width,
+        info.height,
+        threshold=threshold,
+        cell_m=cell_m,
+        gsd_m=gsd_m,
+        block_size=block_size,
+    )
+    with LayerReader({PROB: prob_path}, None) as reader:
+        feed_missing([tally], reader)
+    return grid_table(tally.finish(), buildings)
+
+
+def grid_table(tally: GridTally, buildings: VectorTable | None = None) -> VectorTable:
+    """The cells of a complete tally, with the buildings in them.
+
+    buildings: the building layer (``building_damage``'s table, with ``label``), or None.
 
     Returns Polygon cells, north to south then west to east, with ``cell_id`` (int64
     from 1), float64 ``imaged_fraction`` (area of valid pixels / cell area, at most
@@ -176,21 +203,7 @@ def damage_grid(
     ``centre_lon``, ``centre_lat`` (WGS84; NaN without CRS). Sums over the cells
     equal the raster's damaged area and the building layer's counts.
     """
-    if tally is None:
-        with open_raster(prob_path) as ds:
-            tally = GridTally(
-                ds.crs,
-                ds.transform,
-                ds.width,
-                ds.height,
-                threshold=threshold,
-                cell_m=cell_m,
-                gsd_m=gsd_m,
-                block_size=block_size,
-            )
-    elif (tally.cell_m, tally.cutoff) != (cell_m, damage_cutoff(threshold)):
-        raise ValueError("the tally was gathered with another cell size or threshold")
-    tally.fill(prob_path)
+    cell_m = tally.cell_m
     points = _building_points(buildings, tally.to_grid)
     lattice, sums = tally.lattice.extended(points), tally.tally
     sums = sums.moved(tally.lattice, lattice)

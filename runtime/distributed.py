@@ -33,37 +33,45 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from stmap.bundle import DEFAULT, open_bundle
 from stmap.errors import DeviceError, InputError, Interrupted, RasterError, StmapError
-from stmap.io.blocks import BlockReader, ReadSpec, streaming_env
+from stmap.io.blocks import LayerReader, streaming_env
 from stmap.io.paths import is_virtual
-from stmap.io.writers import BlockWriter, prepare_output_dir
+from stmap.io.writers import prepare_output_dir
 from stmap.lazy import lazy_import
 from stmap.memory import ENVIRONMENT
 from stmap.runtime.backends.base import resolve_device
+from stmap.runtime.gather import Gathered
 from stmap.runtime.grid import BlockPlan
-from stmap.runtime.infer import (
+from stmap.runtime.infer import map_input
+from stmap.runtime.journal import Journal
+from stmap.runtime.pipeline import PipelineResult, StageTimes
+from stmap.runtime.plan import (
     InferOptions,
     InputPlan,
     OutputPaths,
     ProgressFactory,
     RunPlan,
-    Session,
-    map_input,
     plan_run,
+)
+from stmap.runtime.sinks import NO_LAYERS, OUTPUT, SOURCE, Layers, feed
+from stmap.runtime.stream import (
+    RunFacts,
+    Session,
+    StreamResult,
+    block_plan,
+    gather_spec,
+    open_partials,
     stream_blocks,
 )
-from stmap.runtime.journal import Journal
-from stmap.runtime.pipeline import PipelineResult, StageTimes
+from stmap.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +98,7 @@ class StripResult:
     tiles: int
     seconds: float
     times: dict[str, float]
-    run: dict[str, Any]
+    run: RunFacts
 
 
 class MapWorker:
@@ -107,13 +115,17 @@ class MapWorker:
 
     def map_strip(self, plan: InputPlan, strip: Strip) -> StripResult:
         """The blocks of one strip into the strip's partial rasters (resumed from its journal)."""
+        tile, overlap = self.session.bundle.manifest.tile_size, self.session.overlap
         with streaming_env():
-            blocks = strip.blocks(_block_cols(plan))
-            result, run, _ = stream_blocks(
+            blocks = strip.blocks(block_plan(plan, tile, overlap).block_cols)
+            streamed = stream_blocks(
                 plan, strip.out, self.session, None, log.warning, blocks=blocks, gather=False
             )
+        result = streamed.pipeline
         times = result.times.as_dict()
-        return StripResult(strip, result.resumed_blocks, result.tiles, result.seconds, times, run)
+        return StripResult(
+            strip, result.resumed_blocks, result.tiles, result.seconds, times, streamed.run
+        )
 
     def finish_scene(
         self, plan: InputPlan, out: OutputPaths, strips: list[StripResult], elapsed_s: float
@@ -186,7 +198,7 @@ def split_scenes(run: RunPlan, workers: int) -> list[list[range]]:
     total = sum(plan.info.width * plan.info.height for plan, _ in run.inputs)
     pieces = []
     for plan, _ in run.inputs:
-        rows = -(-plan.info.height // plan.block_size)  # as BlockPlan.block_rows
+        rows = block_plan(plan, run.bundle.manifest.tile_size, run.overlap).block_rows
         count = min(rows, -(-plan.info.width * plan.info.height * workers // total))
         bounds = [k * rows // count for k in range(count + 1)]
         pieces.append([range(a, b) for a, b in itertools.pairwise(bounds)])
@@ -200,73 +212,56 @@ def assemble_strips(
     session: Session,
     progress: ProgressFactory | None,
     warn: Callable[[str], None],
-) -> tuple[PipelineResult, dict[str, Any], None]:
-    """Copy the mapped blocks of ``strips`` into the scene's partial rasters (a ``Stream``).
-
-    Blocks with no valid pixel are left unwritten, as a single run leaves them. No
-    sketches: the finishing steps read what they need from the assembled rasters.
+) -> StreamResult:
+    """Feed the mapped blocks of ``strips`` to the scene's sinks (a ``Stream``): its
+    partial rasters and journal, and the gathering sinks of the outputs, exactly as
+    a single run's pipeline feeds them; what no strip holds (the input's pixels) is
+    read when the scene finishes.
     """
     start = time.perf_counter()
-    info = plan.info
-    grid = BlockPlan(
-        info.height,
-        info.width,
-        plan.block_size,
-        plan.tile_grid(session.bundle.manifest.tile_size, session.overlap),
-        plan.scale,
-    )
-    times, counts = StageTimes(), {}
-    writer = BlockWriter(
-        out.partials,
-        height=info.height,
-        width=info.width,
-        crs=info.crs,
-        transform=info.transform,
-        resume=False,
-    )
+    partials = open_partials(plan, out, session, strips[0].run.precision, warn)
+    grid = partials.plan
+    gathered = Gathered(plan, out, gather_spec(plan, session, trace_damage=True))
+    sinks = [partials, *(s for s in gathered.streamed() if not s.needs <= SOURCE)]
+    times = StageTimes()
     try:
         for result in strips:
-            counts.update(_copy_strip(result.strip.out, grid, writer))
+            feed(sinks, _strip_blocks(result.strip.out, grid, set(partials.journal.blocks)))
             for stage, seconds in result.times.items():
                 times.add(stage, seconds)
+        partials.finish()
     finally:
-        writer.close()
+        partials.writer.close()
     times.add("write", time.perf_counter() - start)
-    pipeline = PipelineResult(
-        blocks=len(grid),
-        resumed_blocks=sum(r.resumed_blocks for r in strips),
+    pipeline = PipelineResult.of(
+        grid,
+        range(len(grid)),
+        partials.journal.blocks,
+        resumed=sum(r.resumed_blocks for r in strips),
         tiles=sum(r.tiles for r in strips),
-        pixels=info.width * info.height,
-        valid_pixels=sum(valid for valid, _ in counts.values()),
-        skipped_pixels=sum(grid.block(i).out.size for i, (v, _) in counts.items() if not v),
-        damaged_pixels=sum(damaged for _, damaged in counts.values()),
         seconds=sum(r.seconds for r in strips) + time.perf_counter() - start,
         times=times,
     )
-    return pipeline, {**strips[0].run, "strips": len(strips)}, None
+    return StreamResult(pipeline, replace(strips[0].run, strips=len(strips)), gathered)
 
 
-def _copy_strip(
-    strip: OutputPaths, grid: BlockPlan, writer: BlockWriter
-) -> dict[int, tuple[int, int]]:
-    """The blocks a strip's journal lists, from its partial rasters into ``writer``'s."""
+def _strip_blocks(
+    strip: OutputPaths, grid: BlockPlan, done: set[int]
+) -> Iterator[tuple[Window, Layers]]:
+    """The blocks a strip's journal lists and ``done`` does not, read from its partial
+    rasters; those without a valid pixel come without layers, as from the pipeline."""
     journal = Journal.load(strip.journal)
     if journal is None:
         raise RasterError(
             f"{strip.journal}: a mapped strip's journal is missing; OUTDIR must be on storage "
             "that every Ray node mounts at the same path"
         )
-    for layer, path in strip.partials.items():
-        spec = ReadSpec(str(path), (1,), "uint8", False, (grid.height, grid.width))
-        with BlockReader(spec) as reader:
-            for index, (valid, _) in journal.blocks.items():
-                if not valid:
-                    continue
-                window = grid.block(index).out
-                data = np.empty((1, window.height, window.width), np.uint8)
-                reader.read_pixels(window.row_off, window.col_off, *data.shape[1:], out=data)
-                writer.write(layer, window.row_off, window.col_off, data[0])
-    return journal.blocks
+    with LayerReader(strip.partials, None) as reader:
+        for index, (valid, _) in sorted(journal.blocks.items()):
+            if index in done:
+                continue
+            window = grid.block(index).out
+            yield next(reader.read([window], OUTPUT)) if valid else (window, NO_LAYERS)
 
 
 @dataclass(frozen=True)
@@ -358,11 +353,6 @@ def _start_workers(ray: ModuleType, run: RunPlan, actors: int | None) -> list[An
         worker_class.options(name=f"{prefix}-{i}").remote(options, run.threshold, run.overlap)
         for i in range(count)
     ]
-
-
-def _block_cols(plan: InputPlan) -> int:
-    """As ``BlockPlan.block_cols``: blocks are row-major, so a row of blocks is a range."""
-    return -(-plan.info.width // plan.block_size)
 
 
 # The allocator settings of stmap.memory, read by glibc when a worker starts: two

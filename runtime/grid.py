@@ -42,42 +42,10 @@ import numpy as np
 
 from stmap.errors import InputError
 from stmap.io.layout import TILE as COG_TILE  # blocks are multiples of the output tiles
+from stmap.window import Window
 
 DEFAULT_BLOCK = 2048
 MAX_AUTO_BLOCK = 8192
-
-
-@dataclass(frozen=True)
-class Window:
-    """A rectangle of pixels, ``row_off``/``col_off`` possibly negative or past the raster."""
-
-    row_off: int
-    col_off: int
-    height: int
-    width: int
-
-    @property
-    def row_stop(self) -> int:
-        return self.row_off + self.height
-
-    @property
-    def col_stop(self) -> int:
-        return self.col_off + self.width
-
-    @property
-    def size(self) -> int:
-        return self.height * self.width
-
-    def clip(self, height: int, width: int) -> Window:
-        """The part inside a ``height`` × ``width`` raster (empty windows have size 0)."""
-        r0, c0 = max(self.row_off, 0), max(self.col_off, 0)
-        r1, c1 = min(self.row_stop, height), min(self.col_stop, width)
-        return Window(r0, c0, max(r1 - r0, 0), max(c1 - c0, 0))
-
-    def relative_to(self, outer: Window) -> tuple[slice, slice]:
-        """(rows, cols) slices of this window inside an array holding ``outer``."""
-        r, c = self.row_off - outer.row_off, self.col_off - outer.col_off
-        return slice(r, r + self.height), slice(c, c + self.width)
 
 
 @dataclass(frozen=True)

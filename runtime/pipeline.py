@@ -1,15 +1,16 @@
 """The hot path: reader threads → device stage → writer thread, through bounded queues.
 
     readers (threads)             device stage (this thread)              writer (thread)
-    validity mask; blocks with    one host→device copy of raw pixels      partial GeoTIFFs,
-    no valid pixel stop here  ─▶  mirror edges, cut tiles (strided view) ─▶ checkpoints and
-    pixels into (pinned) host     batched forward, blend, resample,        the journal
-    buffers from a fixed pool     uint8, one device→host copy
+    validity mask; blocks with    one host→device copy of raw pixels      the output sinks:
+    no valid pixel stop here  ─▶  mirror edges, cut tiles (strided view) ─▶ partial rasters
+    pixels into (pinned) host     batched forward, blend, resample,        and journal, grid,
+    buffers from a fixed pool     uint8, one device→host copy              polygons, ...
 
 Python touches blocks, never tiles. The tiles a block shares with the blocks below
 and to its right are handed over (``SharedTiles``) rather than computed twice.
-Taps hand each block, as the readers and the writer hold it, to the finishing
-steps (``sketches``): what they need is gathered on the way, not read back after.
+Every output is a sink (``sinks``): each block is handed to each sink once, in the
+reader thread for sinks of the input's pixels, in the writer thread for sinks of
+the outputs, so what the outputs need is gathered on the way, not read back after.
 Memory is bounded by the buffer pool and the queue depths, whatever the raster's
 size. The same code runs on CPU and CUDA: the only differences are pinned host
 buffers and, when timings are asked for (``timed``), the synchronisations that make
@@ -20,32 +21,27 @@ stage times are host times (compute shows as transfer).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from stmap.io.blocks import BlockReader, ReadSpec
-from stmap.io.writers import NODATA, BlockWriter
+from stmap.io.blocks import IMAGE, VALID, BlockReader, ReadSpec
+from stmap.io.writers import NODATA
 from stmap.runtime.backends.base import Batcher, synchronize
 from stmap.runtime.blend import Blender, interpolate
 from stmap.runtime.grid import Block, BlockPlan, bilinear_taps, reflect_index, shared_count
-from stmap.runtime.journal import Journal
+from stmap.runtime.sinks import DAMAGE, NO_LAYERS, PROB, SOURCE, Layers, Sink
 
 log = logging.getLogger(__name__)
 
-PROB, DAMAGE = "prob", "damage"  # the two layers the writer receives, in this order
 _DONE = object()  # end-of-stream marker on a queue
 _POLL_S = 0.2  # how often a blocked thread looks up to see whether it should stop
-# (block, pixels on block.source or None, validity on block.out or None) in a reader
-SourceTap = Callable[[Block, np.ndarray | None, np.ndarray | None], None]
-OutputTap = Callable[[Block, np.ndarray | None], None]  # (block, (2, h, w) layers or None)
 
 
 @dataclass
@@ -71,6 +67,8 @@ class StageTimes:
 
 @dataclass
 class PipelineResult:
+    """What mapping an input took and found (a run's, or its strips' together)."""
+
     blocks: int
     resumed_blocks: int
     tiles: int  # tiles run through the model in this run
@@ -78,6 +76,58 @@ class PipelineResult:
     valid_pixels: int
     skipped_pixels: int
     damaged_pixels: int
+    seconds: float
+    times: StageTimes
+
+    @classmethod
+    def of(
+        cls,
+        plan: BlockPlan,
+        blocks: Collection[int],
+        journalled: dict[int, tuple[int, int]],
+        *,
+        resumed: int,
+        tiles: int,
+        seconds: float,
+        times: StageTimes,
+    ) -> PipelineResult:
+        """The result of mapping ``blocks`` of ``plan``, counted from the journal."""
+        skipped = sum(plan.block(i).out.size for i, (valid, _) in journalled.items() if not valid)
+        return cls(
+            blocks=len(blocks),
+            resumed_blocks=resumed,
+            tiles=tiles,
+            pixels=sum(plan.block(i).out.size for i in blocks),
+            valid_pixels=sum(v for v, _ in journalled.values()),
+            skipped_pixels=skipped,
+            damaged_pixels=sum(d for _, d in journalled.values()),
+            seconds=seconds,
+            times=times,
+        )
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How a pipeline runs; none of it changes the result.
+
+    cutoff: damaged ⇔ uint8 probability > cutoff (``vectorize.damage_cutoff``).
+    workers: reader threads; queue_depth: blocks waiting between two stages.
+    timed: synchronise the device at each stage boundary (three times a block), so
+        that the stage times are the device's; off, a run pays for none of them.
+    """
+
+    cutoff: int
+    workers: int = 1
+    queue_depth: int = 2
+    timed: bool = False
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """What one pipeline run did: blocks mapped, tiles through the model, time."""
+
+    blocks: int
+    tiles: int
     seconds: float
     times: StageTimes
 
@@ -176,23 +226,16 @@ def _index(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 
 class Pipeline:
-    """Maps the blocks of one plan not yet in the journal, writing them as they finish.
+    """Maps ``blocks`` of one plan, handing each finished block to every sink.
 
-    cutoff: damaged ⇔ uint8 probability > cutoff (``vectorize.damage_cutoff``).
-    workers: reader threads; queue_depth: blocks waiting between two stages.
-    checkpoint_s: the least time between two checkpoints of the partial rasters.
-    blocks: the indices of the plan's blocks this run maps (a strip of a scene shared
-        out over several workers); None: all of them. A block's result does not depend
-        on which run maps it (one global tile grid), so strips add up to the whole.
-    progress: called from the writer thread with the output pixels of each block.
-    source_tap: called from a reader thread with each block, its pixels (C, h, w) on
-        ``block.source`` (None: no valid pixel, nothing read) and its validity on
-        ``block.out`` (None: all valid); it must not keep ``pixels``, a pool buffer.
-    output_tap: called from the writer thread with each block and its (2, h, w)
-        layers (None: no valid pixel). Taps let the finishing steps gather what they
-        need while the blocks pass, instead of reading the rasters again afterwards.
-    timed: synchronise the device at each stage boundary (three times a block), so
-        that the stage times are the device's; off, a run pays for none of them.
+    blocks: the indices of the plan's blocks this run maps, in any order (those not
+        journalled yet; a strip of a scene shared out over several workers). A
+        block's result does not depend on which run maps it (one global tile grid),
+        so strips add up to the whole.
+    sinks: each gets (block.out, layers) once per block: sinks of ``SOURCE`` layers in
+        a reader thread (the input's pixels, on the input grid: the plan must not
+        resample), the others in the writer thread, in the order given. A sink's
+        error stops the run and is raised.
     """
 
     def __init__(
@@ -200,28 +243,19 @@ class Pipeline:
         plan: BlockPlan,
         spec: ReadSpec,
         batcher: Batcher,
-        writer: BlockWriter,
-        journal: Journal,
-        *,
-        cutoff: int,
-        workers: int = 1,
-        queue_depth: int = 2,
-        checkpoint_s: float = 1.0,
-        progress: Callable[[int], None] | None = None,
-        blocks: Collection[int] | None = None,
-        source_tap: SourceTap | None = None,
-        output_tap: OutputTap | None = None,
-        timed: bool = False,
+        sinks: Sequence[Sink],
+        options: StreamOptions,
+        blocks: Collection[int],
     ):
         self.plan, self.spec, self.batcher = plan, spec, batcher
-        self.writer, self.journal = writer, journal
-        self.cutoff, self.workers, self.checkpoint_s = cutoff, workers, checkpoint_s
-        self.progress = progress or (lambda pixels: None)
-        self.blocks = range(len(plan)) if blocks is None else sorted(blocks)  # row-major
-        self.source_tap = source_tap or (lambda block, pixels, valid: None)
-        self.output_tap = output_tap or (lambda block, layers: None)
+        self.source_sinks = [s for s in sinks if s.needs <= SOURCE]
+        self.output_sinks = [s for s in sinks if not s.needs <= SOURCE]
+        if self.source_sinks and plan.resampled:
+            raise ValueError("sinks of the input's pixels need the model on the input grid")
+        self.cutoff, self.workers, self.timed = options.cutoff, options.workers, options.timed
+        queue_depth = options.queue_depth
+        self.blocks = sorted(blocks)  # row-major
         self.device = batcher.backend.device
-        self.timed = timed
         self.blender = Blender(plan.grid, self.device)
         self.shared = SharedTiles(plan, self.device)
         self.tiles = 0  # tiles run through the model
@@ -234,7 +268,7 @@ class Pipeline:
         dtype = torch.from_numpy(np.empty(0, spec.dtype)).dtype
         size = len(spec.bands) * plan.max_source_pixels()
         self._pool: queue.Queue = queue.Queue()
-        for _ in range(queue_depth + workers + 1):
+        for _ in range(queue_depth + self.workers + 1):
             self._pool.put(torch.empty(size, dtype=dtype, pin_memory=pin))
 
     @property
@@ -242,16 +276,12 @@ class Pipeline:
         """Whether the run stopped because the outputs could not be written."""
         return self._writer_error is not None
 
-    def run(self) -> PipelineResult:
+    def run(self) -> Streamed:
         start = time.perf_counter()
         todo: queue.Queue = queue.Queue()
         for index in self.blocks:
-            if index not in self.journal.blocks:
-                todo.put(self.plan.block(index))
-                self.shared.expect(index)
-        resumed = len(self.blocks) - todo.qsize()
-        if resumed:
-            self.progress(sum(self.plan.block(i).out.size for i in self.journal.blocks))
+            todo.put(self.plan.block(index))
+            self.shared.expect(index)
         threads = [threading.Thread(target=self._write, name="stmap-writer", daemon=True)]
         threads += [
             threading.Thread(target=self._read, args=(todo,), name=f"stmap-reader-{i}", daemon=True)
@@ -268,7 +298,7 @@ class Pipeline:
                 thread.join()
         if self._writer_error is not None:
             raise self._writer_error
-        return self._result(resumed, time.perf_counter() - start)
+        return Streamed(len(self.blocks), self.tiles, time.perf_counter() - start, self.times)
 
     # -- reader threads ------------------------------------------------------------
 
@@ -290,9 +320,9 @@ class Pipeline:
     def _load(self, reader: BlockReader, block: Block) -> _Loaded:
         t0 = time.perf_counter()
         out = block.out
-        valid = reader.read_valid(out.row_off, out.col_off, out.height, out.width)
+        valid = reader.read_valid(out)
         if valid is not None and not valid.any():
-            self.source_tap(block, None, valid)
+            self._hand_over(self.source_sinks, block, NO_LAYERS)
             self.times.add("read", time.perf_counter() - t0)
             return _Loaded(block, None, None, None)  # no valid pixel: never reaches the model
         if valid is not None and valid.all():
@@ -301,10 +331,19 @@ class Pipeline:
         src = block.source
         pixels = buffer[: len(self.spec.bands) * src.size].view(-1, src.height, src.width)
         # rasterio decodes straight into the (pinned) buffer: no extra host copy.
-        reader.read_pixels(src.row_off, src.col_off, src.height, src.width, out=pixels.numpy())
-        self.source_tap(block, pixels.numpy(), valid)
+        reader.read_pixels(src, out=pixels.numpy())
+        if self.source_sinks:  # on the input grid (no resampling): source holds out
+            rows, cols = out.relative_to(src)
+            image = {IMAGE: pixels.numpy()[:, rows, cols]}
+            image.update({} if valid is None else {VALID: valid})
+            self._hand_over(self.source_sinks, block, image)
         self.times.add("read", time.perf_counter() - t0)
         return _Loaded(block, pixels, valid, buffer)
+
+    @staticmethod
+    def _hand_over(sinks: Sequence[Sink], block: Block, layers: Layers) -> None:
+        for sink in sinks:
+            sink.add(block.out, layers)
 
     def _take_buffer(self) -> torch.Tensor:
         while True:
@@ -401,43 +440,16 @@ class Pipeline:
     # -- writer thread -----------------------------------------------------------------
 
     def _write(self) -> None:
-        pending: dict[int, tuple[int, int]] = {}
-        last = time.perf_counter()
         try:
             while (item := self._finished.get()) is not _DONE:
                 block, layers = item
                 t0 = time.perf_counter()
-                pending[block.index] = self._write_block(block, layers)
-                self.output_tap(block, layers)
-                if time.perf_counter() - last >= self.checkpoint_s:
-                    self._checkpoint(pending)
-                    last = time.perf_counter()
+                named = NO_LAYERS if layers is None else {PROB: layers[0], DAMAGE: layers[1]}
+                self._hand_over(self.output_sinks, block, named)
                 self.times.add("write", time.perf_counter() - t0)
-                self.progress(block.out.size)
-            self._checkpoint(pending)
         except BaseException as exc:
             self._writer_error = exc
             self._stop.set()
-            # Keep the blocks written before the failure, if the disk still lets us.
-            with contextlib.suppress(Exception):
-                self._checkpoint(pending)
-
-    def _write_block(self, block: Block, layers: np.ndarray | None) -> tuple[int, int]:
-        """Write one block; returns its (valid, damaged) pixel counts."""
-        if layers is None:
-            return 0, 0  # sparse partial rasters read as nodata where nothing is written
-        out = block.out
-        self.writer.write(PROB, out.row_off, out.col_off, layers[0])
-        self.writer.write(DAMAGE, out.row_off, out.col_off, layers[1])
-        valid = int(np.count_nonzero(layers[0] != NODATA))
-        return valid, int(np.count_nonzero(layers[1] == 1))
-
-    def _checkpoint(self, pending: dict[int, tuple[int, int]]) -> None:
-        if not pending:
-            return
-        self.writer.checkpoint()  # the partial rasters hold these blocks durably ...
-        self.journal.record(pending)  # ... before the journal says so
-        pending.clear()
 
     # -- queues ----------------------------------------------------------------------------
 
@@ -465,19 +477,3 @@ class Pipeline:
             except queue.Empty:
                 if self._writer_error is not None:
                     raise self._writer_error from None
-
-    def _result(self, resumed: int, seconds: float) -> PipelineResult:
-        stats = self.journal.blocks
-        pixels = sum(self.plan.block(i).out.size for i in self.blocks)
-        skipped = sum(self.plan.block(i).out.size for i, (valid, _) in stats.items() if not valid)
-        return PipelineResult(
-            blocks=len(self.blocks),
-            resumed_blocks=resumed,
-            tiles=self.tiles,
-            pixels=pixels,
-            valid_pixels=sum(v for v, _ in stats.values()),
-            skipped_pixels=skipped,
-            damaged_pixels=sum(d for _, d in stats.values()),
-            seconds=seconds,
-            times=self.times,
-        )

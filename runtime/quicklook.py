@@ -1,8 +1,8 @@
 """A downsampled RGB view of a scene with the damage drawn over it, as a PNG.
 
-Image and probabilities come as thumbnails (``thumbnail.Thumbnail``): sampled
-from the blocks while the run streams them, and completed from the files for
-whatever that run did not see, so the full-resolution rasters are never held and,
+Image and probabilities come as thumbnails (``thumbnail.Thumbnail``, sinks of the
+block stream): sampled from the blocks while the run streams them, and completed
+from the files for whatever that run did not see, so the full-resolution rasters are never held and,
 in a plain run, the input is not decoded twice. The image is stretched per band
 (2-98 %) and slightly desaturated so the overlay stands out: damage (prob >
 threshold) is a half-transparent red fill with a solid bright-red outline; pixels
@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rasterio.windows import Window
 
 from stmap.errors import RasterError
-from stmap.io.blocks import band_validity
-from stmap.io.raster import open_raster
+from stmap.io.blocks import IMAGE, LayerReader, ReadSpec
+from stmap.io.raster import describe_raster
 from stmap.io.writers import NODATA, write_png
 
+from .sinks import PROB, feed_missing
 from .thumbnail import Thumbnail
 from .vectorize import damage_cutoff
 
@@ -54,8 +54,6 @@ def write_quicklook(
     threshold: float,
     bands: Sequence[int] = (1, 2, 3),
     max_size: int = MAX_SIZE,
-    image: Thumbnail | None = None,
-    prob: Thumbnail | None = None,
 ) -> Path:
     """Write a PNG of `image_path` with the damage of `prob_path` drawn over it.
 
@@ -63,28 +61,35 @@ def write_quicklook(
         when one band is given.
     prob_path: uint8 probability × 255 (nodata 255) covering the same extent.
     threshold: damage is drawn where prob / 255 > threshold.
-    max_size: the longer side of the PNG in pixels (never upsampled); used when no
-        thumbnails are given.
-    image, prob: thumbnails of the two rasters already (partly) sampled during the
-        run, on the same shape; what they miss is read from the files.
+    max_size: the longer side of the PNG in pixels (never upsampled).
     The PNG appears at `out_png` only once complete. Returns its path.
     """
-    with open_raster(image_path) as img, open_raster(prob_path) as prob_ds:
-        if max(bands) > img.count or min(bands) < 1:
-            raise RasterError(
-                f"{img.name}: has {img.count} band(s), cannot show bands {list(bands)}"
-            )
-        shape = quicklook_shape(img.width, img.height, max_size)
-        if image is None:
-            image = Thumbnail(img.height, img.width, shape, len(bands), img.dtypes[0])
-        if prob is None:
-            prob = Thumbnail(prob_ds.height, prob_ds.width, image.pixels.shape[1:], 1)
+    info = describe_raster(image_path)
+    if max(bands) > info.count or min(bands) < 1:
+        raise RasterError(f"{info.path}: has {info.count} band(s), cannot show bands {list(bands)}")
+    image, prob = quicklook_thumbnails(info.height, info.width, len(bands), info.dtype, max_size)
+    spec = ReadSpec(info.path, tuple(bands), info.dtype, True, (info.height, info.width))
+    with LayerReader({PROB: prob_path}, spec) as reader:
+        feed_missing([image, prob], reader)
+    return save_quicklook(out_png, image, prob, threshold=threshold)
 
-        def read_image(window: Window) -> tuple[np.ndarray, np.ndarray]:
-            return img.read(list(bands), window=window), band_validity(img, tuple(bands), window)
 
-        image.fill(read_image)
-        prob.fill(lambda window: (prob_ds.read([1], window=window), None))
+def quicklook_thumbnails(
+    height: int, width: int, bands: int, dtype: str, max_size: int = MAX_SIZE
+) -> tuple[Thumbnail, Thumbnail]:
+    """The two sinks a quicklook is drawn from: the input's and the probabilities'."""
+    shape = quicklook_shape(width, height, max_size)
+    return (
+        Thumbnail(height, width, shape, bands, dtype, layer=IMAGE),
+        Thumbnail(height, width, shape, 1, layer=PROB),
+    )
+
+
+def save_quicklook(
+    out_png: str | os.PathLike[str], image: Thumbnail, prob: Thumbnail, *, threshold: float
+) -> Path:
+    """Write the PNG of two complete thumbnails (``quicklook_thumbnails``)."""
+    image, prob = image.finish(), prob.finish()
     probs = np.ma.masked_equal(prob.pixels[0], NODATA)
     rgb = render_quicklook(image.pixels, image.valid, probs, damage_cutoff(threshold))
     return write_png(Path(out_png), rgb)

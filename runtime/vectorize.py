@@ -1,5 +1,6 @@
-"""Damaged areas as polygons, traced window by window: from the blocks as a run
-streams them (``DamageTracer``, beside a GPU) and from the finished rasters.
+"""Damaged areas as polygons, traced window by window (``DamageTracer``, a sink of
+the block stream): from the blocks as a run streams them (beside a GPU), and from
+the finished rasters for what it did not see.
 
 Connectivity: 4 (edge neighbours), for the polygons and for joining pieces across
 block edges alike, as `rasterio.features.shapes` does by default; two damaged
@@ -23,6 +24,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import rasterio.features
@@ -31,15 +33,17 @@ from pyproj import CRS, Geod
 from rasterio.crs import CRS as RioCRS
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
-from rasterio.windows import Window
 from scipy import ndimage
 
 from stmap.errors import RasterError
+from stmap.io.blocks import LayerReader
 from stmap.io.layout import NODATA
-from stmap.io.raster import open_raster
+from stmap.io.raster import RasterInfo, describe_raster
 from stmap.io.vectors import VectorTable, crs_string
+from stmap.window import Window
 
 from .coverage import COVER, Coverage
+from .sinks import DAMAGE, PROB, Layers, feed_missing
 
 CONNECTIVITY = 4
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity for labelling
@@ -70,9 +74,8 @@ def damage_polygons(
     *,
     block_size: int = 2048,
     min_area_m2: float = 0.0,
-    tracer: DamageTracer | None = None,
 ) -> VectorTable:
-    """Polygons of the damaged regions (value 1) of a uint8 damage mask.
+    """Polygons of the damaged regions (value 1) of a uint8 damage mask on disk.
 
     mask_path: single-band uint8 raster, 1 damaged, 0 not, 255 nodata.
     prob_path: single-band uint8 probability × 255 on the same grid (nodata 255).
@@ -84,18 +87,25 @@ def damage_polygons(
     one block of each raster plus the pieces along one row of block edges,
     whatever the raster size.
     block_size: the windows read (and traced) from the rasters.
-    tracer: what the run already traced; None: everything is read.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    with open_raster(mask_path) as mask_ds:
-        crs, transform = mask_ds.crs, mask_ds.transform
-        if tracer is None:
-            tracer = DamageTracer(mask_ds.height, mask_ds.width, tile=block_size)
-    tile = tracer.coverage.tile
-    tracer.fill(mask_path, prob_path, block=max(1, block_size // tile) * tile)
-    pixel_polys, sums, counts = tracer.pieces()
+    mask, prob = describe_raster(mask_path), describe_raster(prob_path)
+    _check_same_grid(mask, prob)
+    tracer = DamageTracer(mask.height, mask.width, tile=block_size, read_block=block_size)
+    with LayerReader({DAMAGE: mask_path, PROB: prob_path}, None) as reader:
+        feed_missing([tracer], reader)
+    return polygons_table(tracer.finish(), mask.crs, mask.transform, min_area_m2)
 
+
+def polygons_table(
+    pieces: tuple[np.ndarray, np.ndarray, np.ndarray],
+    crs: Any,
+    transform: Affine,
+    min_area_m2: float = 0.0,
+) -> VectorTable:
+    """The traced regions (``DamageTracer.finish``) as ``damage_polygons`` returns them."""
+    pixel_polys, sums, counts = pieces
     bounds = shapely.bounds(pixel_polys).reshape(-1, 4)
     order = np.lexsort((bounds[:, 0], bounds[:, 1]))  # top row first, then left
     pixel_polys, sums, counts = pixel_polys[order], sums[order], counts[order]
@@ -111,27 +121,17 @@ def damage_polygons(
     )
 
 
-def _check_same_grid(mask_ds: rasterio.DatasetReader, prob_ds: rasterio.DatasetReader) -> None:
+def _check_same_grid(mask: RasterInfo, prob: RasterInfo) -> None:
     """Raise RasterError unless the two rasters share size, transform and CRS."""
-    if (mask_ds.width, mask_ds.height, mask_ds.transform, mask_ds.crs) != (
-        prob_ds.width,
-        prob_ds.height,
-        prob_ds.transform,
-        prob_ds.crs,
+    if (mask.width, mask.height, mask.transform, mask.crs) != (
+        prob.width,
+        prob.height,
+        prob.transform,
+        prob.crs,
     ):
         raise RasterError(
-            f"{prob_ds.name}: not on the grid of {mask_ds.name} "
-            "(size, transform and CRS must match)"
+            f"{prob.path}: not on the grid of {mask.path} (size, transform and CRS must match)"
         )
-
-
-def block_windows(width: int, height: int, block_size: int) -> Iterator[list[Window]]:
-    """Rows of square block windows covering a width × height raster, top to bottom."""
-    for row in range(0, height, block_size):
-        h = min(block_size, height - row)
-        yield [
-            Window(col, row, min(block_size, width - col), h) for col in range(0, width, block_size)
-        ]
 
 
 @dataclass
@@ -199,15 +199,18 @@ _FACING = {"top": ("bottom", -1), "bottom": ("top", 1), "left": ("right", -1), "
 class DamageTracer:
     """Damaged regions traced window by window, in any order, joined across windows.
 
-    The run's writer hands each block to ``add`` as it passes; ``fill`` reads from
-    the finished rasters only the windows nobody added (blocks mapped before a
-    resume, or by other workers); ``pieces`` then merges what remains. A piece
+    A sink of ``prob`` and ``damage``: the run's writer hands each block to ``add``
+    as it passes, what it did not see is fed from the finished rasters
+    (``missing``), and ``finish`` merges what remains. A piece
     waits while one of its pixels lies on a window side whose neighbour has not
     come yet; sides are matched pixel by pixel (4-neighbours across the edge), not
     by geometry tests. In row-major order only one row of windows' sides waits.
     """
 
-    def __init__(self, height: int, width: int, tile: int = COVER):
+    def __init__(self, height: int, width: int, tile: int = COVER, read_block: int | None = None):
+        """tile: the windows' lattice; read_block: the windows ``missing`` lists (a
+        multiple of ``tile``; default ``Coverage.missing``'s)."""
+        self.read_block = read_block
         self.height, self.width = height, width
         self.coverage = Coverage(height, width, tile)
         self._pending = _Pieces()
@@ -215,34 +218,22 @@ class DamageTracer:
         self._next_id = 1
         self._sides: dict[str, list[_Edge]] = {side: [] for side in _FACING}
 
-    def add(self, row_off: int, col_off: int, damaged: np.ndarray, prob: np.ndarray) -> None:
-        """Trace an (h, w) window: ``damaged`` bool, ``prob`` uint8 × 255 (nodata 255)."""
-        h, w = damaged.shape
-        self.coverage.add(row_off, col_off, h, w)
-        if damaged.any():
-            self._trace(row_off, col_off, damaged, prob)
+    needs = frozenset({PROB, DAMAGE})
+
+    def add(self, window: Window, layers: Layers) -> None:
+        """Trace a window: (h, w) uint8 ``damage`` (1 damaged) and ``prob`` × 255
+        (nodata 255); no layers: nothing valid, so no damage."""
+        self.coverage.add(window)
+        if layers:
+            damaged = layers[DAMAGE] == 1
+            if damaged.any():
+                self._trace(window.row_off, window.col_off, damaged, layers[PROB])
         self._settle()
 
-    def add_empty(self, row_off: int, col_off: int, height: int, width: int) -> None:
-        """A window without damage (nor, as far as tracing goes, anything else)."""
-        self.coverage.add(row_off, col_off, height, width)
-        self._settle()
+    def missing(self) -> Iterator[Window]:
+        return self.coverage.missing(self.read_block)
 
-    def fill(
-        self,
-        mask_path: str | os.PathLike[str],
-        prob_path: str | os.PathLike[str],
-        block: int | None = None,
-    ) -> None:
-        """Trace what ``add`` has not seen, read from the damage and probability rasters."""
-        with open_raster(mask_path) as mask_ds, open_raster(prob_path) as prob_ds:
-            _check_same_grid(mask_ds, prob_ds)
-            for window in self.coverage.missing(block):
-                damaged = mask_ds.read(1, window=window) == 1
-                prob = prob_ds.read(1, window=window)
-                self.add(window.row_off, window.col_off, damaged, prob)
-
-    def pieces(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every region, once all windows are in: (N,) Polygons in pixel coordinates
         (x = column, y = row, integer vertices), prob sums and valid pixel counts."""
         if not self.coverage.complete:
@@ -312,9 +303,9 @@ class DamageTracer:
                 e
                 for e in edges
                 if not (
-                    self.coverage.covers(e.line + step, e.start, 1, len(e.ids))
+                    self.coverage.covers(Window(e.line + step, e.start, 1, len(e.ids)))
                     if side in ("top", "bottom")
-                    else self.coverage.covers(e.start, e.line + step, len(e.ids), 1)
+                    else self.coverage.covers(Window(e.start, e.line + step, len(e.ids), 1))
                 )
             ]
 

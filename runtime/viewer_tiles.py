@@ -12,10 +12,11 @@ Level ``native`` is the raster at full resolution; each level below halves it.
 The top levels, whose tiles span at most 512 raster pixels (the pipeline's blocks
 are made of whole 512-px tiles), are written from each block as it passes, in the
 reader thread (imagery) and the writer thread (probabilities): memory stays one
-block. What a run did not see (blocks mapped before a resume, strips of other
-workers, or everything when gathering was off) is read back from the input and
-the partial raster at the end, through the same ``Coverage`` as the thumbnails.
-The levels below are then built from the level above, four tiles at a time.
+block. The imagery and the probabilities are two sinks of the block stream
+(``MapTiles.image``, ``MapTiles.prob``): what a run did not see (blocks mapped
+before a resume, strips of other workers, or everything when gathering failed) is
+fed to them from the input and the partial raster at the end. Their ``finish``
+builds the levels below from the level above, four tiles at a time.
 
 ``--viewer lite`` (the default) stops at half resolution, 1 m per pixel at 0.5 m:
 a building still spans tens of pixels, the browser magnifies the last level, and
@@ -25,19 +26,20 @@ the pyramid costs a quarter of the full one. ``full`` adds the native level.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rasterio.windows import Window
 
+from stmap.io.blocks import IMAGE, VALID
 from stmap.io.pyramid import TILE, TileStore
-from stmap.io.raster import open_raster
 from stmap.io.writers import NODATA
+from stmap.window import Window
 
 from .coverage import COVER, Coverage
 from .quicklook import NO_IMAGE
+from .sinks import PROB, Layers
 from .styles import prob_lut
 
 VIEWER_MODES = ("none", "lite", "full")
@@ -79,128 +81,132 @@ class Pyramid:
 
 
 class MapTiles:
-    """Writes the pyramid of one input into ``root`` while its blocks stream.
+    """The pyramid of one input, written into ``root`` while its blocks stream.
 
-    bands: how many bands the readers hand over (1: grey; else the first three
-    are red, green, blue); value_max: the input value shown as white.
+    Two sinks: ``image`` (the input's pixels: 1 band is grey, else the first three
+    are red, green, blue; ``value_max`` is the input value shown as white) and
+    ``prob``; each builds its lower levels when it finishes.
     """
 
     def __init__(self, root: Path, pyramid: Pyramid, *, value_max: float):
         self.root, self.pyramid, self.value_max = root, pyramid, value_max
         self.store = TileStore(root, prob_lut())
-        self.image = Coverage(pyramid.height, pyramid.width)
-        self.prob = Coverage(pyramid.height, pyramid.width)
+        self.image = _ImageTiles(self)
+        self.prob = _ProbTiles(self)
 
-    # -- the taps (see Sketches) ----------------------------------------------------
 
-    def add_image(
-        self,
-        row_off: int,
-        col_off: int,
-        height: int,
-        width: int,
-        pixels: np.ndarray | None,
-        valid: np.ndarray | None = None,
-    ) -> None:
-        """A window of the input: (C, h, w) ``pixels`` (None: no data), (h, w) ``valid``
-        (None: all valid)."""
-        if pixels is not None:
-            rgb = self._rgb(pixels)
-            for z in self.pyramid.streamed:
-                self._cut_image(z, row_off, col_off, rgb, valid)
-        self.image.add(row_off, col_off, height, width)
+class _LayerTiles:
+    """One layer of the pyramid as a sink: the streamed levels cut from each window."""
 
-    def add_prob(
-        self, row_off: int, col_off: int, height: int, width: int, prob: np.ndarray | None
-    ) -> None:
-        """A window of probabilities, (h, w) uint8 with 255 nodata (None: all nodata)."""
-        if prob is not None:
-            valid = prob != NODATA
+    needs: frozenset[str]
+    fill: int
+    bands: int
+
+    def __init__(self, tiles: MapTiles):
+        self.tiles, self.pyramid, self.store = tiles, tiles.pyramid, tiles.store
+        self.coverage = Coverage(self.pyramid.height, self.pyramid.width)
+
+    def add(self, window: Window, layers: Layers) -> None:
+        if layers:
+            values, valid = self._values(layers)
             for z in self.pyramid.streamed:
                 f = self.pyramid.factor(z)
-                values = downsample(prob[None], _valid(valid), f, NODATA)
-                self._cut_prob(z, row_off, col_off, values[0])
-        self.prob.add(row_off, col_off, height, width)
+                level = downsample(values, valid, f, self.fill)
+                for x, y, tile in _tiles(
+                    level, window.row_off // f, window.col_off // f, self.fill
+                ):
+                    self._write(z, x, y, tile)
+        self.coverage.add(window)
 
-    # -- the end of the run ---------------------------------------------------------
+    def missing(self) -> Iterator[Window]:
+        return self.coverage.missing()
 
-    def finish(self, image_path: str, prob_path: Path, bands: Sequence[int]) -> None:
-        """Read back what the run did not see, then build the lower levels."""
-        with open_raster(image_path) as img, open_raster(prob_path) as prob_ds:
-            for window in self.image.missing():
-                pixels = img.read(list(bands), window=window)
-                valid = img.dataset_mask(window=window) > 0
-                self.add_image(*_place(window), pixels, _valid(valid))
-            for window in self.prob.missing():
-                self.add_prob(*_place(window), prob_ds.read(1, window=window))
+    def finish(self) -> None:
+        """Build the levels below the streamed ones, from the level above."""
+        if not self.coverage.complete:
+            raise RuntimeError("the map has not seen every window of the raster")
         for z in range(min(self.pyramid.streamed, default=self.pyramid.top + 1) - 1, -1, -1):
-            self._build_level(z)
+            columns, rows = self.pyramid.tiles(z)
+            for x in range(columns):
+                for y in range(rows):
+                    children = self._children(z, x, y)
+                    if children is not None:
+                        merged = downsample(
+                            children, _valid(self._has_data(children)), 2, self.fill
+                        )
+                        self._write(z, x, y, merged)
 
-    # -- tiles ------------------------------------------------------------------------
-
-    def _rgb(self, pixels: np.ndarray) -> np.ndarray:
-        """(3, h, w) uint8 of the input's pixels, ``value_max`` as 255."""
-        rgb = pixels[:3] if len(pixels) >= 3 else np.repeat(pixels[:1], 3, axis=0)
-        if rgb.dtype == np.uint8:
-            return rgb
-        scaled = np.clip(rgb.astype(np.float32) * (255 / self.value_max), 0, 255)
-        return np.rint(scaled).astype(np.uint8)
-
-    def _cut_image(
-        self, z: int, row_off: int, col_off: int, rgb: np.ndarray, valid: np.ndarray | None
-    ) -> None:
-        f = self.pyramid.factor(z)
-        level = downsample(rgb, valid, f, NO_IMAGE)
-        for x, y, tile in _tiles(level, row_off // f, col_off // f, NO_IMAGE):
-            self.store.write_image(z, x, y, np.ascontiguousarray(tile.transpose(1, 2, 0)))
-
-    def _cut_prob(self, z: int, row_off: int, col_off: int, values: np.ndarray) -> None:
-        f = self.pyramid.factor(z)
-        for x, y, tile in _tiles(values[None], row_off // f, col_off // f, NODATA):
-            if np.any((tile[0] != 0) & (tile[0] != NODATA)):  # a clear tile is left out
-                self.store.write_prob(z, x, y, tile[0])
-
-    def _build_level(self, z: int) -> None:
-        """Level ``z`` from the four tiles under each of its tiles at ``z + 1``."""
-        columns, rows = self.pyramid.tiles(z)
-        for x in range(columns):
-            for y in range(rows):
-                image = self._children(
-                    z, x, y, lambda *k: _chw(self.store.read_image(*k)), 3, NO_IMAGE
-                )
-                if image is not None:
-                    merged = downsample(
-                        image, _valid(~np.all(image == NO_IMAGE, axis=0)), 2, NO_IMAGE
-                    )
-                    self.store.write_image(z, x, y, np.ascontiguousarray(merged.transpose(1, 2, 0)))
-                prob = self._children(z, x, y, lambda *k: _chw(self.store.read_prob(*k)), 1, NODATA)
-                if prob is not None:
-                    merged = downsample(prob, _valid(prob[0] != NODATA), 2, NODATA)[0]
-                    if np.any((merged != 0) & (merged != NODATA)):
-                        self.store.write_prob(z, x, y, merged)
-
-    def _children(
-        self, z: int, x: int, y: int, read: Callable[..., np.ndarray | None], bands: int, fill: int
-    ) -> np.ndarray | None:
+    def _children(self, z: int, x: int, y: int) -> np.ndarray | None:
         """(bands, 512, 512) uint8 of the four tiles under (z, x, y); None if none exists."""
-        out = np.full((bands, 2 * TILE, 2 * TILE), fill, np.uint8)
+        out = np.full((self.bands, 2 * TILE, 2 * TILE), self.fill, np.uint8)
         found = False
         for dx in (0, 1):
             for dy in (0, 1):
-                tile = read(z + 1, 2 * x + dx, 2 * y + dy)
+                tile = _chw(self._read(z + 1, 2 * x + dx, 2 * y + dy))
                 if tile is not None:
                     out[:, dy * TILE : (dy + 1) * TILE, dx * TILE : (dx + 1) * TILE] = tile
                     found = True
         return out if found else None
 
+    def _values(self, layers: Layers) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def _has_data(self, values: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _read(self, z: int, x: int, y: int) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def _write(self, z: int, x: int, y: int, tile: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class _ImageTiles(_LayerTiles):
+    needs = frozenset({IMAGE, VALID})
+    fill, bands = NO_IMAGE, 3
+
+    def _values(self, layers: Layers) -> tuple[np.ndarray, np.ndarray | None]:
+        """(3, h, w) uint8 of the input's pixels, ``value_max`` as 255, and validity."""
+        pixels = layers[IMAGE]
+        rgb = pixels[:3] if len(pixels) >= 3 else np.repeat(pixels[:1], 3, axis=0)
+        if rgb.dtype != np.uint8:
+            scaled = np.clip(rgb.astype(np.float32) * (255 / self.tiles.value_max), 0, 255)
+            rgb = np.rint(scaled).astype(np.uint8)
+        valid = layers.get(VALID)
+        return rgb, None if valid is None else _valid(valid)
+
+    def _has_data(self, values: np.ndarray) -> np.ndarray:
+        return ~np.all(values == NO_IMAGE, axis=0)
+
+    def _read(self, z: int, x: int, y: int) -> np.ndarray | None:
+        return self.store.read_image(z, x, y)
+
+    def _write(self, z: int, x: int, y: int, tile: np.ndarray) -> None:
+        self.store.write_image(z, x, y, np.ascontiguousarray(tile.transpose(1, 2, 0)))
+
+
+class _ProbTiles(_LayerTiles):
+    needs = frozenset({PROB})
+    fill, bands = NODATA, 1
+
+    def _values(self, layers: Layers) -> tuple[np.ndarray, np.ndarray | None]:
+        prob = layers[PROB]
+        return prob[None], _valid(prob != NODATA)
+
+    def _has_data(self, values: np.ndarray) -> np.ndarray:
+        return values[0] != NODATA
+
+    def _read(self, z: int, x: int, y: int) -> np.ndarray | None:
+        return self.store.read_prob(z, x, y)
+
+    def _write(self, z: int, x: int, y: int, tile: np.ndarray) -> None:
+        if np.any((tile[0] != 0) & (tile[0] != NODATA)):  # a clear tile is left out
+            self.store.write_prob(z, x, y, tile[0])
+
 
 def _valid(mask: np.ndarray) -> np.ndarray | None:
     """``mask``, or None when it is all True (``downsample``'s integer path)."""
     return None if mask.all() else mask
-
-
-def _place(window: Window) -> tuple[int, int, int, int]:
-    return window.row_off, window.col_off, window.height, window.width
 
 
 def _chw(tile: np.ndarray | None) -> np.ndarray | None:

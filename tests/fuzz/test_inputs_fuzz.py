@@ -31,7 +31,8 @@ from stmap.bundle import GSD_RANGE_M, MANIFEST, TILE_RANGE, open_bundle
 from stmap.errors import BundleError, InputError, VectorError
 from stmap.io.footprints import read_footprints
 from stmap.runtime import buildings
-from stmap.runtime.infer import READ_BUFFERS, InferOptions, plan_run, run_inference
+from stmap.runtime.infer import InferOptions, run_inference
+from stmap.runtime.plan import READ_BUFFERS, plan_run
 from tests.conftest import make_tiny_bundle
 from tests.fuzz.counting import fuzz_target
 from tests.properties.profiles import examples
@@ -260,8 +261,9 @@ def test_any_footprints_are_tallied_in_bounded_work_or_refused(prob, shapes, mon
     reads.clear()
     result = buildings.building_damage(prob, table, threshold=0.5, buffers_m=(0, 10), block_size=64)
     assert all(size <= buildings.LAYER_BATCH for size in batches)
-    # windows of the raster grown by one block and the buffer (20 px) at most
-    assert len(reads) <= math.ceil((200 + 2 * (64 + 20)) / 64 + 1) ** 2
+    # the raster's windows, then those of the raster grown by one block and the buffer
+    # (20 px) beyond its edges, at most
+    assert len(reads) <= math.ceil(200 / 64) ** 2 + math.ceil((200 + 2 * (64 + 20)) / 64 + 1) ** 2
     fraction = result.attributes["unknown_fraction"]
     assert np.all((fraction >= 0) & (fraction <= 1))
     assert np.isfinite(shapely.get_coordinates(result.geometries)).all()
@@ -269,11 +271,16 @@ def test_any_footprints_are_tallied_in_bounded_work_or_refused(prob, shapes, mon
 
 @pytest.fixture(scope="module")
 def monkeypatch_module():
-    """Spies on the colouring batches and the block reads of ``building_damage``."""
+    """Spies on the colouring batches and the windows tallied by ``building_damage``."""
     batches: list[int] = []
     reads: list[object] = []
-    colour, read = buildings.overlap_layers, buildings._read_block
+    colour, tally = buildings.overlap_layers, buildings.BuildingDamage._tally
+
+    def spy(self, win, prob, **kwargs):
+        reads.append(win)
+        return tally(self, win, prob, **kwargs)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(buildings, "overlap_layers", lambda g: batches.append(len(g)) or colour(g))
-        patch.setattr(buildings, "_read_block", lambda ds, w: reads.append(w) or read(ds, w))
+        patch.setattr(buildings.BuildingDamage, "_tally", spy)
         yield batches, reads

@@ -85,7 +85,7 @@ def shifted_stats(bundle: Path, image: np.ndarray, offset: tuple[int, int], over
     options = InferOptions(model=str(bundle), overlap=overlap, device="cpu", workers=1)
     with (
         tempfile.TemporaryDirectory() as tmp,
-        mock.patch("stmap.runtime.infer.create_backend", lambda *args, **kwargs: LocalBackend()),
+        mock.patch("stmap.runtime.stream.create_backend", lambda *args, **kwargs: LocalBackend()),
     ):
         root = Path(tmp)
         city = write_raster(root / "city.tif", image)

@@ -30,7 +30,8 @@ from stmap.runtime.grid import (
     model_grid_size,
     model_span,
 )
-from stmap.runtime.infer import RESAMPLE_TOLERANCE, InferOptions, plan_input, run_inference
+from stmap.runtime.infer import InferOptions, run_inference
+from stmap.runtime.plan import RESAMPLE_TOLERANCE, plan_input
 from tests.conftest import make_tiny_bundle
 from tests.properties.profiles import examples
 from tests.runtime.infer_data import smooth_image, write_raster

@@ -76,9 +76,11 @@ TARGETS: dict[str, Target] = {
         "rasterio.shutil", "copy", "GDAL reads a partial raster while writing a COG's overviews"
     ),
     "vector": Target("pyogrio.raw", "write", "GDAL writes a GeoPackage (temporary name)"),
-    "quicklook": Target("stmap.runtime.quicklook", "write_quicklook", "the quicklook PNG"),
+    "quicklook": Target("stmap.runtime.quicklook", "save_quicklook", "the quicklook PNG"),
     "report": Target("stmap.runtime.report", "write_report", "the HTML report"),
-    "summary": Target("stmap.io.writers", "write_json", "the summary is staged", caller="_finish"),
+    "summary": Target(
+        "stmap.io.writers", "write_json", "the summary is staged", caller="finish_input"
+    ),
     "publish": Target("os", "replace", "a staged output is renamed into OUTDIR", caller="publish"),
     "cleanup": Target("stmap.io.writers", "remove", "work files removed", caller="discard_work"),
 }
@@ -154,15 +156,15 @@ def install(sabotage: Sabotage) -> None:
         first = sabotage.replace_before.get(name)
         _wrap(TARGETS[name], name, points, sabotage.slow.get(name, 0.0), first)
     if sabotage.checkpoint_every_block:
-        from stmap.runtime.pipeline import Pipeline
+        from stmap.runtime.partials import PartialRasters
 
-        init = Pipeline.__init__
+        init = PartialRasters.__init__
 
         @functools.wraps(init)
         def checkpoint_always(self, *args: Any, **kwargs: Any) -> None:
             init(self, *args, **{**kwargs, "checkpoint_s": 0.0})
 
-        Pipeline.__init__ = checkpoint_always
+        PartialRasters.__init__ = checkpoint_always
     if sabotage.oom_above is not None:
         _run_out_of_memory_above(sabotage.oom_above)
 

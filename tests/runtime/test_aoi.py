@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,10 @@ def test_outside_the_aoi_every_raster_is_nodata_and_vectors_stay_inside(
     read_windows: list[tuple[int, int, int, int]] = []
     original = BlockReader.read_pixels
 
-    def spy(self, row_off, col_off, height, width, out):
-        read_windows.append((row_off, col_off, height, width))
-        return original(self, row_off, col_off, height, width, out)
+    def spy(self, area, out=None):
+        if threading.current_thread().name.startswith("stmap-reader"):  # the model's reads
+            read_windows.append((area.row_off, area.col_off, area.height, area.width))
+        return original(self, area, out)
 
     monkeypatch.setattr(BlockReader, "read_pixels", spy)
     options = InferOptions(model=str(bundle), aoi=str(lonlat), block_size=512, threshold=0.3)

@@ -17,7 +17,8 @@ from stmap.cli import main
 from stmap.errors import MissingDependencyError
 from stmap.io.vectors import read_vector
 from stmap.runtime import distributed
-from stmap.runtime.infer import InferOptions, plan_run, run_inference
+from stmap.runtime.infer import InferOptions, run_inference
+from stmap.runtime.plan import plan_run
 from tests.runtime.infer_data import make_varied_bundle, smooth_image, write_raster
 
 BLOCK = 512  # the smallest block: several block rows in a small raster

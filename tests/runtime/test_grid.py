@@ -14,7 +14,6 @@ from stmap.runtime.grid import (
     AxisTiles,
     BlockPlan,
     TileGrid,
-    Window,
     bilinear_taps,
     choose_block_size,
     mirrored_span,
@@ -22,6 +21,7 @@ from stmap.runtime.grid import (
     model_span,
     reflect_index,
 )
+from stmap.window import Window
 
 sizes = st.integers(1, 3000)
 tiles = st.sampled_from([16, 32, 128])

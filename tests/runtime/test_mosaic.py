@@ -295,7 +295,7 @@ def test_a_mosaic_resumes_and_refuses_changed_inputs(
     def interrupted_run(out: Path) -> None:
         """Every block mapped and journalled, then stopped before the outputs."""
         with monkeypatch.context() as patch:
-            patch.setattr("stmap.runtime.infer.write_cog", _interrupt)
+            patch.setattr("stmap.runtime.finish.write_cog", _interrupt)
             with pytest.raises(Interrupted, match="run the same command again to resume"):
                 run_inference(inputs, out, options)
         assert (out / ".m.journal.json").exists()

@@ -11,13 +11,18 @@ from pyproj import Geod
 from rasterio.transform import Affine
 
 from stmap.errors import RasterError
+from stmap.io.blocks import LayerReader
+from stmap.io.raster import describe_raster
 from stmap.io.vectors import read_vector, write_vector
+from stmap.runtime.sinks import DAMAGE, PROB, feed_missing
 from stmap.runtime.vectorize import (
     DamageTracer,
     damage_cutoff,
     damage_mask,
     damage_polygons,
+    polygons_table,
 )
+from stmap.window import Window
 from tests.conftest import write_band
 
 UTM = "EPSG:32637"
@@ -105,11 +110,15 @@ def test_windows_traced_in_any_order_give_the_same_polygons(tmp_path: Path, seed
     for k in rng.permutation(len(windows))[: len(windows) * 2 // 3]:
         r, c = windows[k]
         window = mask[r : r + size, c : c + size]
+        place = Window(r, c, *window.shape)
         if (window == 1).any() or rng.random() < 0.5:
-            tracer.add(r, c, window == 1, prob[r : r + size, c : c + size])
+            tracer.add(place, {DAMAGE: window, PROB: prob[r : r + size, c : c + size]})
         else:
-            tracer.add_empty(r, c, *window.shape)
-    table = damage_polygons(*paths, block_size=16, tracer=tracer)
+            tracer.add(place, {})  # a window without a valid pixel
+    with LayerReader({DAMAGE: paths[0], PROB: paths[1]}, None) as reader:
+        feed_missing([tracer], reader)  # the rest, read back
+    info = describe_raster(paths[0])
+    table = polygons_table(tracer.finish(), info.crs, info.transform)
     assert (
         shapely.to_wkb(table.geometries).tolist() == shapely.to_wkb(reference.geometries).tolist()
     )

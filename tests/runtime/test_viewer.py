@@ -24,10 +24,13 @@ from rasterio.transform import Affine
 
 from stmap.cli import main
 from stmap.errors import InputError
+from stmap.io.blocks import IMAGE, VALID, LayerReader, ReadSpec
 from stmap.io.vectors import VectorTable, write_vector
 from stmap.runtime.infer import InferOptions, map_scenes, run_inference
+from stmap.runtime.sinks import PROB, feed, feed_missing
 from stmap.runtime.vectorize import apply_affine
 from stmap.runtime.viewer_tiles import MapTiles, Pyramid, downsample
+from stmap.window import lattice
 from tests.runtime.infer_data import make_varied_bundle, smooth_image, write_raster
 from tests.runtime.mosaic_data import write_aoi
 
@@ -72,12 +75,14 @@ def _rasters(root: Path, height: int = 1100, width: int = 1500) -> tuple[Path, P
 
 
 def _feed(tiles: MapTiles, img: Path, prob: Path, windows) -> None:
-    with rasterio.open(img) as i, rasterio.open(prob) as p:
-        for window in windows:
-            place = (window.row_off, window.col_off, window.height, window.width)
-            valid = i.dataset_mask(window=window) > 0
-            tiles.add_image(*place, i.read([1, 2, 3], window=window), valid)
-            tiles.add_prob(*place, p.read(1, window=window))
+    """Some windows as a run streams them, then the rest read back, as the run's end does."""
+    sinks = [tiles.image, tiles.prob]
+    spec = ReadSpec(str(img), (1, 2, 3), "uint8", True, (1100, 1500))
+    with LayerReader({PROB: prob}, spec) as reader:
+        feed(sinks, reader.read(windows, {IMAGE, VALID, PROB}))
+        feed_missing(sinks, reader)
+    for sink in sinks:
+        sink.finish()
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -90,16 +95,11 @@ def test_streamed_resumed_and_read_back_pyramids_are_identical(tmp_path, mode):
     worker that saw nothing: the map does not depend on how the run went."""
     img, prob = _rasters(tmp_path)
     pyramid = Pyramid.for_raster(1100, 1500, mode)
-    blocks = [
-        rasterio.windows.Window(c, r, min(1024, 1500 - c), min(1024, 1100 - r))
-        for r in range(0, 1100, 1024)
-        for c in range(0, 1500, 1024)
-    ]
+    blocks = [w for row in lattice(0, 0, 1100, 1500, 1024) for w in row]
     roots = {}
     for name, seen in (("streamed", blocks), ("resumed", blocks[1:3]), ("read back", [])):
         tiles = MapTiles(tmp_path / name, pyramid, value_max=255)
         _feed(tiles, img, prob, seen)
-        tiles.finish(str(img), prob, (1, 2, 3))
         roots[name] = _files(tmp_path / name)
     assert roots["streamed"] == roots["resumed"] == roots["read back"]
     files = roots["streamed"]

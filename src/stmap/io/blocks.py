@@ -17,7 +17,7 @@ grid, where the outputs live.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +35,9 @@ from rasterio.windows import Window as RioWindow
 
 from stmap.errors import RasterError
 from stmap.io.aoi import Aoi
-from stmap.io.raster import RasterInfo, open_raster
+from stmap.io.raster import RasterInfo, open_raster, rio_window
 from stmap.io.sources import content_digest, dataset_files
+from stmap.window import Window
 
 READ_CACHE_BYTES = 128 << 20  # GDAL block cache: two rows of 512-px tiles of a 40k-px-wide RGB
 REMOTE_READS = {
@@ -189,16 +190,16 @@ class BlockReader:
             self._pixels.close()
         self._dataset.close()
 
-    def read_valid(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray | None:
+    def read_valid(self, area: Window) -> np.ndarray | None:
         """(height, width) bool validity of an input-grid window; None when all pixels are.
 
         Outside the AOI nothing is valid; a window that misses it is not read at all.
         """
-        window = RioWindow(col_off, row_off, width, height)
+        window = rio_window(area)
         inside = None
         if self.spec.aoi is not None:
             transform = self._dataset.window_transform(window)
-            inside = self.spec.aoi.mask(transform, height, width)
+            inside = self.spec.aoi.mask(transform, area.height, area.width)
             if not inside.any():
                 return inside
         if not self.spec.masked:
@@ -209,11 +210,10 @@ class BlockReader:
     def _read_mask(self, window: RioWindow) -> np.ndarray:
         return band_validity(self._dataset, self.spec.bands, window)
 
-    def read_pixels(
-        self, row_off: int, col_off: int, height: int, width: int, out: np.ndarray
-    ) -> np.ndarray:
-        """Read a model-grid window (inside the raster) into ``out``, (C, height, width)."""
-        window = RioWindow(col_off, row_off, width, height)
+    def read_pixels(self, area: Window, out: np.ndarray | None = None) -> np.ndarray:
+        """Read a model-grid window (inside the raster) into ``out``, (C, height, width)
+        of the spec's dtype (None: a new array)."""
+        window = rio_window(area)
         indexes = list(self.spec.bands)
         return self._guard(lambda: self._pixels.read(indexes, window=window, out=out), window)
 
@@ -227,3 +227,55 @@ class BlockReader:
                 f"{window.row_off + window.height}, columns {window.col_off}–"
                 f"{window.col_off + window.width} (corrupted or truncated file?): {detail}"
             ) from exc
+
+
+IMAGE, VALID = "image", "valid"  # the input's pixels (C, h, w) and validity (h, w) bool
+
+
+class LayerReader:
+    """Windows of named layers, for what a run did not stream: each output layer
+    (``prob``, ``damage``, (h, w) uint8) from its raster, ``image`` (C, h, w) and
+    ``valid`` (h, w) bool from the input (``image``, read on its own grid).
+
+    A window of ``valid`` is absent when every pixel is valid. Open it in one thread.
+    """
+
+    def __init__(self, outputs: Mapping[str, os.PathLike[str] | str], image: ReadSpec | None):
+        self.outputs, self.image = outputs, image
+        self._readers: dict[str, BlockReader] = {}
+
+    def __enter__(self) -> LayerReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+    def read(
+        self, windows: Iterable[Window], names: Collection[str]
+    ) -> Iterator[tuple[Window, dict[str, np.ndarray]]]:
+        """(window, {name: array}) of ``names`` for each window, in order."""
+        for window in windows:
+            layers: dict[str, np.ndarray] = {}
+            for name in names:
+                if name == VALID:
+                    valid = self._reader(IMAGE).read_valid(window)
+                    if valid is not None:
+                        layers[VALID] = valid
+                elif name == IMAGE:
+                    layers[IMAGE] = self._reader(IMAGE).read_pixels(window)
+                else:
+                    layers[name] = self._reader(name).read_pixels(window)[0]
+            yield window, layers
+
+    def _reader(self, name: str) -> BlockReader:
+        if name not in self._readers:
+            if name == IMAGE:
+                if self.image is None:
+                    raise ValueError("the input's pixels were asked for, but no input was given")
+                spec = self.image
+            else:
+                spec = ReadSpec(str(self.outputs[name]), (1,), "uint8", False, (0, 0))
+            self._readers[name] = BlockReader(spec)
+        return self._readers[name]

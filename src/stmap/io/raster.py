@@ -15,10 +15,11 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
-from rasterio.windows import Window
+from rasterio.windows import Window as RioWindow
 
 from stmap.errors import RasterError
 from stmap.io.paths import check_input_path, is_remote, printable
+from stmap.window import Window
 
 SCALE_TOLERANCE = 0.01  # projection scale factors closer to 1 are taken as 1 (see ground_pixel)
 
@@ -51,6 +52,11 @@ class RasterInfo:
     @property
     def is_north_up(self) -> bool:
         return self.transform.b == 0 and self.transform.d == 0 and self.transform.e < 0
+
+
+def rio_window(window: Window) -> RioWindow:
+    """rasterio's window (columns first) for stmap's (rows first): the one place they meet."""
+    return RioWindow(window.col_off, window.row_off, window.width, window.height)
 
 
 def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
@@ -324,7 +330,9 @@ def _sample_max(ds: rasterio.DatasetReader, bands: tuple[int, ...]) -> int:
         for j in range(SAMPLE_WINDOWS):
             row = (ds.height - tile) * i // max(SAMPLE_WINDOWS - 1, 1)
             col = (ds.width - tile) * j // max(SAMPLE_WINDOWS - 1, 1)
-            window = Window(max(col, 0), max(row, 0), min(tile, ds.width), min(tile, ds.height))
+            window = rio_window(
+                Window(max(row, 0), max(col, 0), min(tile, ds.height), min(tile, ds.width))
+            )
             top = max(top, _masked_max(ds.read(list(bands), window=window, masked=True)))
     return top
 
@@ -361,7 +369,7 @@ def crop_raster(
     """
     row, col, height, width = window
     with open_raster(source) as src:
-        area = Window(col, row, width, height)
+        area = rio_window(Window(row, col, height, width))
         data = src.read(window=area)
         profile = dict(
             driver="GTiff",

@@ -26,10 +26,11 @@ from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.transform import Affine
-from rasterio.windows import Window as RioWindow
 
 from stmap.errors import InputError, RasterError
 from stmap.io.layout import NODATA, TILE
+from stmap.io.raster import rio_window
+from stmap.window import Window
 
 PARTIAL_OPTIONS = {
     "driver": "GTiff",
@@ -84,7 +85,7 @@ class BlockWriter:
 
     def write(self, name: str, row_off: int, col_off: int, data: np.ndarray) -> None:
         """Write (h, w) uint8 ``data`` into layer ``name`` at (row_off, col_off)."""
-        window = RioWindow(col_off, row_off, data.shape[1], data.shape[0])
+        window = rio_window(Window(row_off, col_off, *data.shape))
         self._guard(self.paths[name], lambda: self._datasets[name].write(data, 1, window=window))
 
     def checkpoint(self) -> None:
