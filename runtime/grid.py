@@ -42,7 +42,7 @@ import numpy as np
 
 from stmap.errors import InputError
 from stmap.io.layout import TILE as COG_TILE  # blocks are multiples of the output tiles
-from stmap.window import Window
+from stmap.window import Window, lattice_cell
 
 DEFAULT_BLOCK = 2048
 MAX_AUTO_BLOCK = 8192
@@ -200,9 +200,8 @@ class BlockPlan:
     def block(self, index: int) -> Block:
         if not 0 <= index < len(self):
             raise IndexError(f"block {index} of {len(self)}")
-        r, c = divmod(index, self.block_cols)
-        b = self.block_size
-        out = Window(r * b, c * b, min(b, self.height - r * b), min(b, self.width - c * b))
+        row, col = divmod(index, self.block_cols)
+        out = lattice_cell(row, col, self.block_size, self.height, self.width)
         r0, r1 = model_span(out.row_off, out.row_stop, self.scale[0], self.grid.height)
         c0, c1 = model_span(out.col_off, out.col_stop, self.scale[1], self.grid.width)
         tile_rows = self.grid.rows.intersecting(r0, r1)

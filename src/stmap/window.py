@@ -43,6 +43,13 @@ class Window:
         return slice(r, r + self.height), slice(c, c + self.width)
 
 
+def lattice_cell(row: int, col: int, size: int, height: int, width: int) -> Window:
+    """Window (``row``, ``col``) of the ``size`` × ``size`` lattice anchored at pixel
+    (0, 0), cut at a ``height`` × ``width`` raster's far edges."""
+    r, c = row * size, col * size
+    return Window(r, c, min(size, height - r), min(size, width - c))
+
+
 def lattice(
     row_start: int, col_start: int, row_stop: int, col_stop: int, size: int
 ) -> list[list[Window]]:
@@ -53,11 +60,10 @@ def lattice(
     Every blocking in stmap is this one: the pipeline's blocks, the read-back of what
     a run missed, the damage grid's fitted blocks, the buildings' blocks.
     """
-    r0, c0 = row_start // size * size, col_start // size * size
     return [
         [
-            Window(r, c, min(size, row_stop - r), min(size, col_stop - c))
-            for c in range(c0, col_stop, size)
+            lattice_cell(r, c, size, row_stop, col_stop)
+            for c in range(col_start // size, -(-col_stop // size))
         ]
-        for r in range(r0, row_stop, size)
+        for r in range(row_start // size, -(-row_stop // size))
     ]
