@@ -53,7 +53,7 @@ from stmap.io.labels import (
 from stmap.io.writers import remove
 from stmap.model import DamageSegmenter, Normalize
 from stmap.runtime.grid import default_overlap
-from stmap.runtime.infer import InferOptions, InputPlan, plan_input, plan_mosaic
+from stmap.runtime.plan import InferOptions, InputPlan, plan_input, plan_mosaic
 from stmap.train.label_metrics import ObjectScores, PixelScores, cross_validated, quantise
 from stmap.train.label_tiles import LabelTiles, read_label_tiles
 from stmap.train.lora import apply_lora, lora_parameters, merge_lora

@@ -21,7 +21,7 @@ from rasterio.transform import Affine
 from stmap.io.blocks import BlockReader, ReadSpec
 from stmap.io.labels import LabelRegions
 from stmap.runtime.grid import TileGrid, reflect_index
-from stmap.runtime.infer import InputPlan
+from stmap.runtime.plan import InputPlan
 
 
 @dataclass
