@@ -20,8 +20,9 @@ from rasterio.transform import Affine
 
 from stmap.io.blocks import BlockReader, ReadSpec
 from stmap.io.labels import LabelRegions
-from stmap.runtime.grid import TileGrid, reflect_index
+from stmap.runtime.grid import reflect_index
 from stmap.runtime.plan import InputPlan
+from stmap.window import Window
 
 
 @dataclass
@@ -67,7 +68,7 @@ def read_label_tiles(
     """
     info = plan.info
     rows, cols = plan.model_shape
-    grid = TileGrid(rows, cols, tile, overlap)
+    grid = plan.tile_grid(tile, overlap)  # infer's tiles, fixed in the world
     transform = plan.model_transform or info.transform
     inverse = ~transform
     wanted: set[tuple[int, int]] = set()
@@ -98,7 +99,7 @@ def read_label_tiles(
             r_lo, r_hi = int(r_idx.min()), int(r_idx.max()) + 1
             c_lo, c_hi = int(c_idx.min()), int(c_idx.max()) + 1
             block = np.empty((len(plan.bands), r_hi - r_lo, c_hi - c_lo), dtype=info.dtype)
-            reader.read_pixels(r_lo, c_lo, r_hi - r_lo, c_hi - c_lo, block)
+            reader.read_pixels(Window(r_lo, c_lo, r_hi - r_lo, c_hi - c_lo), out=block)
             images.append(block[:, r_idx - r_lo][:, :, c_idx - c_lo])
             target, known, region = regions.rasterise(
                 transform @ Affine.translation(c0, r0), tile, tile
@@ -147,7 +148,7 @@ def _valid(
         return valid
     r_lo, c_lo = max(r0, 0), max(c0, 0)
     r_hi, c_hi = min(r0 + tile, rows), min(c0 + tile, cols)
-    read = reader.read_valid(r_lo, c_lo, r_hi - r_lo, c_hi - c_lo)
+    read = reader.read_valid(Window(r_lo, c_lo, r_hi - r_lo, c_hi - c_lo))
     if read is not None:
         valid[r_lo - r0 : r_hi - r0, c_lo - c0 : c_hi - c0] = read
     return valid
