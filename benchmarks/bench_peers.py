@@ -53,7 +53,7 @@ import pytest
 import rasterio
 
 from benchmarks.peers import png_tiles, rasterio_windows, torchgeo_grid
-from benchmarks.peers.common import model_geometry
+from benchmarks.peers.common import model_geometry, stmap_grid
 from benchmarks.peers.inputs import MODELS, city, model, threshold_for
 from benchmarks.peers.report import (
     finish,
@@ -61,6 +61,7 @@ from benchmarks.peers.report import (
     provenance,
     provenance_lines,
 )
+from stmap.runtime.grid import AxisTiles
 from stmap.runtime.infer import InferOptions, run_inference
 
 METHODS = {
@@ -150,7 +151,8 @@ def agreement(peer: Path, reference: Path, tile: int, overlap: int) -> dict[str,
     """
     with rasterio.open(peer) as a, rasterio.open(reference) as b:
         delta = np.abs(a.read(1).astype(np.int16) - b.read(1).astype(np.int16))
-    off_seams = [_single_tile_pixels(n, tile, overlap) for n in delta.shape]
+        grid = stmap_grid(b.transform, b.height, b.width, tile, overlap)
+    off_seams = [_single_tile_pixels(axis) for axis in (grid.rows, grid.cols)]
     inner = delta[np.ix_(*off_seams)]
     return {
         "max_abs_delta": round(float(delta.max()) / 255, 4),
@@ -159,14 +161,14 @@ def agreement(peer: Path, reference: Path, tile: int, overlap: int) -> dict[str,
     }
 
 
-def _single_tile_pixels(size: int, tile: int, overlap: int) -> np.ndarray:
+def _single_tile_pixels(axis: AxisTiles) -> np.ndarray:
     """Indices along an axis covered by one tile of stmap's grid, a tile away from the ends.
 
-    stmap's tile k spans [k·stride − overlap/2, … + tile): pixel p lies in two tiles
-    exactly when (p + overlap/2) mod stride < overlap.
+    stmap's tile k spans [k·stride − lead, … + tile): pixel p lies in two tiles exactly
+    when (p + lead) mod stride < overlap.
     """
-    p = np.arange(tile, size - tile)
-    return p[(p + overlap // 2) % (tile - overlap) >= overlap]
+    p = np.arange(axis.tile, axis.size - axis.tile)
+    return p[(p + axis.lead) % axis.stride >= axis.overlap]
 
 
 def compare(

@@ -10,15 +10,15 @@ Stitching. The peers cut tiles of the model's size on a regular grid whose strid
 is tile − overlap, and keep each tile's middle: ``overlap / 2`` pixels are cut off
 each side that faces a neighbour, so the kept parts meet edge to edge (the usual
 "centre crop" stitching; stmap blends the overlaps with a raised-cosine window
-instead). The rasterio and PNG peers use stmap's grid, so their maps differ from
-stmap's only in the overlaps and at the raster's edge (zero fill against stmap's
-mirroring); TorchGeo's sampler anchors its grid at the bottom-left corner, so its
-tiles, and hence its predictions, differ everywhere a little.
+instead). The rasterio and PNG peers use stmap's grid, fixed in the world
+(``stmap_grid``), so their maps differ from stmap's only in the overlaps and at the
+raster's edge (zero fill against stmap's mirroring); TorchGeo's sampler anchors its
+grid at the bottom-left corner, so its tiles, and hence its predictions, differ
+everywhere a little.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 from rasterio.io import DatasetReader
+from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from stmap.bundle import open_bundle
 from stmap.runtime.backends.base import create_backend
-from stmap.runtime.grid import default_overlap
+from stmap.runtime.grid import TileGrid, default_overlap, world_shift
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 NODATA = 255
@@ -62,22 +63,25 @@ def to_uint8(probs: torch.Tensor) -> np.ndarray:
     return probs[:, 0].mul(255).round_().clamp_(0, NODATA - 1).to(torch.uint8).numpy()
 
 
-def tile_origins(size: int, tile: int, overlap: int) -> range:
-    """Offsets of the tiles along an axis of ``size`` px.
-
-    The first starts ``overlap / 2`` px before the raster, so that its kept middle
-    begins at pixel 0 (the usual "pad by half the overlap"); the last reaches the end.
-    """
-    pad, stride = overlap // 2, tile - overlap
-    count = max(0, math.ceil((size + pad - tile) / stride)) + 1
-    return range(-pad, -pad + count * stride, stride)
+def stmap_grid(transform: Affine, height: int, width: int, tile: int, overlap: int) -> TileGrid:
+    """The tiles `stmap infer` cuts from a raster on the model's grid: a lattice of the
+    stride fixed in the world (``runtime.grid``), whose first tiles start up to a stride
+    plus ``overlap / 2`` px before the raster so that their kept middles hold pixel 0."""
+    col, row = ~transform * (0.0, 0.0)
+    shift = world_shift((row, col), tile - overlap).shift
+    return TileGrid(height, width, tile, overlap, shift)
 
 
-def tile_windows(height: int, width: int, tile: int, overlap: int) -> Iterator[Window]:
-    """The tile windows of a raster in row-major order (edge ones reach past it)."""
-    for row in tile_origins(height, tile, overlap):
-        for col in tile_origins(width, tile, overlap):
-            yield Window(col, row, tile, tile)
+def tile_windows(grid: TileGrid) -> Iterator[Window]:
+    """The tile windows of ``grid`` in row-major order (edge ones reach past the raster)."""
+    for i in range(grid.rows.count):
+        for j in range(grid.cols.count):
+            yield Window(grid.cols.origin(j), grid.rows.origin(i), grid.tile, grid.tile)
+
+
+def first_tiles(grid: TileGrid) -> tuple[int, int]:
+    """(row, col) offsets of the grid's first tiles: their sides before them are edges."""
+    return grid.rows.origin(0), grid.cols.origin(0)
 
 
 def read_tile(src: DatasetReader, window: Window) -> np.ndarray:
@@ -90,17 +94,25 @@ def read_tile(src: DatasetReader, window: Window) -> np.ndarray:
 
 
 def kept_part(
-    row_off: float, col_off: float, tile: int, overlap: int, height: int, width: int
+    row_off: float,
+    col_off: float,
+    tile: int,
+    overlap: int,
+    height: int,
+    width: int,
+    first: tuple[int, int] = (0, 0),
 ) -> tuple[Window, tuple[slice, slice]]:
     """The window a tile at (row_off, col_off) writes, and the matching slices of the tile.
 
     ``overlap / 2`` px come off each side that has a neighbour; a side at or past the
     raster's edge keeps its margin (nothing else covers it), clipped to the raster.
-    Offsets are rounded to whole pixels (geographic bounds give floats).
+    first: (row, col) of the first tiles (``first_tiles``); a tile there, or before
+    pixel 0 (a grid of its own), has no neighbour above or to its left. Offsets are
+    rounded to whole pixels (geographic bounds give floats).
     """
     row_off, col_off, margin = round(row_off), round(col_off), overlap // 2
-    top = row_off + margin if row_off > 0 else max(row_off, 0)
-    left = col_off + margin if col_off > 0 else max(col_off, 0)
+    top = row_off + margin if row_off > max(first[0], 0) else max(row_off, 0)
+    left = col_off + margin if col_off > max(first[1], 0) else max(col_off, 0)
     bottom = row_off + tile - margin if row_off + tile < height else min(row_off + tile, height)
     right = col_off + tile - margin if col_off + tile < width else min(col_off + tile, width)
     window = Window(left, top, right - left, bottom - top)

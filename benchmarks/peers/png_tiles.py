@@ -27,11 +27,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.peers.common import (
     NODATA,
+    first_tiles,
     kept_part,
     load_forward,
     model_geometry,
     output_profile,
     read_tile,
+    stmap_grid,
     tile_windows,
     to_uint8,
 )
@@ -81,7 +83,8 @@ def run(
 def cut(image: Path, folder: Path, tile: int, overlap: int) -> dict[str, Any]:
     """Save every tile of ``image`` as a PNG in ``folder``; returns the output's profile."""
     with rasterio.open(image) as src:
-        for window in tile_windows(src.height, src.width, tile, overlap):
+        grid = stmap_grid(src.transform, src.height, src.width, tile, overlap)
+        for window in tile_windows(grid):
             pixels = read_tile(src, window)
             name = f"r{window.row_off}_c{window.col_off}.png"
             Image.fromarray(np.moveaxis(pixels, 0, -1)).save(folder / name)
@@ -110,10 +113,11 @@ def mosaic(
 ) -> None:
     """Paste the prediction tiles at their offsets; write the scene as one GeoTIFF."""
     height, width = profile["height"], profile["width"]
+    first = first_tiles(stmap_grid(profile["transform"], height, width, tile, overlap))
     scene = np.full((height, width), NODATA, dtype=np.uint8)
     for path in predictions.glob("*.png"):
         row_off, col_off = map(int, _NAME.fullmatch(path.name).groups())
-        target, (rows, cols) = kept_part(row_off, col_off, tile, overlap, height, width)
+        target, (rows, cols) = kept_part(row_off, col_off, tile, overlap, height, width, first)
         scene[target.toslices()] = np.asarray(Image.open(path))[rows, cols]
     with rasterio.open(output, "w", **profile) as dst:
         dst.write(scene, 1)
