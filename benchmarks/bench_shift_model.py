@@ -10,14 +10,16 @@ variant:
 * ``aa``: ``backbone=tiny-aa`` (blur-pool downsampling) + ``decoder_upsample=bilinear``;
 * ``cons``: ``tiny`` + ``shift_consistency``;
 * ``aa-cons``: both; ``blur-cons``: ``tiny-blur`` (blur before each stride-2 conv, at
-  tiny's cost) + bilinear + consistency (optional, ``--variants``).
+  tiny's cost) + bilinear + consistency; ``cons-0.1``, ``aa-cons-0.1``: a tenth of the
+  consistency weight (optional, ``--variants``).
 
 Figures per variant: IoU1 of the held-out style (periurban, never trained on) and of
 the seen styles, from ``stmap evaluate``; the *phase floor*: the model on the whole
 mirror-padded city at once (``bench_phase.whole_image``, no tiles, so no tile border)
 against the same on the city cropped at sub-16-px offsets, compared 128 px from the
 edges (``stmap.runtime.phase``) — flips / flagged, p99 and max |Δprob| in 1/255 steps,
-pooled over the cities and offsets, and the worst offset; model-only speed (tiles/s,
+pooled over the cities and offsets, and the worst offset; training seconds (the
+epochs' sum, both folds); model-only speed (tiles/s,
 batches of 32 tiles of 128², one thread, interleaved rounds) relative to ``tiny``.
 The shipped bundle's floor on the same cities is given for reference.
 
@@ -62,6 +64,8 @@ VARIANTS: dict[str, list[str]] = {
     "cons": ["shift_consistency=1"],
     "aa-cons": ["backbone=tiny-aa", "decoder_upsample=bilinear", "shift_consistency=1"],
     "blur-cons": ["backbone=tiny-blur", "decoder_upsample=bilinear", "shift_consistency=1"],
+    "cons-0.1": ["shift_consistency=0.1"],
+    "aa-cons-0.1": ["backbone=tiny-aa", "decoder_upsample=bilinear", "shift_consistency=0.1"],
 }
 RECIPE = [
     "backbone=tiny",
@@ -155,11 +159,11 @@ def train(work: Path, name: str, epochs: int, seeds: list[int]) -> dict[str, Any
     sets = [*RECIPE, f"epochs={epochs}", f"source_regions=[{','.join(sources)}]"]
     sets += ["data_root=tiles", f"out_dir=run-{name}", *VARIANTS[name]]
     out = work / f"run-{name}"
-    start = time.perf_counter()
-    if not (out / "bundle" / "manifest.json").exists():
+    if not (out / "bundle" / "manifest.json").exists():  # a finished run in --work is reused
         _stmap("train", "--config", "fullsup", *(a for s in sets for a in ("--set", s)), cwd=work)
-    seconds = time.perf_counter() - start
     meta = json.loads((out / "bundle" / "manifest.json").read_text())
+    tasks = json.loads((out / "report.json").read_text())["tasks"]
+    seconds = sum(epoch["seconds"] for task in tasks for epoch in task["history"])
     return {
         "variant": name,
         "sets": [s for s in sets if not s.startswith(("data_root", "out_dir"))],
