@@ -10,7 +10,8 @@ variant:
 * ``aa``: ``backbone=tiny-aa`` (blur-pool downsampling) + ``decoder_upsample=bilinear``;
 * ``cons``: ``tiny`` + ``shift_consistency``;
 * ``aa-cons``: both; ``blur-cons``: ``tiny-blur`` (blur before each stride-2 conv, at
-  tiny's cost) + bilinear + consistency; ``cons-0.1``, ``aa-cons-0.1``: a tenth of the
+  tiny's cost) + bilinear + consistency; ``blur``: the same without consistency;
+  ``cons-0.1``, ``aa-cons-0.1``: a tenth of the
   consistency weight (optional, ``--variants``).
 
 Figures per variant: IoU1 of the held-out style (periurban, never trained on) and of
@@ -64,6 +65,7 @@ VARIANTS: dict[str, list[str]] = {
     "cons": ["shift_consistency=1"],
     "aa-cons": ["backbone=tiny-aa", "decoder_upsample=bilinear", "shift_consistency=1"],
     "blur-cons": ["backbone=tiny-blur", "decoder_upsample=bilinear", "shift_consistency=1"],
+    "blur": ["backbone=tiny-blur", "decoder_upsample=bilinear"],
     "cons-0.1": ["shift_consistency=0.1"],
     "aa-cons-0.1": ["backbone=tiny-aa", "decoder_upsample=bilinear", "shift_consistency=0.1"],
 }
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--variants", default="tiny,aa,cons,aa-cons")
     parser.add_argument("--work", type=Path, default=None, help="keep runs here (default: tmp)")
-    parser.add_argument("--rounds", type=int, default=3, help="speed: interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="speed: interleaved rounds")
     parser.add_argument("--out", type=Path, default=None, help="STEM: write STEM.json, STEM.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -219,41 +221,43 @@ def phase_floor(bundle: Path | str, cities: dict[str, list[dict[str, Any]]]) -> 
     }
 
 
+def _architecture(name: str) -> tuple[str, int, str]:
+    sets = dict(s.split("=", 1) for s in [*RECIPE, *VARIANTS[name]])
+    upsample = sets.get("decoder_upsample", "nearest")
+    return sets["backbone"], int(sets["decoder_channels"]), upsample
+
+
 @torch.inference_mode()
-def speed(variants: list[str], rounds: int) -> dict[str, dict[str, float]]:
+def speed(variants: list[str], rounds: int) -> dict[str, dict[str, float | None]]:
     """Model-only tiles/s of each variant's architecture (random weights: the cost does not
-    depend on them), batches of 32 uint8 128² tiles, one thread, rounds interleaved."""
+    depend on them; variants of one architecture share its figure), batches of 32 uint8
+    128² tiles, one thread, rounds interleaved, the median round."""
+    architectures = sorted({_architecture(name) for name in [*variants, "tiny"]})
     models = {}
-    for name in variants:
-        sets = dict(s.split("=", 1) for s in [*RECIPE, *VARIANTS[name]])
-        config = SegmenterConfig(
-            sets["backbone"],
-            128,
-            int(sets["decoder_channels"]),
-            decoder_upsample=sets.get("decoder_upsample", "nearest"),
-        )
-        spec = get_spec(config.backbone)
-        models[name] = InferenceModel(
+    for backbone, channels, upsample in architectures:
+        config = SegmenterConfig(backbone, 128, channels, decoder_upsample=upsample)
+        spec = get_spec(backbone)
+        models[(backbone, channels, upsample)] = InferenceModel(
             DamageSegmenter(config), Preprocessing(spec.mean, spec.std)
         ).eval()
     x = torch.randint(0, 256, (32, 3, 128, 128), generator=torch.Generator().manual_seed(0))
     x = x.to(torch.uint8)
-    times: dict[str, list[float]] = {name: [] for name in models}
+    times: dict[tuple[str, int, str], list[float]] = {key: [] for key in models}
     for model in models.values():
         model(x)  # warm-up
     for _ in range(rounds):
-        for name, model in models.items():
+        for key, model in models.items():
             start = time.perf_counter()
             for _ in range(3):
                 model(x)
-            times[name].append((time.perf_counter() - start) / 3)
-    base = float(np.median(times["tiny"])) if "tiny" in times else None
+            times[key].append((time.perf_counter() - start) / 3)
+    base = float(np.median(times[_architecture("tiny")]))
     out = {}
-    for name, values in times.items():
-        seconds = float(np.median(values))
+    for name in variants:
+        seconds = float(np.median(times[_architecture(name)]))
         out[name] = {
             "tiles_per_s": round(32 / seconds, 1),
-            "time_vs_tiny": None if base is None else round(seconds / base, 2),
+            "time_vs_tiny": round(seconds / base, 2),
         }
     return out
 
