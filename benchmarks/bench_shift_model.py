@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         shipped["phase"] = phase_floor("default", cities)
         report["reference"] = shipped
     finish(report, markdown(report), args.out)
+    if args.out:
+        Path(f"{args.out}.partial.json").unlink(missing_ok=True)
     return 0
 
 
