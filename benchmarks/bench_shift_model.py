@@ -302,7 +302,7 @@ def markdown(report: dict[str, Any]) -> str:
         rows.append(
             [
                 run["variant"],
-                ", ".join(s for s in run.get("sets", []) if s not in RECIPE and "=" in s)
+                ", ".join(VARIANTS[run["variant"]]) or "–"
                 if run["variant"] != "shipped"
                 else "scripts/build_demo_bundle.sh (2048², 60 epochs)",
                 run.get("iou1_heldout", "0.595 (its own 2048² cities)"),
