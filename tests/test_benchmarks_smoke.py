@@ -78,6 +78,13 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ],
         "one 320² city, one crop, overlap 16, the shipped bundle, and the diagnosis",
     ),
+    "bench_shift_model.py": (
+        [
+            *("-m", "benchmarks.bench_shift_model", "--size", "512", "--epochs", "1"),
+            *("--variants", "tiny,aa-cons", "--rounds", "1"),
+        ],
+        "one 512² city per style, tiny and tiny-aa + bilinear + consistency for 1 epoch",
+    ),
     "bench_soak.py": (
         ["benchmarks/bench_soak.py", "--scenes", "6", "--sizes", "256"],
         "script mode: 6 scenes of 256 px, growth from scene 5 to 6",
@@ -130,6 +137,7 @@ PRINTS_JSON = {
     "bench_train_cache.py",
     "bench_soak.py",
     "bench_phase.py",
+    "bench_shift_model.py",
 }  # their script mode prints one object
 
 

@@ -15,12 +15,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stmap.errors import InputError
 
 SHIPPED = ("fullsup", "lodo", "ssdc", "ratio", "fewshot")
 DEFAULT_CACHE_BYTES = 8 << 30  # feature_cache: true keeps up to 8 GiB in memory, then disk
+MAX_CONSISTENCY_SHIFT = 15  # shift_consistency draws (dy, dx) in [1, 15]: sub-stride phases
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -71,6 +72,23 @@ class TrainConfig(BaseModel):
             "method, for models trained on synthetic styles (the demo bundle)"
         ),
     )
+    decoder_upsample: Literal["nearest", "bilinear"] = Field(
+        "nearest",
+        description=(
+            "the decoder's ×2 upsampling; bilinear keeps the map from stepping at the 16-px "
+            "feature lattice (#20). Carried in the bundle's manifest"
+        ),
+    )
+    shift_consistency: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "weight of a shift-consistency term (train/losses.py shift_consistency_loss): each "
+            "training batch is seen a second time shifted by a random (dy, dx) in [1, 15] px and "
+            "the two probability maps are compared on their overlap; 0 = off, the method. A "
+            "deliberate addition for phase stability (#20)"
+        ),
+    )
     num_workers: int = Field(2, ge=1, description="threads decoding tiles")
     gsd_m: float = Field(
         0.5, gt=0.05, le=10, description="metres per pixel xBD images are resampled to"
@@ -98,6 +116,15 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"expected true, false or a size such as 8GiB, got {value!r}")
             return int(float(match[1]) * _UNITS[match[2]])
         return value
+
+    @model_validator(mode="after")
+    def _shift_fits_tile(self) -> TrainConfig:
+        if self.shift_consistency and self.img_size <= 2 * MAX_CONSISTENCY_SHIFT:
+            raise ValueError(
+                f"shift_consistency needs img_size above {2 * MAX_CONSISTENCY_SHIFT} px (shifts "
+                f"of up to {MAX_CONSISTENCY_SHIFT} px must leave an overlap), got {self.img_size}"
+            )
+        return self
 
     @field_validator("fewshot_n")
     @classmethod

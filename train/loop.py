@@ -23,11 +23,11 @@ import torch
 from stmap.errors import DeviceError, InputError
 from stmap.model import DamageSegmenter, Normalize, TrainOutput
 from stmap.train.augment import photometric_augmenter
-from stmap.train.config import TrainConfig
+from stmap.train.config import MAX_CONSISTENCY_SHIFT, TrainConfig
 from stmap.train.datasets import TileData
 from stmap.train.features import FeatureCache
 from stmap.train.lora import apply_lora, lora_parameters
-from stmap.train.losses import total_loss
+from stmap.train.losses import shift_consistency_loss, shift_view, total_loss
 from stmap.train.metrics import ConfusionCounts, scores
 from stmap.train.prototypes import fit_prototypes, sample_pixel_embeddings
 
@@ -116,8 +116,12 @@ class Inputs:
         """
         if self.cache is not None and augment is None:
             return self.cache(index)
+        return model.features(self.pixels(index, augment))
+
+    def pixels(self, index: torch.Tensor, augment: Augment | None = None) -> torch.Tensor:
+        """(B,) positions → (B, 3, S, S) normalised float tiles (augmented if asked)."""
         images = self.data.images[index].to(self.device)
-        return model.features(self.normalize(images if augment is None else augment(images)))
+        return self.normalize(images if augment is None else augment(images))
 
     def outputs(
         self, model: DamageSegmenter, index: torch.Tensor, augment: Augment | None = None
@@ -222,12 +226,14 @@ def train_fold(
 
     train, val: (N,) int64 tile positions. Seeds: ``config.seed + fold`` for the
     shuffling, pixel sampling, k-means and DPT draws, and (its own generator) for the
-    optional photometric augmentation of training batches.
+    optional photometric augmentation of training batches, and (another generator) for
+    the shifts of ``shift_consistency``.
     """
     device = inputs.device
     cuda = device.type == "cuda"  # fp16 autocast + loss scaling on the GPU only
     generator = torch.Generator().manual_seed(config.seed + fold)
     augment = photometric_augmenter(config.photometric_augment, config.seed + fold)
+    shifts = torch.Generator().manual_seed(config.seed + fold)
     prototypes = (None, None)
     if config.lambda_pc:
         prototypes = fit_pc_prototypes(
@@ -249,7 +255,14 @@ def train_fold(
             config.batch_size
         ):
             with torch.autocast(device.type, torch.float16, enabled=cuda):
-                out = inputs.outputs(model, index, augment)
+                if config.shift_consistency:
+                    pixels = inputs.pixels(index, augment)  # the cache holds no shifted view
+                    out = model.forward_train(pixels)
+                    dy, dx = torch.randint(1, MAX_CONSISTENCY_SHIFT + 1, (2,), generator=shifts)
+                    dy, dx = int(dy), int(dx)
+                    shifted_logits = model(shift_view(pixels, dy, dx))
+                else:
+                    out = inputs.outputs(model, index, augment)
             loss, parts = total_loss(
                 out,
                 inputs.labels(index),
@@ -259,6 +272,11 @@ def train_fold(
                 config.lambda_dpt,
                 generator,
             )
+            if config.shift_consistency:
+                consistency = shift_consistency_loss(out.logits, shifted_logits, dy, dx)
+                loss = loss + config.shift_consistency * consistency
+                parts["shift"] = float(consistency.detach())
+                parts["total"] = float(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones

@@ -263,6 +263,39 @@ def dpt_loss(
     return (sums[used] / counts[used]).mean()
 
 
+def shift_view(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(B, C, H, W) → the same tiles moved up by ``dy`` and left by ``dx`` px: pixel (i, j)
+    of the view is pixel (i + dy, j + dx) of ``x``; the rows and columns that fall off
+    the tile are refilled by reflection (``shift_consistency_loss`` never compares them)."""
+    h, w = x.shape[-2:]
+    if not (0 <= dy < h and 0 <= dx < w):
+        raise InputError(f"shift ({dy}, {dx}) leaves nothing of a {h}×{w} tile")
+    view = x[..., dy:, dx:]
+    if dy or dx:
+        view = F.pad(view.float(), (0, dx, 0, dy), mode="reflect").to(x.dtype)
+    return view
+
+
+def shift_consistency_loss(
+    logits: torch.Tensor, shifted_logits: torch.Tensor, dy: int, dx: int
+) -> torch.Tensor:
+    """mean |σ(logits)[i + dy, j + dx] − σ(shifted_logits)[i, j]| over the overlap.
+
+    logits: (B, 1, H, W) of some tiles; shifted_logits: of ``shift_view(tiles, dy, dx)``.
+    Only pixels both views hold are compared (not the reflected rows and columns), so a
+    model that commutes with shifts — a convolution at stride 1 — scores 0, and one
+    that samples its features every 16 px scores more for a sub-16-px shift (#20).
+    """
+    _, h, w = _bhw(logits)
+    if shifted_logits.shape != logits.shape:
+        raise InputError(
+            f"shifted logits {tuple(shifted_logits.shape)} differ from {tuple(logits.shape)}"
+        )
+    a = torch.sigmoid(logits.float())[..., dy:, dx:]
+    other = torch.sigmoid(shifted_logits.float())[..., : h - dy, : w - dx]
+    return (a - other).abs().mean()
+
+
 def total_loss(
     out: TrainOutput,
     target: torch.Tensor,

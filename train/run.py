@@ -138,7 +138,14 @@ def build_model(config: TrainConfig, out_dir: Path) -> tuple[DamageSegmenter, st
     from stmap.model.weights import download_backbone_weights, load_backbone_weights
 
     spec = get_spec(config.backbone)
-    model = DamageSegmenter(SegmenterConfig(spec.name, config.img_size, config.decoder_channels))
+    model = DamageSegmenter(
+        SegmenterConfig(
+            spec.name,
+            config.img_size,
+            config.decoder_channels,
+            decoder_upsample=config.decoder_upsample,
+        )
+    )
     if config.weights == "download":
         if spec.timm_name is None:
             raise InputError(f"weights: download: {spec.name!r} has no published weights")
@@ -271,6 +278,12 @@ def deliberate_differences(config: TrainConfig, frozen: bool, cached: bool) -> l
         items.append(
             f"Training batches get photometric augmentation (photometric_augment: "
             f"{config.photometric_augment:g}, train/augment.py); the method trains without it."
+        )
+    if config.shift_consistency:
+        items.append(
+            f"Training batches are seen a second time shifted by a random (dy, dx) in [1, 15] px "
+            f"and a shift-consistency term (weight {config.shift_consistency:g}, "
+            "train/losses.py) is added to the loss; the method has no such term (#20)."
         )
     return items
 

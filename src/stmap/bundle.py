@@ -22,7 +22,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from stmap.errors import BundleError, OutputExistsError
 from stmap.io.paths import check_input_path
@@ -50,6 +57,18 @@ class Architecture(_Strict):
     decoder_channels: int = Field(256, gt=0)
     decoder_blocks: int = Field(4, gt=0)
     projection_dim: int = Field(50, gt=0)
+    decoder_upsample: Literal["nearest", "bilinear"] = Field(
+        "nearest", description="the decoder's ×2 upsampling; bilinear for phase stability (#20)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_upsample(self, handler: Any) -> dict[str, Any]:
+        """Leave ``decoder_upsample`` out while it is ``nearest``: manifests (and bundle
+        hashes) of models without it stay exactly as they were, and older stmap reads them."""
+        data = handler(self)
+        if data.get("decoder_upsample") == "nearest":
+            del data["decoder_upsample"]
+        return data
 
 
 class Normalization(_Strict):

@@ -131,3 +131,27 @@ def test_dinov3_vit_small_exports_with_parity(tmp_path):
     tiles = np.random.default_rng(0).integers(0, 256, (3, 3, 128, 128), dtype=np.uint8)
     assert np.ptp(session.run(None, {INPUT_NAME: tiles})[0]) > 0.1, "a flat model proves little"
     assert seconds < 60, f"the ViT-S export took {seconds:.0f} s"
+
+
+@pytest.mark.parametrize("backbone", ["tiny-aa", "tiny-blur"])
+def test_antialiased_bilinear_models_export_with_parity(tmp_path: Path, backbone: str):
+    """Blur-pool (reflect padding, depthwise) and bilinear upsampling survive the export (#20)."""
+    from stmap.model.backbones import SAT_MEAN, SAT_STD
+
+    torch.manual_seed(0)
+    config = SegmenterConfig(backbone, 128, 8, decoder_upsample="bilinear")
+    manifest = manifest_for(
+        config,
+        name="aa",
+        backbone_weights="random (tests)",
+        normalization=Normalization(mean=SAT_MEAN, std=SAT_STD),
+    )
+    path = liven(write_bundle(tmp_path / "b", DamageSegmenter(config), manifest))
+    model = _model(path)
+    export_onnx(model, tmp_path / "m.onnx", tile_size=128, channels=3)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    x = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
+    ours = model(x).detach().numpy()
+    theirs = session.run(None, {INPUT_NAME: x.numpy()})[0]
+    assert float(ours.std()) > 0.01  # the map varies, so parity means something
+    assert np.abs(theirs - ours).max() < 1e-4

@@ -100,18 +100,66 @@ class TimmViTBackbone(nn.Module):
         return tokens.transpose(1, 2).reshape(b, d, self.grid, n // self.grid)
 
 
-class TinyBackbone(nn.Module):
-    """Four stride-2 conv stages (output stride 16): fast enough to train on a CPU."""
+class BlurPool(nn.Module):
+    """Fixed binomial low-pass ([1, 2, 1] ⊗ [1, 2, 1] / 16), depthwise, reflect-padded,
+    then every ``stride``-th pixel (Zhang 2019, "Making Convolutional Networks
+    Shift-Invariant Again"). No weights: the filter is a non-persistent buffer, so a
+    state dict holds nothing of it."""
 
-    def __init__(self, embed_dim: int = 64, widths: tuple[int, ...] = (16, 32, 48)):
+    def __init__(self, channels: int, stride: int = 2):
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = torch.outer(taps, taps) / 16
+        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
+        self.channels, self.stride = channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return nn.functional.conv2d(
+            x, self.kernel.to(x.dtype), stride=self.stride, groups=self.channels
+        )
+
+
+class TinyBackbone(nn.Module):
+    """Four stride-2 conv stages (output stride 16): fast enough to train on a CPU.
+
+    ``antialias`` low-passes the features before every subsampling (#20):
+
+    * ``"blurpool"`` (``tiny-aa``): each stage's first conv runs at stride 1 and a
+      ``BlurPool`` (stride 2) follows its ReLU — conv → BN → ReLU → BlurPool, Zhang's
+      anti-aliased strided conv. Four times the MACs of each stage's first conv (about
+      2× the whole model's time on a CPU).
+    * ``"preblur"`` (``tiny-blur``): the fixed blur (stride 1) in front of each stride-2
+      conv — the same low-pass, applied before the ReLU instead of after; about the
+      plain model's cost.
+
+    The blur has no weights: the parameters are the plain stages' (the keys' indices
+    differ).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 64,
+        widths: tuple[int, ...] = (16, 32, 48),
+        antialias: str | None = None,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
+        if antialias not in (None, "blurpool", "preblur"):
+            raise ValueError(f"antialias {antialias!r}: expected None, 'blurpool' or 'preblur'")
         for c_out in (*widths, embed_dim):
+            if antialias == "preblur":
+                layers.append(BlurPool(c_in, 1))
+            stride = 1 if antialias == "blurpool" else 2
             layers += [
-                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),
+            ]
+            if antialias == "blurpool":
+                layers.append(BlurPool(c_out, 2))
+            layers += [
                 nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),
@@ -160,4 +208,29 @@ register_backbone(
         description="small CNN, output stride 16, trains from scratch (demo, tests)",
     ),
     lambda spec, tile_size: TinyBackbone(spec.embed_dim),
+)
+
+register_backbone(
+    BackboneSpec(
+        name="tiny-aa",
+        embed_dim=64,
+        patch_size=16,
+        mean=SAT_MEAN,
+        std=SAT_STD,
+        frozen=False,
+        description="tiny with anti-aliased (blur-pool) downsampling, for phase stability (#20)",
+    ),
+    lambda spec, tile_size: TinyBackbone(spec.embed_dim, antialias="blurpool"),
+)
+register_backbone(
+    BackboneSpec(
+        name="tiny-blur",
+        embed_dim=64,
+        patch_size=16,
+        mean=SAT_MEAN,
+        std=SAT_STD,
+        frozen=False,
+        description="tiny with a fixed blur before each stride-2 conv: anti-aliased at tiny's cost",
+    ),
+    lambda spec, tile_size: TinyBackbone(spec.embed_dim, antialias="preblur"),
 )

@@ -5,17 +5,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
 
 class Decoder(nn.Module):
     """Four blocks of conv3×3 (no bias) → BN → ReLU → ×2 nearest upsampling, then 1×1 → logit.
 
     The method uses 256 channels (D→256 at 8², 256→256 at 16², 32², 64²); ``tiny``
     uses fewer so the demo runs on a CPU. The map after the last upsampling is
-    the *decoder feature* the DPT loss works on.
+    the *decoder feature* the DPT loss works on. ``upsample="bilinear"`` (half-pixel
+    centres, no weights) instead of nearest keeps the map from stepping at the feature
+    lattice (#20); the weights are the same either way.
     """
 
-    def __init__(self, in_channels: int, channels: int = 256, num_blocks: int = 4):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int = 256,
+        num_blocks: int = 4,
+        upsample: str = "nearest",
+    ):
         super().__init__()
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"decoder upsample {upsample!r}: expected one of {UPSAMPLE_MODES}")
+        extra = {} if upsample == "nearest" else {"align_corners": False}
         blocks = []
         c_in = in_channels
         for _ in range(num_blocks):
@@ -24,7 +37,7 @@ class Decoder(nn.Module):
                     nn.Conv2d(c_in, channels, 3, padding=1, bias=False),
                     nn.BatchNorm2d(channels),
                     nn.ReLU(inplace=True),
-                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.Upsample(scale_factor=2, mode=upsample, **extra),
                 )
             )
             c_in = channels

@@ -22,6 +22,7 @@ class SegmenterConfig:
     decoder_channels: int = 256
     decoder_blocks: int = 4
     projection_dim: int = 50
+    decoder_upsample: str = "nearest"  # or "bilinear" (#20); weights identical either way
 
 
 class TrainOutput(NamedTuple):
@@ -39,7 +40,9 @@ class DamageSegmenter(nn.Module):
         spec = get_spec(config.backbone)
         self.backbone_frozen = spec.frozen
         self.backbone = create_backbone(spec.name, config.tile_size)
-        self.decoder = Decoder(spec.embed_dim, config.decoder_channels, config.decoder_blocks)
+        self.decoder = Decoder(
+            spec.embed_dim, config.decoder_channels, config.decoder_blocks, config.decoder_upsample
+        )
         self.projection = ProjectionHead(spec.embed_dim, config.projection_dim)
         if self.backbone_frozen:
             self.backbone.requires_grad_(False)

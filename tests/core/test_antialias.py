@@ -1,0 +1,87 @@
+"""tiny-aa / tiny-blur backbones and the decoder's upsampling option (#20), and that
+neither changes the shipped ``tiny`` model or its bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from stmap.bundle import Architecture, manifest_for, open_bundle, write_bundle
+from stmap.model import DamageSegmenter, SegmenterConfig
+from stmap.model.backbones import BlurPool, get_spec
+from stmap.model.decoder import Decoder
+
+# the state-dict keys of the shipped tiny backbone: its layout must not move
+TINY_BODY = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22]
+
+
+def test_tiny_keeps_its_layout_and_the_shipped_bundle_its_manifest():
+    model = DamageSegmenter(SegmenterConfig("tiny", 128, 16))
+    convs = sorted({int(k.split(".")[2]) for k in model.state_dict() if k.startswith("backbone.")})
+    assert convs == TINY_BODY
+    bundle = open_bundle("default")
+    raw = json.loads((bundle.root / "manifest.json").read_text())
+    assert "decoder_upsample" not in raw["architecture"]
+    assert bundle.manifest.segmenter_config().decoder_upsample == "nearest"
+    # re-serialised, the manifest is what was shipped: the bundle's hash does not move
+    assert bundle.manifest.model_dump(mode="json")["architecture"] == raw["architecture"]
+    segmenter = bundle.load_segmenter()
+    assert all(m.mode == "nearest" for m in segmenter.modules() if isinstance(m, torch.nn.Upsample))
+
+
+@pytest.mark.parametrize("backbone", ["tiny-aa", "tiny-blur"])
+def test_antialiased_backbones_have_tinys_parameters_and_stride(backbone: str):
+    torch.manual_seed(0)
+    spec = get_spec(backbone)
+    assert spec.patch_size == 16 and not spec.frozen
+    model = DamageSegmenter(SegmenterConfig(backbone, 128, 16, decoder_upsample="bilinear"))
+    plain = DamageSegmenter(SegmenterConfig("tiny", 128, 16))
+    shapes = sorted(tuple(p.shape) for p in model.parameters())
+    assert shapes == sorted(tuple(p.shape) for p in plain.parameters())
+    assert not any("kernel" in k for k in model.state_dict())  # the blur is not a weight
+    x = torch.randn(2, 3, 128, 96)
+    assert model.features(x).shape == (2, 64, 8, 6)
+    assert model(x).shape == (2, 1, 128, 96)
+
+
+def test_blurpool_is_a_binomial_low_pass():
+    pool = BlurPool(2, stride=2)
+    flat = torch.full((1, 2, 8, 8), 3.0)
+    assert torch.allclose(pool(flat), torch.full((1, 2, 4, 4), 3.0))  # reflect: no dark rim
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2
+    out = BlurPool(1, stride=1)(checker[None, None].float())
+    assert float(out[..., 1:-1, 1:-1].std()) < 0.2 * float(checker.float().std())
+
+
+def test_decoder_upsampling_modes():
+    nearest = Decoder(4, 8, 2)
+    bilinear = Decoder(4, 8, 2, upsample="bilinear")
+    assert nearest.state_dict().keys() == bilinear.state_dict().keys()
+    with pytest.raises(ValueError, match="bicubic"):
+        Decoder(4, 8, 2, upsample="bicubic")
+
+
+def test_a_bilinear_bundle_round_trips(tmp_path: Path):
+    config = SegmenterConfig("tiny-aa", 128, 16, decoder_upsample="bilinear")
+    torch.manual_seed(0)
+    model = DamageSegmenter(config).eval()
+    manifest = manifest_for(
+        config,
+        name="aa",
+        backbone_weights="random",
+        normalization={"mean": get_spec("tiny-aa").mean, "std": get_spec("tiny-aa").std},
+    )
+    bundle = open_bundle(write_bundle(tmp_path / "b", model, manifest))
+    raw = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert raw["architecture"]["decoder_upsample"] == "bilinear"
+    assert bundle.manifest.segmenter_config() == config
+    x = torch.randn(1, 3, 128, 128)
+    assert torch.equal(bundle.load_segmenter()(x), model(x))
+    assert Architecture().model_dump() == {
+        "decoder_channels": 256,
+        "decoder_blocks": 4,
+        "projection_dim": 50,
+    }
