@@ -77,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--styles", default=",".join(STYLES))
     parser.add_argument("--offsets", default=";".join(f"{r},{c}" for r, c in OFFSETS))
     parser.add_argument("--overlaps", default="16,24,32")
-    parser.add_argument("--models", default="default,vits")
+    parser.add_argument(
+        "--models",
+        default="default,vits",
+        help="default (the shipped bundle), vits (a random-weight ViT-S/16) or bundle paths",
+    )
     parser.add_argument("--diagnose", action="store_true")
     parser.add_argument(
         "--cost-only",
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             for style in styles
         }
         for model in args.models.split(","):
-            bundle = "default" if model == "default" else str(random_bundle(root / "vits", VITS, 0))
+            bundle = str(random_bundle(root / "vits", VITS, 0)) if model == "vits" else model
             for overlap in overlaps:
                 run = pipeline_run(bundle, model, overlap, cities, offsets, root)
                 report["runs"].append(run)
