@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -172,6 +173,10 @@ class TinyBackbone(nn.Module):
         return self.body(x)
 
 
+def _tiny_factory(spec: BackboneSpec, tile_size: int, antialias: str | None) -> nn.Module:
+    return TinyBackbone(spec.embed_dim, antialias=antialias)
+
+
 def _timm_factory(spec: BackboneSpec, tile_size: int) -> nn.Module:
     assert spec.timm_name is not None
     return TimmViTBackbone(spec.timm_name, tile_size)
@@ -197,40 +202,29 @@ for _timm_name, _dim, _mean, _std, _what in [
         _timm_factory,
     )
 
-register_backbone(
-    BackboneSpec(
-        name="tiny",
-        embed_dim=64,
-        patch_size=16,
-        mean=SAT_MEAN,
-        std=SAT_STD,
-        frozen=False,
-        description="small CNN, output stride 16, trains from scratch (demo, tests)",
+# The trained-from-scratch CNNs: ``tiny`` and its anti-aliased variants (#20).
+for _tiny_name, _antialias, _what in [
+    ("tiny", None, "small CNN, output stride 16, trains from scratch (demo, tests)"),
+    (
+        "tiny-aa",
+        "blurpool",
+        "tiny with anti-aliased (blur-pool) downsampling, for phase stability (#20)",
     ),
-    lambda spec, tile_size: TinyBackbone(spec.embed_dim),
-)
-
-register_backbone(
-    BackboneSpec(
-        name="tiny-aa",
-        embed_dim=64,
-        patch_size=16,
-        mean=SAT_MEAN,
-        std=SAT_STD,
-        frozen=False,
-        description="tiny with anti-aliased (blur-pool) downsampling, for phase stability (#20)",
+    (
+        "tiny-blur",
+        "preblur",
+        "tiny with a fixed blur before each stride-2 conv: anti-aliased at tiny's cost",
     ),
-    lambda spec, tile_size: TinyBackbone(spec.embed_dim, antialias="blurpool"),
-)
-register_backbone(
-    BackboneSpec(
-        name="tiny-blur",
-        embed_dim=64,
-        patch_size=16,
-        mean=SAT_MEAN,
-        std=SAT_STD,
-        frozen=False,
-        description="tiny with a fixed blur before each stride-2 conv: anti-aliased at tiny's cost",
-    ),
-    lambda spec, tile_size: TinyBackbone(spec.embed_dim, antialias="preblur"),
-)
+]:
+    register_backbone(
+        BackboneSpec(
+            name=_tiny_name,
+            embed_dim=64,
+            patch_size=16,
+            mean=SAT_MEAN,
+            std=SAT_STD,
+            frozen=False,
+            description=_what,
+        ),
+        partial(_tiny_factory, antialias=_antialias),
+    )
