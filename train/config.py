@@ -89,6 +89,15 @@ class TrainConfig(BaseModel):
             "deliberate addition for phase stability (#20)"
         ),
     )
+    shift_augment: bool = Field(
+        False,
+        description=(
+            "move each training batch, its labels and building masks by a random (dy, dx) in "
+            "[0, 15] px (the rows and columns that fall off refilled by reflection), so a "
+            "stride-16 model sees every sub-stride phase of the ground; off = the method. A "
+            "deliberate addition for phase stability (#20)"
+        ),
+    )
     num_workers: int = Field(2, ge=1, description="threads decoding tiles")
     gsd_m: float = Field(
         0.5, gt=0.05, le=10, description="metres per pixel xBD images are resampled to"
@@ -119,10 +128,12 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _shift_fits_tile(self) -> TrainConfig:
-        if self.shift_consistency and self.img_size <= 2 * MAX_CONSISTENCY_SHIFT:
+        shifted = self.shift_consistency or self.shift_augment
+        if shifted and self.img_size <= 2 * MAX_CONSISTENCY_SHIFT:
             raise ValueError(
-                f"shift_consistency needs img_size above {2 * MAX_CONSISTENCY_SHIFT} px (shifts "
-                f"of up to {MAX_CONSISTENCY_SHIFT} px must leave an overlap), got {self.img_size}"
+                "shift_consistency and shift_augment need img_size above "
+                f"{2 * MAX_CONSISTENCY_SHIFT} px (shifts of up to {MAX_CONSISTENCY_SHIFT} px must "
+                f"leave an overlap), got {self.img_size}"
             )
         return self
 

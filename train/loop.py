@@ -226,14 +226,15 @@ def train_fold(
 
     train, val: (N,) int64 tile positions. Seeds: ``config.seed + fold`` for the
     shuffling, pixel sampling, k-means and DPT draws, and (its own generator) for the
-    optional photometric augmentation of training batches, and (another generator) for
-    the shifts of ``shift_consistency``.
+    optional photometric augmentation of training batches, and (two more generators) for
+    the shifts of ``shift_consistency`` and of ``shift_augment``.
     """
     device = inputs.device
     cuda = device.type == "cuda"  # fp16 autocast + loss scaling on the GPU only
     generator = torch.Generator().manual_seed(config.seed + fold)
     augment = photometric_augmenter(config.photometric_augment, config.seed + fold)
     shifts = torch.Generator().manual_seed(config.seed + fold)
+    phases = torch.Generator().manual_seed(config.seed + fold + 1)
     prototypes = (None, None)
     if config.lambda_pc:
         prototypes = fit_pc_prototypes(
@@ -254,19 +255,27 @@ def train_fold(
         for index in train[torch.randperm(len(train), generator=generator)].split(
             config.batch_size
         ):
+            labels, buildings = inputs.labels(index), inputs.buildings(index)
             with torch.autocast(device.type, torch.float16, enabled=cuda):
-                if config.shift_consistency:
+                if config.shift_consistency or config.shift_augment:
                     pixels = inputs.pixels(index, augment)  # the cache holds no shifted view
+                    if config.shift_augment:
+                        phase = torch.randint(0, MAX_CONSISTENCY_SHIFT + 1, (2,), generator=phases)
+                        pixels, labels, buildings = (
+                            shift_view(t, int(phase[0]), int(phase[1]))
+                            for t in (pixels, labels, buildings)
+                        )
                     out = model.forward_train(pixels)
+                else:
+                    out = inputs.outputs(model, index, augment)
+                if config.shift_consistency:
                     dy, dx = torch.randint(1, MAX_CONSISTENCY_SHIFT + 1, (2,), generator=shifts)
                     dy, dx = int(dy), int(dx)
                     shifted_logits = model(shift_view(pixels, dy, dx))
-                else:
-                    out = inputs.outputs(model, index, augment)
             loss, parts = total_loss(
                 out,
-                inputs.labels(index),
-                inputs.buildings(index),
+                labels,
+                buildings,
                 *prototypes,
                 config.lambda_pc,
                 config.lambda_dpt,

@@ -279,6 +279,11 @@ def deliberate_differences(config: TrainConfig, frozen: bool, cached: bool) -> l
             f"Training batches get photometric augmentation (photometric_augment: "
             f"{config.photometric_augment:g}, train/augment.py); the method trains without it."
         )
+    if config.shift_augment:
+        items.append(
+            "Training batches, their labels and building masks are moved by a random (dy, dx) "
+            "in [0, 15] px (shift_augment, #20); the method trains on fixed tiles."
+        )
     if config.shift_consistency:
         items.append(
             f"Training batches are seen a second time shifted by a random (dy, dx) in [1, 15] px "

@@ -109,3 +109,43 @@ def test_training_with_consistency_and_an_antialiased_model(tile_root: Path, tmp
     total = history["loss_focal"] + 0.01 * history["loss_pc"] + 0.5 * history["loss_shift"]
     assert history["loss_total"] == pytest.approx(total, rel=1e-4)
     assert any("shift-consistency" in item for item in report["differences"])
+
+
+def test_shift_augment_moves_labels_with_pixels(tile_root: Path, tmp_path: Path, monkeypatch):
+    """shift_augment: the loss sees each batch's labels and building masks moved exactly as
+    its pixels (a label left behind would teach the model the wrong place), and the
+    report names the deviation."""
+    import stmap.train.loop as loop
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_total = loop.total_loss
+
+    def spy(out, target, buildings, *rest):
+        seen.append((target.clone(), buildings.clone()))
+        return real_total(out, target, buildings, *rest)
+
+    monkeypatch.setattr(loop, "total_loss", spy)
+    views: list[tuple[int, int]] = []
+    real_shift = loop.shift_view
+
+    def record(x, dy, dx):
+        views.append((dy, dx))
+        return real_shift(x, dy, dx)
+
+    monkeypatch.setattr(loop, "shift_view", record)
+    out = tmp_path / "run"
+    config = tiny_config(tile_root, out, shift_augment=True, lambda_dpt=0.0, overlays=0)
+    run_training(config, command="stmap train")
+    assert views and all(0 <= dy <= 15 and 0 <= dx <= 15 for dy, dx in views)
+    assert len({v for v in views}) > 1  # the phase is drawn per batch, not once
+    # three views (pixels, labels, buildings) per batch, each with the same shift
+    assert all(views[i] == views[i + 1] == views[i + 2] for i in range(0, len(views), 3))
+    report = json.loads((out / "report.json").read_text())
+    assert any("shift_augment" in item for item in report["differences"])
+    assert seen
+
+
+def test_shift_view_moves_labels_like_pixels():
+    x = torch.arange(2 * 1 * 32 * 32, dtype=torch.float32).reshape(2, 1, 32, 32)
+    moved = shift_view(x, 5, 9)
+    assert torch.equal(moved[..., :27, :23], x[..., 5:, 9:])

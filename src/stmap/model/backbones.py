@@ -32,6 +32,8 @@ class BackboneSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     frozen: bool  # foundation models stay frozen; `tiny` trains from scratch
+    # maps tiles of any multiple of patch_size alike (a CNN); a ViT is built for one tile
+    any_tile: bool = False
     timm_name: str | None = None
     description: str = ""
 
@@ -134,6 +136,10 @@ class TinyBackbone(nn.Module):
       conv — the same low-pass, applied before the ReLU instead of after; about the
       plain model's cost.
 
+    * ``"lite"`` (``tiny-aalite``): ``"preblur"`` in the two full- and half-resolution
+      stages, where Zhang's stride-1 conv costs most, ``"blurpool"`` in the last two —
+      about 1.3× the plain model's multiply-adds against ``"blurpool"``'s 2.1×.
+
     The blur has no weights: the parameters are the plain stages' (the keys' indices
     differ).
     """
@@ -147,18 +153,24 @@ class TinyBackbone(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
-        if antialias not in (None, "blurpool", "preblur"):
-            raise ValueError(f"antialias {antialias!r}: expected None, 'blurpool' or 'preblur'")
-        for c_out in (*widths, embed_dim):
-            if antialias == "preblur":
+        if antialias not in (None, "blurpool", "preblur", "lite"):
+            raise ValueError(
+                f"antialias {antialias!r}: expected None, 'blurpool', 'preblur' or 'lite'"
+            )
+        channels = (*widths, embed_dim)
+        for stage, c_out in enumerate(channels):
+            mode = antialias
+            if antialias == "lite":
+                mode = "preblur" if stage < len(channels) // 2 else "blurpool"
+            if mode == "preblur":
                 layers.append(BlurPool(c_in, 1))
-            stride = 1 if antialias == "blurpool" else 2
+            stride = 1 if mode == "blurpool" else 2
             layers += [
                 nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),
             ]
-            if antialias == "blurpool":
+            if mode == "blurpool":
                 layers.append(BlurPool(c_out, 2))
             layers += [
                 nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
@@ -211,6 +223,11 @@ for _tiny_name, _antialias, _what in [
         "tiny with anti-aliased (blur-pool) downsampling, for phase stability (#20)",
     ),
     (
+        "tiny-aalite",
+        "lite",
+        "tiny with a fixed blur before its two early stride-2 convs, blur-pool in the last two",
+    ),
+    (
         "tiny-blur",
         "preblur",
         "tiny with a fixed blur before each stride-2 conv: anti-aliased at tiny's cost",
@@ -224,6 +241,7 @@ for _tiny_name, _antialias, _what in [
             mean=SAT_MEAN,
             std=SAT_STD,
             frozen=False,
+            any_tile=True,
             description=_what,
         ),
         partial(_tiny_factory, antialias=_antialias),
