@@ -95,7 +95,7 @@ def export_bundle(
             onnx = export_onnx(
                 model,
                 work / ONNX_FILES[precision],
-                tile_size=manifest.tile_size,
+                tile_size=manifest.infer_tile,
                 channels=len(manifest.bands),
                 precision=precision,
                 opset=opset,
@@ -106,7 +106,7 @@ def export_bundle(
                 model,
                 onnx.path,
                 precision=precision,
-                tile_size=manifest.tile_size,
+                tile_size=manifest.infer_tile,
                 channels=len(manifest.bands),
                 samples=samples,
             )
@@ -120,7 +120,7 @@ def export_bundle(
                     model,
                     quantised.path,
                     precision="int8",
-                    tile_size=manifest.tile_size,
+                    tile_size=manifest.infer_tile,
                     channels=len(manifest.bands),
                     samples=samples,
                 )

@@ -134,7 +134,7 @@ def export_engine(
             trt,
             onnx_path,
             plan_path,
-            tile_size=manifest.tile_size,
+            tile_size=manifest.infer_tile,
             channels=channels,
             profile=profile,
             precision=precision,
@@ -146,7 +146,7 @@ def export_engine(
     parity = compare(
         torch_reference(model),
         lambda batch: runner(batch.to(device)),
-        parity_batches(manifest.tile_size, channels, samples),
+        parity_batches(manifest.infer_tile, channels, samples),
         precision=precision,
         what=f"{plan_path.name} in TensorRT",
         runtime={"tensorrt": trt.__version__, "gpu": target.gpu, "cuda": str(torch.version.cuda)},

@@ -120,7 +120,7 @@ def run_bench(options: BenchOptions, make_city: MakeCity) -> dict[str, Any]:
             options.tta,
         )
         batcher = Batcher(backend, options.batch_size)
-        tile = manifest.tile_size
+        tile = manifest.infer_tile
 
         before_s = _model_only_seconds(batcher, tile, options.repeats, options.min_repeat_s)
         # With test-time augmentation a tile costs one forward per view.

@@ -115,7 +115,7 @@ class MapWorker:
 
     def map_strip(self, plan: InputPlan, strip: Strip) -> StripResult:
         """The blocks of one strip into the strip's partial rasters (resumed from its journal)."""
-        tile, overlap = self.session.bundle.manifest.tile_size, self.session.overlap
+        tile, overlap = self.session.bundle.manifest.infer_tile, self.session.overlap
         with streaming_env():
             blocks = strip.blocks(block_plan(plan, tile, overlap).block_cols)
             streamed = stream_blocks(
@@ -198,7 +198,7 @@ def split_scenes(run: RunPlan, workers: int) -> list[list[range]]:
     total = sum(plan.info.width * plan.info.height for plan, _ in run.inputs)
     pieces = []
     for plan, _ in run.inputs:
-        rows = block_plan(plan, run.bundle.manifest.tile_size, run.overlap).block_rows
+        rows = block_plan(plan, run.bundle.manifest.infer_tile, run.overlap).block_rows
         count = min(rows, -(-plan.info.width * plan.info.height * workers // total))
         bounds = [k * rows // count for k in range(count + 1)]
         pieces.append([range(a, b) for a, b in itertools.pairwise(bounds)])

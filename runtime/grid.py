@@ -336,17 +336,21 @@ def world_shift(crs_origin_px: tuple[float, float], stride: int) -> WorldShift:
 
 
 def default_overlap(tile: int) -> int:
-    """The overlap ``stmap infer`` uses unless told: a quarter of the tile (32 px at 128).
+    """The overlap ``stmap infer`` uses unless told or the model's manifest says
+    otherwise (``tiling``, plan.run_overlap): a quarter of the tile (32 px at 128).
 
-    Why a quarter: a tile's prediction near its edges depends on where the tile
+    This is for models that map only their training tile (a ViT). A CNN bundle's
+    tiling cuts 512-px tiles overlapping by 64 instead, which takes the tile edges out
+    of the picture at fewer model pixels (bundle.ANY_TILE_INFER).
+
+    Why a quarter here: a tile's prediction near its edges depends on where the tile
     falls (zero padding, a receptive field wider than the tile), so the map moves
     when the grid's phase shifts. With the window ramping over the whole overlap, a
     pixel's value comes mostly from tiles that hold it 16+ px inside. On the
-    shipped model, against crops at eight sub-stride offsets, this takes the damaged
-    flags that flip from 45 % to 41 % of the flagged pixels and the p99 of |Δprob|
-    from 58 to 53 (of 255), for 1.34× the tiles of tile / 8 (1.2× end-to-end on a
-    CPU); see benchmarks/results/phase_stability.md. The rest is the model's own
-    (its stride-16 features alias): no overlap or window removes it.
+    shipped model in 128-px tiles, against crops at eight sub-stride offsets, this
+    takes the damaged flags that flip from 45 % to 41 % of the flagged pixels and
+    the p99 of |Δprob| from 58 to 53 (of 255), for 1.34× the tiles of tile / 8;
+    see benchmarks/results/phase_stability.md.
     """
     return tile // 4
 

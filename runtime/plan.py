@@ -76,7 +76,7 @@ class InferOptions:
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None
-    overlap: int | None = None  # default: tile / 4 (32 px at 128-px tiles; phase.md)
+    overlap: int | None = None  # default: the model's tiling, else tile / 4 (run_overlap)
     block_size: int | None = None
     memory_budget: int | None = None  # bytes; default: stmap.budget.default_budget()
     bands: tuple[int, ...] | None = None
@@ -240,6 +240,16 @@ class RunPlan:
     inputs: tuple[tuple[InputPlan, OutputPaths], ...]
 
 
+def run_overlap(manifest: Manifest, requested: int | None) -> int:
+    """``--overlap``, else the model's own (its manifest's ``tiling``), else a quarter of
+    its tile; checked against the tile."""
+    if requested is not None:
+        return check_overlap(requested, manifest.infer_tile)
+    if manifest.infer_overlap is not None:
+        return manifest.infer_overlap
+    return default_overlap(manifest.infer_tile)
+
+
 def plan_run(
     inputs: Sequence[str], outdir: str | os.PathLike[str], options: InferOptions
 ) -> RunPlan:
@@ -252,8 +262,7 @@ def plan_run(
     threshold = manifest.threshold if options.threshold is None else options.threshold
     if not 0 < threshold < 1:
         raise InputError(f"--threshold {threshold}: must lie strictly between 0 and 1")
-    overlap = default_overlap(manifest.tile_size) if options.overlap is None else options.overlap
-    check_overlap(overlap, manifest.tile_size)
+    overlap = run_overlap(manifest, options.overlap)
     check_precision(options.precision)
     if options.mosaic is None and (options.crs is not None or options.gsd is not None):
         raise InputError("--crs and --gsd set the grid of a mosaic: use them with --mosaic NAME")
@@ -386,10 +395,10 @@ def _check_memory(
     block_size = choose_block_size(options.block_size, info.block_shape)
     budget = options.memory_budget or default_budget()
     check_raster(info.path, info.height, info.width, budget)
-    overlap = default_overlap(manifest.tile_size) if options.overlap is None else options.overlap
+    overlap = run_overlap(manifest, options.overlap)
     itemsize = np.dtype(info.dtype).itemsize
     shape = (info.height, info.width)
-    tile = manifest.tile_size
+    tile = manifest.infer_tile
     cost = BlockCost(block_size, shape, scale, tile, overlap, len(bands), itemsize, READ_BUFFERS)
     if options.block_size is None:
         block_size = largest_block(cost, budget) or block_size
@@ -442,7 +451,7 @@ def plan_mosaic(
         gsd_m=manifest.gsd_m if options.gsd is None else options.gsd,
         crs=options.crs,
         aoi=options.aoi,
-        context_m=manifest.tile_size * manifest.gsd_m,  # a tile: all a model pixel sees
+        context_m=manifest.infer_tile * manifest.gsd_m,  # a tile: all a model pixel sees
     )
     try:
         plan = plan_input(str(mosaic.path), manifest, options, stem=name)

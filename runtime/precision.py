@@ -111,7 +111,7 @@ def measure_parity(
     per_input: dict[str, float] = {}
     flipped = pixels = 0
     spread: list[float] = []
-    for label, batch in parity_batches(manifest.tile_size, len(manifest.bands), samples):
+    for label, batch in parity_batches(manifest.infer_tile, len(manifest.bands), samples):
         if input_dtype != "uint8":
             batch = batch.int()  # as the pipeline hands uint16 pixels to a backend
         expected = reference(batch).float()
@@ -241,7 +241,7 @@ def _score(pair: tuple[str, str], speeds: dict[tuple[str, str], float]) -> float
 def time_backends(backends: dict[Any, Any], bundle: Bundle) -> dict[Any, float]:
     """Tiles per second of each backend on the same tiles, in turns (median of rounds)."""
     manifest = bundle.manifest
-    shape = (TUNE_BATCH, len(manifest.bands), manifest.tile_size, manifest.tile_size)
+    shape = (TUNE_BATCH, len(manifest.bands), manifest.infer_tile, manifest.infer_tile)
     tiles = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0))
     tiles = tiles.to(torch.uint8)
     for backend in backends.values():

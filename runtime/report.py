@@ -388,7 +388,7 @@ def _model(model: Mapping[str, Any]) -> str:
         ("backbone", escape(f"{model['backbone']} ({model['backbone_weights']})")),
         ("bundle", f"<code>{escape(str(model['path']))}</code>"),
         ("hash", f"<code>{escape(str(model['hash']))}</code>"),
-        ("tile, GSD", f"{model['tile_size']} px, {model['gsd_m']:g} m"),
+        ("tile, GSD", f"{_tile(model)}, {model['gsd_m']:g} m"),
         ("threshold", f"{model['threshold']:g}"),
     ]
     for key, label in (
@@ -498,3 +498,10 @@ def _rgb(colour: Sequence[float], alpha: float = 1.0) -> str:
 
 def _same_path(path: Any, other: Path) -> bool:
     return bool(path) and Path(str(path)).resolve() == other.resolve()
+
+
+def _tile(model: dict[str, Any]) -> str:
+    """The tile the map was made with, and the training tile where that differs."""
+    trained = model.get("trained_tile_size", model["tile_size"])
+    same = trained == model["tile_size"]
+    return f"{model['tile_size']} px" + ("" if same else f" (trained on {trained} px)")

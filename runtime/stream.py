@@ -138,9 +138,9 @@ def input_identity(plan: InputPlan, session: Session, precision: str) -> dict[st
         **({"aoi": plan.aoi.key} if plan.aoi else {}),
         "model": session.bundle.hash(),
         "bands": list(plan.bands),
-        "tile": manifest.tile_size,
+        "tile": manifest.infer_tile,
         "overlap": session.overlap,
-        "tile_shift": list(plan.world_shift(manifest.tile_size - session.overlap).shift),
+        "tile_shift": list(plan.world_shift(manifest.infer_tile - session.overlap).shift),
         "threshold": session.threshold,
         "precision": precision,
         "tta": options.tta,
@@ -185,7 +185,7 @@ def open_partials(
         )
     if journal.block_size != plan.block_size and options.block_size is not None:
         warn(f"resuming with the interrupted run's block size {journal.block_size}")
-    tile = session.bundle.manifest.tile_size
+    tile = session.bundle.manifest.infer_tile
     grid = block_plan(plan, tile, session.overlap, journal.block_size)
     return PartialRasters(grid, writer, journal, checkpoint_s=options.checkpoint_s)
 
@@ -273,10 +273,10 @@ def stream_blocks(
         device=str(backend.device),
         precision=backend.precision,
         batch_size=batcher.size,
-        tile_size=session.bundle.manifest.tile_size,
+        tile_size=session.bundle.manifest.infer_tile,
         overlap=session.overlap,
         tile_grid=plan.tile_grid_facts(
-            session.bundle.manifest.tile_size, session.overlap, session.bundle.manifest.gsd_m
+            session.bundle.manifest.infer_tile, session.overlap, session.bundle.manifest.gsd_m
         ),
         block_size=grid.block_size,
         workers=workers,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stmap import __version__
-from stmap.bundle import Normalization, manifest_for, write_bundle
+from stmap.bundle import Normalization, default_tiling, manifest_for, write_bundle
 from stmap.cache import user_cache_dir
 from stmap.errors import InputError, OutputExistsError
 from stmap.model import DamageSegmenter, Normalize, Preprocessing, SegmenterConfig, get_spec
@@ -118,6 +118,7 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
         backbone_weights=weights,
         normalization=Normalization(mean=spec.mean, std=spec.std),
         gsd_m=data.gsd_m,
+        tiling=default_tiling(config.backbone, config.img_size),
         threshold=THRESHOLD,
         provenance=provenance(config, data, result, command, weights),
         metrics={

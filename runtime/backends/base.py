@@ -57,6 +57,18 @@ class Backend(Protocol):
         ...
 
 
+# ``--batch-size auto``'s first try, in model pixels: 32 tiles of 128² on a CPU, 256 on a
+# GPU; a bundle whose tiles are larger (``tiling``) batches fewer of them, so one batch
+# asks for the same memory whatever the tile.
+MAX_BATCH_PIXELS = {"cuda": 256 * 128 * 128, "cpu": 32 * 128 * 128}
+
+
+def max_tiles(device: torch.device, tile: int) -> int:
+    """The largest batch of ``tile``² tiles worth trying on ``device`` (one at least)."""
+    pixels = MAX_BATCH_PIXELS.get(device.type, MAX_BATCH_PIXELS["cpu"])
+    return max(1, pixels // (tile * tile))
+
+
 BackendFactory = Callable[[Bundle, torch.device, str, str], Backend]
 _FACTORIES: dict[str, BackendFactory] = {}  # the factories imported so far, by name
 

@@ -21,9 +21,8 @@ from stmap.bundle import Bundle
 from stmap.errors import DeviceError
 from stmap.lazy import lazy_import
 from stmap.onnx_files import checked_onnx_path
+from stmap.runtime.backends.base import max_tiles
 from stmap.stage_contract import INPUT_NAME, ONNX_FILES, OUTPUT_NAME, recorded_onnx
-
-MAX_BATCH = {"cuda": 256, "cpu": 32}
 
 
 class OnnxRuntimeBackend:
@@ -38,7 +37,7 @@ class OnnxRuntimeBackend:
         file = _onnx_file(bundle, precision, input_dtype)
         self.device = device
         self.precision = precision
-        self.tile_size = bundle.manifest.tile_size
+        self.tile_size = bundle.manifest.infer_tile
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if device.type == "cuda":
@@ -62,7 +61,7 @@ class OnnxRuntimeBackend:
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
     def max_batch(self) -> int:
-        return MAX_BATCH.get(self.device.type, MAX_BATCH["cpu"])
+        return max_tiles(self.device, self.tile_size)
 
     def infer(self, tiles: torch.Tensor) -> torch.Tensor:
         """(N, C, T, T) uint8 on ``device`` → (N, 1, T, T) float32 on ``device``."""
@@ -124,8 +123,8 @@ def _cuda_providers(
     common = {"device_id": device.index or 0, "user_compute_stream": str(stream.cuda_stream)}
     providers: list[Any] = [("CUDAExecutionProvider", common)]
     if "TensorrtExecutionProvider" in available:
-        shape = f"{INPUT_NAME}:{{}}x{len(bundle.manifest.bands)}x{bundle.manifest.tile_size}x"
-        shape += str(bundle.manifest.tile_size)
+        shape = f"{INPUT_NAME}:{{}}x{len(bundle.manifest.bands)}x{bundle.manifest.infer_tile}x"
+        shape += str(bundle.manifest.infer_tile)
         # engines are cached per bundle outside it (a bundle is read-only and hashed);
         # one profile for every batch size, so no rebuild for a short last batch
         cache = Path(tempfile.gettempdir()) / "stmap-ort-tensorrt" / bundle.hash()[:16]

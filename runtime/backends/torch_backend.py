@@ -26,11 +26,11 @@ from torch import nn
 from stmap.bundle import Bundle
 from stmap.errors import DeviceError
 from stmap.model import InferenceModel
+from stmap.runtime.backends.base import max_tiles
 
 log = logging.getLogger(__name__)
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
-MAX_BATCH = {"cuda": 256, "cpu": 32}
 BATCH_QUANTUM = 8  # eager batches are padded to a multiple of this
 COMPILE_ENV = "STMAP_TORCH_COMPILE"
 
@@ -43,6 +43,7 @@ class TorchBackend:
     def __init__(self, bundle: Bundle, device: torch.device, precision: str, input_dtype: str):
         self.device = device
         self.precision = precision
+        self.tile_size = bundle.manifest.infer_tile
         model = InferenceModel(bundle.load_segmenter(), bundle.manifest.preprocessing(input_dtype))
         # channels-last lets cuDNN / oneDNN pick their fastest convolution kernels.
         model = model.eval().to(device, memory_format=torch.channels_last)
@@ -66,7 +67,7 @@ class TorchBackend:
         self._static_batch = 0
 
     def max_batch(self) -> int:
-        return MAX_BATCH.get(self.device.type, MAX_BATCH["cpu"])
+        return max_tiles(self.device, self.tile_size)
 
     @torch.inference_mode()
     def infer(self, tiles: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,9 @@ from pydantic import (
     model_validator,
 )
 
-from stmap.errors import BundleError, OutputExistsError
+from stmap.errors import BundleError, InputError, OutputExistsError
 from stmap.io.paths import check_input_path
+from stmap.model.backbones import get_spec
 from stmap.model.preprocess import Preprocessing
 from stmap.model.segmenter import DamageSegmenter, SegmenterConfig
 
@@ -87,6 +88,36 @@ class Normalization(_Strict):
         return self
 
 
+class Tiling(_Strict):
+    """The tiles ``stmap infer`` cuts for a fully convolutional model, where they differ
+    from the tile it was trained on.
+
+    A CNN maps any tile the same away from the tile's edges, and each edge moves the map
+    within the model's receptive field (about 150 px for ``tiny``) of it, so a tile much
+    larger than that and a modest overlap leave no pixel near an edge that counts: the
+    map stops depending on where the tiles fall, and fewer pixels are computed twice
+    (#20; benchmarks/results/phase_stability.md).
+    """
+
+    tile_size: int = Field(gt=0)
+    overlap: int = Field(ge=0)
+
+
+# A CNN's tiles at inference: tiny's receptive field is about 150 px, so 512-px tiles
+# overlapping by 64 leave almost no pixel whose value depends on where a tile edge falls,
+# for the model pixels per mapped pixel of 128-px tiles overlapping by 16 ((512/448)² =
+# (128/112)²) and 0.73× those of 128/32 (phase_stability.md).
+ANY_TILE_INFER = Tiling(tile_size=512, overlap=64)
+
+
+def default_tiling(backbone: str, tile_size: int) -> Tiling | None:
+    """The tiling a new bundle of ``backbone`` trained on ``tile_size`` px records: large
+    tiles for a fully convolutional model, none (the training tile) otherwise."""
+    if not get_spec(backbone).any_tile or tile_size >= ANY_TILE_INFER.tile_size:
+        return None
+    return ANY_TILE_INFER
+
+
 class Manifest(_Strict):
     """Typed, validated manifest; unknown keys are refused."""
 
@@ -95,7 +126,10 @@ class Manifest(_Strict):
     backbone: str
     backbone_weights: str = Field(description="where the backbone's weights came from")
     architecture: Architecture = Architecture()
-    tile_size: int = Field(128, gt=0)
+    tile_size: int = Field(128, gt=0, description="the tile the model was trained on")
+    tiling: Tiling | None = Field(
+        None, description="the tiles `stmap infer` cuts, when not tile_size and tile_size / 4"
+    )
     gsd_m: float = Field(0.5, gt=0)
     bands: tuple[str, ...] = ("red", "green", "blue")
     input_scaling: dict[str, float] = Field(
@@ -120,6 +154,8 @@ class Manifest(_Strict):
         low, high = TILE_RANGE
         if not low <= self.tile_size <= high:
             raise ValueError(f"tile_size {self.tile_size}: must lie between {low} and {high} px")
+        if self.tiling is not None:
+            self._check_tiling(self.tiling)
         if len(self.normalization.mean) != len(self.bands):
             raise ValueError(
                 f"normalization has {len(self.normalization.mean)} values for "
@@ -141,6 +177,46 @@ class Manifest(_Strict):
                     f"mean {list(self.normalization.mean)} gives non-finite pixel coefficients"
                 )
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_tiling(self, handler: Any) -> dict[str, Any]:
+        """Leave ``tiling`` out when there is none: manifests without it stay as they were."""
+        data = handler(self)
+        if data.get("tiling", 0) is None:
+            del data["tiling"]
+        return data
+
+    def _check_tiling(self, tiling: Tiling) -> None:
+        low, high = TILE_RANGE
+        tile = tiling.tile_size
+        if not low <= tile <= high:
+            raise ValueError(f"tiling.tile_size {tile}: must lie between {low} and {high} px")
+        if tiling.overlap >= tile:
+            raise ValueError(f"tiling.overlap {tiling.overlap}: must be below the tile ({tile})")
+        try:
+            spec = get_spec(self.backbone)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        if not spec.any_tile:
+            raise ValueError(
+                f"tiling: backbone {self.backbone} maps only the tile it was built for "
+                f"({self.tile_size} px); leave tiling out"
+            )
+        if tile % spec.patch_size:
+            raise ValueError(
+                f"tiling.tile_size {tile}: not a multiple of {self.backbone}'s output stride "
+                f"{spec.patch_size}"
+            )
+
+    @property
+    def infer_tile(self) -> int:
+        """The tile edge ``stmap infer`` and the exported graphs run the model at."""
+        return self.tile_size if self.tiling is None else self.tiling.tile_size
+
+    @property
+    def infer_overlap(self) -> int | None:
+        """The overlap this model's tiles call for; None: the runtime's default."""
+        return None if self.tiling is None else self.tiling.overlap
 
     def segmenter_config(self) -> SegmenterConfig:
         return SegmenterConfig(
@@ -226,6 +302,7 @@ class Bundle:
                         "backbone",
                         "architecture",
                         "tile_size",
+                        "tiling",
                         "gsd_m",
                         "bands",
                         "input_scaling",

@@ -10,12 +10,18 @@ import zipfile
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from stmap.bundle import (
+    ANY_TILE_INFER,
     MANIFEST,
     WEIGHTS,
+    Manifest,
+    Normalization,
+    Tiling,
     add_files,
     default_bundle_path,
+    default_tiling,
     open_bundle,
     sha256_of,
     write_bundle,
@@ -185,3 +191,57 @@ def test_write_bundle_refuses_a_file_path(tmp_path):
     with pytest.raises(OutputExistsError):
         write_bundle(target, DamageSegmenter(SegmenterConfig(backbone="tiny")), None)
     assert target.read_text() == "user data"
+
+
+def _manifest(**fields):
+    return Manifest(
+        name="t",
+        backbone=fields.pop("backbone", "tiny"),
+        backbone_weights="random (tests)",
+        normalization=Normalization(mean=(0.5,) * 3, std=(0.2,) * 3),
+        **fields,
+    )
+
+
+def test_tiling_sets_the_tile_stmap_infer_cuts_and_is_left_out_when_absent():
+    """A CNN bundle maps in its ``tiling`` tiles (#20); a manifest without one is written
+    exactly as before, and the model's hash tells the two apart (a journal must not
+    resume one run with the other's tiles)."""
+    plain = _manifest()
+    tiled = _manifest(tiling=Tiling(tile_size=512, overlap=64))
+    assert (plain.infer_tile, plain.infer_overlap) == (128, None)
+    assert (tiled.infer_tile, tiled.infer_overlap) == (512, 64)
+    assert "tiling" not in plain.model_dump(mode="json")
+    assert Manifest(**tiled.model_dump(mode="json")) == tiled
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"backbone": "vit_small_patch16_dinov3.lvd1689m"}, "maps only the tile it was built for"),
+        (
+            {"tiling": {"tile_size": 520, "overlap": 64}},
+            "not a multiple of tiny's output stride 16",
+        ),
+        ({"tiling": {"tile_size": 512, "overlap": 512}}, "must be below the tile"),
+        ({"tiling": {"tile_size": 8192, "overlap": 64}}, "must lie between"),
+    ],
+)
+def test_tiling_a_model_cannot_map_is_refused(fields, message):
+    fields = {"tiling": {"tile_size": 512, "overlap": 64}, **fields}
+    with pytest.raises(ValidationError, match=message):
+        _manifest(**fields)
+
+
+def test_new_cnn_bundles_get_large_tiles_and_vits_keep_theirs():
+    assert default_tiling("tiny-aa", 128) == ANY_TILE_INFER
+    assert default_tiling("vit_small_patch16_dinov3.lvd1689m", 128) is None
+    assert default_tiling("tiny", 512) is None  # trained on tiles as large: nothing to change
+
+
+def test_the_tiling_is_part_of_the_model_hash(tmp_path):
+    plain = open_bundle(make_tiny_bundle(tmp_path / "plain"))
+    manifest = plain.manifest.model_copy(update={"tiling": ANY_TILE_INFER, "files": {}})
+    tiled = open_bundle(write_bundle(tmp_path / "tiled", plain.load_segmenter(), manifest))
+    assert tiled.manifest.files == plain.manifest.files  # the same weights
+    assert tiled.hash() != plain.hash()

@@ -155,3 +155,25 @@ def test_antialiased_bilinear_models_export_with_parity(tmp_path: Path, backbone
     theirs = session.run(None, {INPUT_NAME: x.numpy()})[0]
     assert float(ours.std()) > 0.01  # the map varies, so parity means something
     assert np.abs(theirs - ours).max() < 1e-4
+
+
+def test_a_tiled_cnn_bundle_exports_at_its_inference_tile(tmp_path: Path):
+    """A bundle whose manifest cuts 512-px tiles (``tiling``) is exported at 512 px, so
+    ONNX Runtime maps with the tiles `stmap infer`'s torch path uses (#20)."""
+    from stmap.bundle import ANY_TILE_INFER
+    from stmap.model.backbones import SAT_MEAN, SAT_STD
+
+    torch.manual_seed(0)
+    config = SegmenterConfig("tiny", 128, 8)
+    manifest = manifest_for(
+        config,
+        name="tiled",
+        backbone_weights="random (tests)",
+        normalization=Normalization(mean=SAT_MEAN, std=SAT_STD),
+        tiling=ANY_TILE_INFER,
+    )
+    path = liven(write_bundle(tmp_path / "b", DamageSegmenter(config), manifest))
+    export_bundle(path, formats=["onnx"], samples=6)
+    graph = onnx.load(str(path / "model.onnx"))
+    dims = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim[1:]]
+    assert dims == [3, 512, 512]

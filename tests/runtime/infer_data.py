@@ -14,14 +14,27 @@ from stmap.model import DamageSegmenter, SegmenterConfig
 from stmap.model.backbones import SAT_MEAN, SAT_STD
 
 
-def make_varied_bundle(path: Path, *, seed: int = 0, decoder_channels: int = 8, **fields) -> Path:
-    """A `tiny` bundle whose probabilities vary across the image.
+def make_varied_bundle(
+    path: Path,
+    *,
+    seed: int = 0,
+    decoder_channels: int = 8,
+    backbone: str = "tiny",
+    decoder_upsample: str = "nearest",
+    **fields,
+) -> Path:
+    """A `tiny` (or ``backbone``) bundle whose probabilities vary across the image.
 
     Freshly initialised batch norms make a random network's output nearly constant;
     random statistics make it depend on the input, so seams would show.
     """
     torch.manual_seed(seed)
-    config = SegmenterConfig(backbone="tiny", tile_size=128, decoder_channels=decoder_channels)
+    config = SegmenterConfig(
+        backbone=backbone,
+        tile_size=128,
+        decoder_channels=decoder_channels,
+        decoder_upsample=decoder_upsample,
+    )
     model = DamageSegmenter(config).eval()
     generator = torch.Generator().manual_seed(seed + 1)
     for module in model.modules():

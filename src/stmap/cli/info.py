@@ -78,8 +78,8 @@ def raster_report(path: str, model: str) -> dict[str, Any]:
         "model_gsd_m": manifest.gsd_m,
         "resampled_for_model": resample,
         "model_grid_px": list(model_px) if resample else [raster.width, raster.height],
-        "model_tiles": math.ceil(model_px[0] / manifest.tile_size)
-        * math.ceil(model_px[1] / manifest.tile_size),
+        "model_tiles": math.ceil(model_px[0] / manifest.infer_tile)
+        * math.ceil(model_px[1] / manifest.infer_tile),
     }
 
 
