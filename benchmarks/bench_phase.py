@@ -10,10 +10,14 @@ pooled over the offsets per style and over all styles, and the worst offset.
 
 Configurations:
 
-* ``pipeline``: ``run_inference`` (what ``stmap infer`` runs) at each ``--overlaps``
-  value, for the shipped bundle and a random-weight ViT-S/16 (DINOv3 architecture,
-  as ``stmap bench --backbone`` builds it); cost: end-to-end Mpx/s of the whole
-  city in the same run, and the ratio to overlap 16 (today's default before #20).
+* ``pipeline``: ``run_inference`` (what ``stmap infer`` runs) for each ``--models``
+  entry at each ``--overlaps`` value (``auto``: the model's own, as ``stmap infer``
+  picks it). Models: the shipped bundle (``default``), a random-weight ViT-S/16
+  (``vits``, DINOv3 architecture, as ``stmap bench --backbone`` builds it), bundle
+  paths; ``NAME@TILE`` maps a CNN bundle in TILE-px tiles (``@128``: its training
+  tiles, the shipped bundle before its ``tiling``). Cost: end-to-end Mpx/s of the
+  whole cities in the same run, and the model pixels per mapped pixel relative to
+  128-px tiles at overlap 16 (the default before #20).
 * ``--diagnose`` (shipped bundle): where the instability comes from, with the same
   model in memory. ``whole image``: the model on the whole mirror-padded raster at
   once, no tiles at all (what no window or overlap can beat; shifts that are
@@ -23,20 +27,20 @@ Configurations:
   (compute), relative to overlap 16; ``lab_vs_pipeline`` checks that the in-memory
   tiling is the pipeline's (max |Δ| of the overlap-16 maps, in 1/255 steps).
 
-Run, from the repository root (the shipped bundle and the diagnosis: about 15 minutes
-on a loaded 2-core CPU; the ViT-S takes about 50 s a map there):
+Run, from the repository root (about 15 minutes on a loaded 2-core CPU; the ViT-S
+takes about 50 s a map there):
 
-    python -m benchmarks.bench_phase --size 1024 --models default --overlaps 16,24,32 \\
-        --diagnose --out benchmarks/results/phase_stability
-    python -m benchmarks.bench_phase --size 1024 --models vits --overlaps 16,32 \\
+    python -m benchmarks.bench_phase --size 1024 --models default@128,default \
+        --overlaps 16,auto --out benchmarks/results/phase_stability_tiling
+    python -m benchmarks.bench_phase --size 1024 --models vits --overlaps 16,32 \
         --offsets '73,77;25,13;1,1;37,90' --out benchmarks/results/phase_stability_vits
 
-The cost of each overlap on a larger city, alone (about 5 minutes):
+The cost of each tiling on a larger city, alone (about 5 minutes):
 
-    python -m benchmarks.bench_phase --cost-only 2048 --overlaps 16,24,32 --rounds 3 \\
-        --out benchmarks/results/phase_cost
+    python -m benchmarks.bench_phase --cost-only 2048 --models default@128,default \
+        --overlaps 16,32,auto --rounds 3 --out benchmarks/results/phase_cost
 
-Tiny smoke run: ``--size 320 --styles citycentre --offsets 1,1 --overlaps 16
+Tiny smoke run: ``--size 384 --styles citycentre --offsets 1,1 --overlaps auto
 --models default``.
 """
 
@@ -53,7 +57,7 @@ import numpy as np
 import torch
 
 from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
-from stmap.bundle import open_bundle
+from stmap.bundle import ANY_TILE_INFER, Tiling, open_bundle, write_bundle
 from stmap.io.raster import read_band, read_pixels
 from stmap.model import InferenceModel
 from stmap.runtime.bench import random_bundle
@@ -76,11 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--styles", default=",".join(STYLES))
     parser.add_argument("--offsets", default=";".join(f"{r},{c}" for r, c in OFFSETS))
-    parser.add_argument("--overlaps", default="16,24,32")
+    parser.add_argument(
+        "--overlaps", default="16,24,32", help="px, or auto: the model's own (stmap infer's)"
+    )
     parser.add_argument(
         "--models",
         default="default,vits",
-        help="default (the shipped bundle), vits (a random-weight ViT-S/16) or bundle paths",
+        help=(
+            "default (the shipped bundle), vits (a random-weight ViT-S/16) or bundle paths; "
+            "NAME@TILE maps a CNN bundle in TILE-px tiles (its training tile: no tiling)"
+        ),
     )
     parser.add_argument("--diagnose", action="store_true")
     parser.add_argument(
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="SIZE",
-        help="only the cost: map one SIZE² city at each overlap, --rounds times interleaved",
+        help="only the cost: map one SIZE² city with each model × overlap, --rounds times",
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="STEM: write STEM.json, STEM.md")
@@ -96,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # the figures are ratios within one run; one thread is steadier
     styles = args.styles.split(",")
     offsets = [tuple(int(v) for v in pair.split(",")) for pair in args.offsets.split(";")]
-    overlaps = [int(v) for v in args.overlaps.split(",")]
+    overlaps = [None if v == "auto" else int(v) for v in args.overlaps.split(",")]
     report: dict[str, Any] = {
         "provenance": provenance(),
         "size": args.size,
@@ -106,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     if args.cost_only is not None:
-        report = {"provenance": provenance(), **cost(args.cost_only, overlaps, args.rounds)}
+        with tempfile.TemporaryDirectory(prefix="stmap-phase-cost-") as tmp:
+            measured = cost(
+                args.cost_only, args.models.split(","), overlaps, args.rounds, Path(tmp)
+            )
+        report = {"provenance": provenance(), **measured}
         finish(report, cost_markdown(report), args.out)
         return 0
     with tempfile.TemporaryDirectory(prefix="stmap-phase-") as tmp:
@@ -124,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             for style in styles
         }
         for model in args.models.split(","):
-            bundle = str(random_bundle(root / "vits", VITS, 0)) if model == "vits" else model
+            bundle = resolve_model(model, root)
             for overlap in overlaps:
                 run = pipeline_run(bundle, model, overlap, cities, offsets, root)
                 report["runs"].append(run)
@@ -137,17 +150,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def resolve_model(model: str, root: Path) -> str:
+    """A bundle path for a ``--models`` entry; ``NAME@TILE`` writes a copy of NAME whose
+    manifest maps it in TILE-px tiles (``tiling``; none at the training tile)."""
+    name, _, tile = model.partition("@")
+    if name == "vits":
+        name = str(random_bundle(root / "vits", VITS, 0))
+    if not tile:
+        return name
+    source = open_bundle(name)
+    manifest = source.manifest
+    tiling = None
+    if int(tile) != manifest.tile_size:
+        tiling = Tiling(tile_size=int(tile), overlap=ANY_TILE_INFER.overlap)
+    target = root / "bundles" / model.replace("/", "_")
+    manifest = manifest.model_copy(update={"tiling": tiling, "files": {}})
+    return str(write_bundle(target, source.load_segmenter(), manifest))
+
+
 def pipeline_run(
-    bundle: str, model: str, overlap: int, cities: dict[str, Any], offsets, root: Path
+    bundle: str, model: str, overlap: int | None, cities: dict[str, Any], offsets, root: Path
 ) -> dict[str, Any]:
-    """Every city and its crops through ``run_inference`` at ``overlap``."""
+    """Every city and its crops through ``run_inference`` at ``overlap`` (None: stmap
+    infer's default for the model)."""
     options = InferOptions(model=bundle, overlap=overlap, device="cpu", workers=1)
     per_style: dict[str, list[PhaseStats]] = {}
     seconds = pixels = 0.0
     ious = []
     for style, city in cities.items():
-        out = root / f"{model}-{overlap}" / style
+        out = root / f"{model.replace('/', '_')}-{overlap}" / style
         summary = run_inference([str(city.image)], out / "full", options)[0]
+        tile, overlap_used = summary["model"]["tile_size"], summary["overlap"]
         seconds, pixels = seconds + summary["seconds"], pixels + summary["pixels"]
         full = read_layers(out / "full" / "city_damage_prob.tif", out / "full" / "city_damage.tif")
         ious.append(_iou(full[1], read_band(city.labels)))
@@ -161,69 +194,99 @@ def pipeline_run(
                 out / crop.stem / f"{crop.stem}_damage.tif",
             )
             per_style[style].append(compare_shifted(full, shifted, offset, margin=128))
+    compute = (tile / (tile - overlap_used)) ** 2 / (128 / 112) ** 2
     return _summarise(
-        name=f"{model} · overlap {overlap}",
+        name=f"{model} · tiles {tile}, overlap {overlap_used}",
         kind="pipeline",
         model=model,
         per_style=per_style,
         offsets=offsets,
-        cost={"overlap": overlap, "mpx_per_s": round(pixels / seconds / 1e6, 4)},
+        cost={
+            "tile": tile,
+            "overlap": overlap_used,
+            "compute_vs_128_16": round(compute, 3),
+            "mpx_per_s": round(pixels / seconds / 1e6, 4),
+        },
         iou=float(np.mean(ious)),
     )
 
 
-def cost(size: int, overlaps: list[int], rounds: int) -> dict[str, Any]:
-    """End-to-end Mpx/s and model seconds of the shipped bundle at each overlap on one
-    ``size``² city, the overlaps interleaved ``rounds`` times (a shared machine drifts)."""
-    options = [InferOptions(overlap=o, device="cpu", workers=1) for o in overlaps]
-    runs: dict[int, list[dict[str, Any]]] = {o: [] for o in overlaps}
-    with tempfile.TemporaryDirectory(prefix="stmap-phase-cost-") as tmp:
-        city = generate_city(Path(tmp) / "city.tif", width=size, height=size, seed=SEED).image
-        run_inference([str(city)], Path(tmp) / "warmup", options[0])
-        for r in range(rounds):
-            for overlap, option in zip(overlaps, options, strict=True):
-                summary = run_inference([str(city)], Path(tmp) / f"{overlap}-{r}", option)[0]
-                runs[overlap].append(summary)
+def cost(
+    size: int, models: list[str], overlaps: list[int | None], rounds: int, root: Path
+) -> dict[str, Any]:
+    """End-to-end Mpx/s and model seconds of each model × overlap on one ``size``² city,
+    the configurations interleaved ``rounds`` times (a shared machine drifts)."""
+    configs = [(m, o) for m in models for o in overlaps]
+    bundles = {m: resolve_model(m, root) for m in models}
+    options = [
+        InferOptions(model=bundles[m], overlap=o, device="cpu", workers=1) for m, o in configs
+    ]
+    runs: list[list[dict[str, Any]]] = [[] for _ in configs]
+    city = generate_city(root / "city.tif", width=size, height=size, seed=SEED).image
+    run_inference([str(city)], root / "warmup", options[0])
+    for r in range(rounds):
+        for i, option in enumerate(options):
+            runs[i].append(run_inference([str(city)], root / f"{i}-{r}", option)[0])
     rows = []
-    for overlap in overlaps:
-        mpx = [s["mpx_per_s"] for s in runs[overlap]]
-        compute = [s["times"]["compute"] for s in runs[overlap]]
+    for (model, _), summaries in zip(configs, runs, strict=True):
+        first = summaries[0]
         rows.append(
             {
-                "overlap": overlap,
-                "tiles": runs[overlap][0]["tiles"],
-                "end_to_end_mpx_per_s": round(float(np.mean(mpx)), 4),
-                "model_seconds": round(float(np.mean(compute)), 3),
+                "model": model,
+                "tile": first["model"]["tile_size"],
+                "overlap": first["overlap"],
+                "tiles": first["tiles"],
+                "model_mpx": round(first["tiles"] * first["model"]["tile_size"] ** 2 / 1e6, 3),
+                "end_to_end_mpx_per_s": round(
+                    float(np.mean([s["mpx_per_s"] for s in summaries])), 4
+                ),
+                "model_seconds": round(
+                    float(np.mean([s["times"]["compute"] for s in summaries])), 3
+                ),
             }
         )
     base = rows[0]
     for row in rows:
-        row["tiles_vs_first"] = round(row["tiles"] / base["tiles"], 3)
+        row["model_px_vs_first"] = round(row["model_mpx"] / base["model_mpx"], 3)
         row["model_seconds_vs_first"] = round(row["model_seconds"] / base["model_seconds"], 3)
         row["time_vs_first"] = round(base["end_to_end_mpx_per_s"] / row["end_to_end_mpx_per_s"], 3)
     return {"size": size, "rounds": rounds, "cost": rows}
 
 
 def cost_markdown(report: dict[str, Any]) -> str:
-    header = ["overlap", "tiles", "model s", "end-to-end Mpx/s", "tiles ×", "model s ×", "time ×"]
-    rows = [
-        [
-            r["overlap"],
-            r["tiles"],
-            r["model_seconds"],
-            r["end_to_end_mpx_per_s"],
-            r["tiles_vs_first"],
-            r["model_seconds_vs_first"],
-            r["time_vs_first"],
-        ]
-        for r in report["cost"]
+    header = [
+        "model",
+        "tile",
+        "overlap",
+        "tiles",
+        "model Mpx",
+        "model s",
+        "end-to-end Mpx/s",
+        "model px ×",
+        "model s ×",
+        "time ×",
     ]
+    keys = [
+        "model",
+        "tile",
+        "overlap",
+        "tiles",
+        "model_mpx",
+        "model_seconds",
+        "end_to_end_mpx_per_s",
+        "model_px_vs_first",
+        "model_seconds_vs_first",
+        "time_vs_first",
+    ]
+    rows = [[r[k] for k in keys] for r in report["cost"]]
     return "\n\n".join(
         [
-            "# Cost of the overlap (#20)",
-            f"The shipped bundle on one {report['size']}² synthetic city, one torch thread, "
-            f"each overlap {report['rounds']} times, interleaved; means. × : relative to "
-            "the first overlap. Written by `benchmarks/bench_phase.py --cost-only`.",
+            "# Cost of the tiling (#20)",
+            f"One {report['size']}² synthetic city, one torch thread, each configuration "
+            f"{report['rounds']} times, interleaved; means. × : relative to the first row. "
+            "Model Mpx: the pixels of all model tiles (tiles × tile²), what the model computes. "
+            "Written by "
+            "`benchmarks/bench_phase.py --cost-only`.",
             provenance_lines(report["provenance"]),
             markdown_table(header, rows),
         ]
