@@ -46,8 +46,9 @@ class BandList(click.ParamType):
     "--overlap",
     type=click.IntRange(min=0),
     default=None,
-    help="Pixels shared by neighbouring tiles [default: tile / 4, 32 at 128-px tiles; "
-    "16 costs a quarter less compute, but the map moves more with where tiles fall].",
+    help="Pixels shared by neighbouring tiles [default: the model's tiling (64 for the "
+    "demo bundle's 512-px tiles), else a quarter of its tile; less costs less compute, "
+    "but the map moves more with where the tiles fall].",
 )
 @click.option(
     "--block-size",
