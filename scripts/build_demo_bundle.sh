@@ -12,7 +12,8 @@
 # the case below; benchmarks/results/shift_model.md) and leaves it in WORKDIR/run/bundle;
 # it replaces the shipped bundle only with --install, after the same held-out check.
 # Expect about twice the training time.
-#   usage: scripts/build_demo_bundle.sh [--variant plain|aa|aa-shift|aalite-shift] [--install] [WORKDIR]
+#   usage: scripts/build_demo_bundle.sh [--variant plain|aa|aa-shift|aalite-shift|shift|aa5-shift]
+#          [--install] [WORKDIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 variant=plain
@@ -30,9 +31,13 @@ case $variant in
   aa) variant_sets=(--set backbone=tiny-aa --set decoder_upsample=bilinear); install=${install:-no}; min_iou=0.595 ;;
   # the same with every training batch moved by a random sub-stride phase (shift_augment)
   aa-shift) variant_sets=(--set backbone=tiny-aa --set decoder_upsample=bilinear --set shift_augment=true); install=${install:-no}; min_iou=0.595 ;;
+  # the shipped architecture with a bilinear decoder, shift-augmented: no more compute
+  shift) variant_sets=(--set backbone=tiny --set decoder_upsample=bilinear --set shift_augment=true); install=${install:-no}; min_iou=0.595 ;;
+  # the 5-tap blur-pool (tiny-aa5), shift-augmented
+  aa5-shift) variant_sets=(--set backbone=tiny-aa5 --set decoder_upsample=bilinear --set shift_augment=true); install=${install:-no}; min_iou=0.595 ;;
   # the cheaper anti-aliased stem (tiny-aalite), shift-augmented
   aalite-shift) variant_sets=(--set backbone=tiny-aalite --set decoder_upsample=bilinear --set shift_augment=true); install=${install:-no}; min_iou=0.595 ;;
-  *) echo "--variant: plain, aa, aa-shift or aalite-shift, not $variant" >&2; exit 2 ;;
+  *) echo "--variant: plain, aa, aa-shift, aalite-shift, shift or aa5-shift, not $variant" >&2; exit 2 ;;
 esac
 work=${1:-$(mktemp -d)}
 heldout=periurban

@@ -32,7 +32,7 @@ def test_tiny_keeps_its_layout_and_the_shipped_bundle_its_manifest():
     assert all(m.mode == "nearest" for m in segmenter.modules() if isinstance(m, torch.nn.Upsample))
 
 
-@pytest.mark.parametrize("backbone", ["tiny-aa", "tiny-blur"])
+@pytest.mark.parametrize("backbone", ["tiny-aa", "tiny-aa5", "tiny-aalite", "tiny-blur"])
 def test_antialiased_backbones_have_tinys_parameters_and_stride(backbone: str):
     torch.manual_seed(0)
     spec = get_spec(backbone)
@@ -54,6 +54,17 @@ def test_blurpool_is_a_binomial_low_pass():
     checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2
     out = BlurPool(1, stride=1)(checker[None, None].float())
     assert float(out[..., 1:-1, 1:-1].std()) < 0.2 * float(checker.float().std())
+
+
+@pytest.mark.parametrize("taps", [3, 5])
+def test_the_five_tap_blur_passes_less_of_what_aliases(taps: int):
+    """Both keep a flat image; at a third of the sampling rate (aliased by stride 2) the
+    5-tap binomial lets through a quarter of what the 3-tap one does (1/16 against 1/4)."""
+    flat = torch.full((1, 1, 12, 12), 3.0)
+    assert torch.allclose(BlurPool(1, 2, taps)(flat), torch.full((1, 1, 6, 6), 3.0))
+    wave = torch.cos(2 * torch.pi * torch.arange(48) / 3).expand(48, 48)[None, None]
+    passed = BlurPool(1, 1, taps)(wave)[..., 4:-4, 4:-4].abs().max()
+    assert float(passed) == pytest.approx(0.25 if taps == 3 else 0.0625, abs=1e-4)
 
 
 def test_decoder_upsampling_modes():
