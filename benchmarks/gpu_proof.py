@@ -13,7 +13,8 @@ after every part:
   the FLOP ceiling, peak GPU memory, the automatic batch size) for ViT-S/B/L-16 with
   random weights (128-px tiles, default overlap) in bf16 and fp16, eager
   (``STMAP_TORCH_COMPILE=off``), compiled and with CUDA graphs (``reduce-overhead``);
-  ``bench-demo``: the demo bundle end to end, where the pipeline is the limit;
+  ``bench-demo``: the demo bundle end to end in its 512-px tiles (manifest
+  ``tiling``, #20), where the pipeline is the limit, with its phase-shift figure;
 - peers: ``stmap infer``, a plain rasterio window loop and the paper's PNG tiles on
   the same raster and model, on the GPU (``bench_peers.compare``);
 - parity: max |Δ probability| of bf16 and fp16 against eager float32 on the CPU.
