@@ -166,7 +166,7 @@ def measure(name: str, bundle: Path, args: argparse.Namespace, root: Path) -> di
     bundle = exported(bundle, root)
     built = build(bundle)
     backends = {p: b["backend"] for p, b in built.items() if "backend" in b}
-    tile = open_bundle(bundle).manifest.tile_size
+    tile = open_bundle(bundle).manifest.infer_tile
     city = synthetic_city(root / f"city-{args.size}.tif", args.size, 0.5, 0)
     result: dict[str, Any] = {"model": name, "size": args.size, "batch": args.batch}
     result["model_only"] = model_only(backends, args.batch, tile, args.rounds)

@@ -72,7 +72,7 @@ def parity(backend: Any, bundle: Bundle, device: torch.device) -> float:
     """Max |Δ probability| against eager float32 on the CPU over the export parity tiles."""
     model = InferenceModel(bundle.load_segmenter(), bundle.manifest.preprocessing()).eval()
     worst = 0.0
-    for _, tiles in parity_batches(bundle.manifest.tile_size, len(bundle.manifest.bands)):
+    for _, tiles in parity_batches(bundle.manifest.infer_tile, len(bundle.manifest.bands)):
         with torch.inference_mode():
             expected = model(tiles)
             actual = backend.infer(tiles.to(device)).float().cpu()
@@ -82,7 +82,7 @@ def parity(backend: Any, bundle: Bundle, device: torch.device) -> float:
 
 def throughput(backend: Any, bundle: Bundle, device: torch.device, batch: int, seconds: float):
     """(tiles per second, megapixels per second) of ``infer`` on resident uint8 tiles."""
-    tile = bundle.manifest.tile_size
+    tile = bundle.manifest.infer_tile
     shape = (batch, len(bundle.manifest.bands), tile, tile)
     tiles = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
     for _ in range(3):  # warm-up: compilation, autotuning, allocator growth
@@ -169,7 +169,7 @@ def main() -> None:
         "commit": commit(),
         "bundle": str(bundle.source),
         "backbone": bundle.manifest.backbone,
-        "tile": bundle.manifest.tile_size,
+        "tile": bundle.manifest.infer_tile,
         "batch": args.batch,
         "rows": measure(bundle, device, args.batch, args.seconds),
     }

@@ -225,7 +225,10 @@ def phase_shift(
     side = 1024 + 2 * tile
     crop = workdir / "crop.tif"
     workdir.mkdir()
-    height, width = crop_at(city, crop, offset, (side, side))
+    try:
+        height, width = crop_at(city, crop, offset, (side, side))
+    except ValueError:  # the city ends before the offset (a small city, a large stride)
+        return None
     if min(height, width) <= 2 * tile:
         return None
     run_inference([str(crop)], workdir / "out", options)

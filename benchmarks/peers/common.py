@@ -31,16 +31,17 @@ from rasterio.windows import Window
 
 from stmap.bundle import open_bundle
 from stmap.runtime.backends.base import create_backend
-from stmap.runtime.grid import TileGrid, default_overlap, world_shift
+from stmap.runtime.grid import TileGrid, world_shift
+from stmap.runtime.plan import run_overlap
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 NODATA = 255
 
 
 def model_geometry(bundle: Path) -> tuple[int, int]:
-    """(tile, overlap) of `stmap infer`'s defaults for this bundle (``default_overlap``)."""
-    tile = open_bundle(bundle).manifest.tile_size
-    return tile, default_overlap(tile)
+    """(tile, overlap) of `stmap infer`'s defaults for this bundle (its ``tiling``)."""
+    manifest = open_bundle(bundle).manifest
+    return manifest.infer_tile, run_overlap(manifest, None)
 
 
 def load_forward(bundle: Path, device: str = "cpu", precision: str = "fp32") -> Forward:

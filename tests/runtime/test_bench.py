@@ -114,6 +114,15 @@ def test_phase_figure_compares_a_crop_shifted_off_the_tile_grid(tiny_bundle: Pat
     assert _phase_cell(None) is None
 
 
+def test_a_city_that_ends_before_the_shift_has_no_phase_figure(tiny_bundle: Path, tmp_path):
+    """With a large stride (a 512-px tiling), (409, 301) mod the stride can lie past a small
+    city's end: no figure, not a crash (it crashed `stmap bench` on a 256² city)."""
+    city = generate_city(tmp_path / "city.tif", width=256, height=256, seed=2).image
+    options = InferOptions(model=str(tiny_bundle), device="cpu")
+    run_inference([str(city)], tmp_path / "out", options)
+    assert phase_shift(city, tmp_path / "out", tmp_path / "phase", options, 512, 448) is None
+
+
 def test_flop_count_of_a_known_convolution() -> None:
     cin, cout, k, side = 3, 8, 3, 32
 
