@@ -253,32 +253,24 @@ def cost(
     return {"size": size, "rounds": rounds, "cost": rows}
 
 
+# the cost table's columns: header, key of a row of ``cost``
+COST_COLUMNS = [
+    ("model", "model"),
+    ("tile", "tile"),
+    ("overlap", "overlap"),
+    ("tiles", "tiles"),
+    ("model Mpx", "model_mpx"),
+    ("model s", "model_seconds"),
+    ("end-to-end Mpx/s", "end_to_end_mpx_per_s"),
+    ("model px ×", "model_px_vs_first"),
+    ("model s ×", "model_seconds_vs_first"),
+    ("time ×", "time_vs_first"),
+]
+
+
 def cost_markdown(report: dict[str, Any]) -> str:
-    header = [
-        "model",
-        "tile",
-        "overlap",
-        "tiles",
-        "model Mpx",
-        "model s",
-        "end-to-end Mpx/s",
-        "model px ×",
-        "model s ×",
-        "time ×",
-    ]
-    keys = [
-        "model",
-        "tile",
-        "overlap",
-        "tiles",
-        "model_mpx",
-        "model_seconds",
-        "end_to_end_mpx_per_s",
-        "model_px_vs_first",
-        "model_seconds_vs_first",
-        "time_vs_first",
-    ]
-    rows = [[r[k] for k in keys] for r in report["cost"]]
+    header = [title for title, _ in COST_COLUMNS]
+    rows = [[r[key] for _, key in COST_COLUMNS] for r in report["cost"]]
     return "\n\n".join(
         [
             "# Cost of the tiling (#20)",

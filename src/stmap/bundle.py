@@ -88,6 +88,13 @@ class Normalization(_Strict):
         return self
 
 
+def _check_tile_range(field: str, tile: int) -> None:
+    """ValueError unless ``tile`` lies in TILE_RANGE (sizes are allocated from it)."""
+    low, high = TILE_RANGE
+    if not low <= tile <= high:
+        raise ValueError(f"{field} {tile}: must lie between {low} and {high} px")
+
+
 class Tiling(_Strict):
     """The tiles ``stmap infer`` cuts for a fully convolutional model, where they differ
     from the tile it was trained on.
@@ -151,9 +158,7 @@ class Manifest(_Strict):
         low, high = GSD_RANGE_M
         if not (math.isfinite(self.gsd_m) and low <= self.gsd_m <= high):
             raise ValueError(f"gsd_m {self.gsd_m}: must lie between {low} and {high} metres")
-        low, high = TILE_RANGE
-        if not low <= self.tile_size <= high:
-            raise ValueError(f"tile_size {self.tile_size}: must lie between {low} and {high} px")
+        _check_tile_range("tile_size", self.tile_size)
         if self.tiling is not None:
             self._check_tiling(self.tiling)
         if len(self.normalization.mean) != len(self.bands):
@@ -187,10 +192,8 @@ class Manifest(_Strict):
         return data
 
     def _check_tiling(self, tiling: Tiling) -> None:
-        low, high = TILE_RANGE
         tile = tiling.tile_size
-        if not low <= tile <= high:
-            raise ValueError(f"tiling.tile_size {tile}: must lie between {low} and {high} px")
+        _check_tile_range("tiling.tile_size", tile)
         if tiling.overlap >= tile:
             raise ValueError(f"tiling.overlap {tiling.overlap}: must be below the tile ({tile})")
         try:

@@ -129,6 +129,16 @@ class BlurPool(nn.Module):
         )
 
 
+# TinyBackbone's antialias → (its two early stages' way, its two late stages', the taps)
+ANTIALIAS_STAGES: dict[str | None, tuple[str | None, str | None, int]] = {
+    None: (None, None, 3),
+    "blurpool": ("blurpool", "blurpool", 3),
+    "blurpool5": ("blurpool", "blurpool", 5),
+    "preblur": ("preblur", "preblur", 3),
+    "lite": ("preblur", "blurpool", 3),
+}
+
+
 class TinyBackbone(nn.Module):
     """Four stride-2 conv stages (output stride 16): fast enough to train on a CPU.
 
@@ -141,7 +151,6 @@ class TinyBackbone(nn.Module):
     * ``"preblur"`` (``tiny-blur``): the fixed blur (stride 1) in front of each stride-2
       conv — the same low-pass, applied before the ReLU instead of after; about the
       plain model's cost.
-
     * ``"blurpool5"`` (``tiny-aa5``): ``"blurpool"`` with the 5-tap binomial.
     * ``"lite"`` (``tiny-aalite``): ``"preblur"`` in the two full- and half-resolution
       stages, where Zhang's stride-1 conv costs most, ``"blurpool"`` in the last two —
@@ -158,21 +167,15 @@ class TinyBackbone(nn.Module):
         antialias: str | None = None,
     ):
         super().__init__()
+        if antialias not in ANTIALIAS_STAGES:
+            known = ", ".join(repr(k) for k in ANTIALIAS_STAGES)
+            raise ValueError(f"antialias {antialias!r}: expected one of {known}")
+        early, late, taps = ANTIALIAS_STAGES[antialias]
         layers: list[nn.Module] = []
         c_in = 3
-        if antialias not in (None, "blurpool", "blurpool5", "preblur", "lite"):
-            raise ValueError(
-                f"antialias {antialias!r}: expected None, 'blurpool', 'blurpool5', 'preblur' "
-                "or 'lite'"
-            )
-        taps = 5 if antialias == "blurpool5" else 3
-        if antialias == "blurpool5":
-            antialias = "blurpool"
         channels = (*widths, embed_dim)
         for stage, c_out in enumerate(channels):
-            mode = antialias
-            if antialias == "lite":
-                mode = "preblur" if stage < len(channels) // 2 else "blurpool"
+            mode = early if stage < len(channels) // 2 else late
             if mode == "preblur":
                 layers.append(BlurPool(c_in, 1))
             stride = 1 if mode == "blurpool" else 2
