@@ -3,7 +3,9 @@
 Pure tensor functions (CPU or CUDA alike). Each tile's prediction is weighted by a
 separable flat-top raised-cosine window: 1 in the tile's middle, rising as sin²
 across the ``overlap`` pixels at each edge, sampled at pixel centres so it is never
-0 (a tile alone at the raster's edge still counts). Where two neighbours overlap,
+0 (a tile alone at the raster's edge still counts) — unless the grid has a
+``margin``, whose pixels weigh 0 (the grid then reaches past the raster's far edge
+by it, and its first tile starts more than it before pixel 0). Where two neighbours overlap,
 their ramps are cos² and sin² of one angle and sum to one; everywhere, the weighted
 sum is divided by the summed weights, so the weights of the tiles covering a pixel
 always sum to one. Tiles form a full rows × cols product and the window is
@@ -19,12 +21,19 @@ import torch.nn.functional as F
 from stmap.runtime.grid import AxisTiles, Block, TileGrid
 
 
-def ramp(tile: int, overlap: int) -> np.ndarray:
-    """(tile,) float64 1-D window: sin² rise over ``overlap`` px at each end, 1 between."""
+def ramp(tile: int, overlap: int, margin: int = 0) -> np.ndarray:
+    """(tile,) float64 1-D window: 0 over the outer ``margin`` px at each end, then a sin²
+    rise over the next ``overlap − 2·margin`` px, 1 between.
+
+    The margin is context the model sees and the map never takes (#20): a tile's edge
+    moves its prediction within the model's receptive field of it, so a pixel is taken
+    only from tiles that hold it at least ``margin`` px inside. A neighbour's ramp is the
+    mirror image over the overlap, so the two still sum to one everywhere.
+    """
     if overlap == 0:
         return np.ones(tile)
     i = np.arange(tile, dtype=np.float64)
-    rise = np.sin(np.pi / 2 * np.minimum((i + 0.5) / overlap, 1.0)) ** 2
+    rise = np.sin(np.pi / 2 * np.clip((i + 0.5 - margin) / (overlap - 2 * margin), 0.0, 1.0)) ** 2
     return np.minimum(rise, rise[::-1])
 
 
@@ -48,7 +57,7 @@ class Blender:
 
     def __init__(self, grid: TileGrid, device: torch.device):
         self.grid = grid
-        self.window = ramp(grid.tile, grid.overlap)
+        self.window = ramp(grid.tile, grid.overlap, grid.margin)
         w = torch.from_numpy(self.window).float()
         self.weights = torch.outer(w, w).to(device)  # (T, T)
 

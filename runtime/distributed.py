@@ -117,7 +117,9 @@ class MapWorker:
         """The blocks of one strip into the strip's partial rasters (resumed from its journal)."""
         tile, overlap = self.session.bundle.manifest.infer_tile, self.session.overlap
         with streaming_env():
-            blocks = strip.blocks(block_plan(plan, tile, overlap).block_cols)
+            blocks = strip.blocks(
+                block_plan(plan, tile, overlap, margin=self.session.margin).block_cols
+            )
             streamed = stream_blocks(
                 plan, strip.out, self.session, None, log.warning, blocks=blocks, gather=False
             )

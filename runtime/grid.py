@@ -60,11 +60,13 @@ class AxisTiles:
     tile: int
     overlap: int
     shift: int = 0
+    margin: int = 0  # each tile's outer pixels that the blend gives no weight (blend.ramp)
 
     def __post_init__(self) -> None:
         if self.size < 1 or self.tile < 1:
             raise ValueError(f"size and tile must be positive, got {self.size}, {self.tile}")
         check_overlap(self.overlap, self.tile)
+        check_margin(self.margin, self.overlap)
         if not 0 <= self.shift < self.stride:
             raise ValueError(f"shift must lie in [0, {self.stride}), got {self.shift}")
 
@@ -83,8 +85,11 @@ class AxisTiles:
 
     @property
     def count(self) -> int:
-        """Tiles needed so that the last one reaches the last pixel."""
-        return max(0, math.ceil((self.size + self.lead - self.tile) / self.stride)) + 1
+        """Tiles needed so that the last one reaches the last pixel with a weighted (not
+        margin) pixel."""
+        return (
+            max(0, math.ceil((self.size + self.lead + self.margin - self.tile) / self.stride)) + 1
+        )
 
     def origin(self, k: int) -> int:
         return k * self.stride - self.lead
@@ -112,14 +117,15 @@ class TileGrid:
     tile: int
     overlap: int
     shift: tuple[int, int] = (0, 0)
+    margin: int = 0
 
     @cached_property
     def rows(self) -> AxisTiles:
-        return AxisTiles(self.height, self.tile, self.overlap, self.shift[0])
+        return AxisTiles(self.height, self.tile, self.overlap, self.shift[0], self.margin)
 
     @cached_property
     def cols(self) -> AxisTiles:
-        return AxisTiles(self.width, self.tile, self.overlap, self.shift[1])
+        return AxisTiles(self.width, self.tile, self.overlap, self.shift[1], self.margin)
 
     @property
     def stride(self) -> int:
@@ -360,6 +366,19 @@ def check_overlap(overlap: int, tile: int) -> int:
     if not 0 <= overlap < tile:
         raise InputError(f"--overlap {overlap}: must be at least 0 and below the tile size {tile}")
     return overlap
+
+
+def check_margin(margin: int, overlap: int) -> int:
+    """``margin`` if tiles overlapping by ``overlap`` can leave it out of the blend: what
+    one tile leaves out its neighbour must weigh fully, so twice it stays below the
+    overlap."""
+    if margin < 0:
+        raise InputError(f"tile margin {margin}: must be at least 0")
+    if 2 * margin >= max(overlap, 1):
+        raise InputError(
+            f"tile margin {margin}: twice it must lie below the overlap ({overlap} px)"
+        )
+    return margin
 
 
 def choose_block_size(requested: int | None, input_block: tuple[int, int]) -> int:

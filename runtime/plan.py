@@ -138,19 +138,24 @@ class InputPlan:
         col, row = ~transform * (0.0, 0.0)
         return world_shift((row, col), stride)
 
-    def tile_grid(self, tile: int, overlap: int) -> TileGrid:
+    def tile_grid(self, tile: int, overlap: int, margin: int = 0) -> TileGrid:
         """The input's model-grid tiles, anchored to the world (see ``runtime.grid``)."""
         rows, cols = self.model_shape
-        return TileGrid(rows, cols, tile, overlap, self.world_shift(tile - overlap).shift)
+        shift = self.world_shift(tile - overlap).shift
+        return TileGrid(rows, cols, tile, overlap, shift, margin)
 
-    def tile_grid_facts(self, tile: int, overlap: int, gsd_m: float) -> dict[str, Any]:
-        """Where the tiles fell: the world lattice they follow, how far they were snapped."""
+    def tile_grid_facts(
+        self, tile: int, overlap: int, gsd_m: float, margin: int = 0
+    ) -> dict[str, Any]:
+        """Where the tiles fell: the world lattice they follow, how far they were snapped,
+        and each tile's margin the blend leaves out."""
         stride = tile - overlap
         world = self.world_shift(stride)
         return {
             "anchor": "CRS origin" if self.info.is_georeferenced else "raster corner",
             "stride_px": stride,
             "stride_m": stride * gsd_m,
+            "margin_px": margin,
             "shift_px": list(world.shift),
             # model pixels by which this raster's pixel grid lies off the lattice's: rasters
             # on one pixel grid share the figure, and with it their tiles and probabilities
@@ -248,6 +253,13 @@ def run_overlap(manifest: Manifest, requested: int | None) -> int:
     if manifest.infer_overlap is not None:
         return manifest.infer_overlap
     return default_overlap(manifest.infer_tile)
+
+
+def run_margin(manifest: Manifest, overlap: int) -> int:
+    """The tile margin the blend leaves out (``blend.ramp``): the model's tiling's, when
+    the run keeps the tiling's overlap; none with another ``--overlap``."""
+    tiling = manifest.tiling
+    return tiling.margin if tiling is not None and overlap == tiling.overlap else 0
 
 
 def plan_run(

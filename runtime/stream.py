@@ -29,7 +29,14 @@ from stmap.runtime.grid import BlockPlan
 from stmap.runtime.journal import Journal
 from stmap.runtime.partials import PartialRasters
 from stmap.runtime.pipeline import Pipeline, PipelineResult, StreamOptions
-from stmap.runtime.plan import InferOptions, InputPlan, OutputPaths, ProgressFactory, RunPlan
+from stmap.runtime.plan import (
+    InferOptions,
+    InputPlan,
+    OutputPaths,
+    ProgressFactory,
+    RunPlan,
+    run_margin,
+)
 from stmap.runtime.sinks import Progress
 from stmap.runtime.tta import with_tta
 from stmap.runtime.vectorize import damage_cutoff
@@ -53,6 +60,11 @@ class Session:
         """The model of a run on this machine's device (a Ray driver never resolves one)."""
         device = resolve_device(run.options.device)
         return cls(run.bundle, run.options, run.threshold, run.overlap, device)
+
+    @property
+    def margin(self) -> int:
+        """The tile margin the blend leaves out (plan.run_margin)."""
+        return run_margin(self.bundle.manifest, self.overlap)
 
     def backend(self, dtype: str, value_max: float | None = None) -> Backend:
         """The backend for rasters of ``dtype`` whose pixels fill 0..``value_max`` (the
@@ -116,16 +128,17 @@ Stream = Callable[
 
 
 def block_plan(
-    plan: InputPlan, tile: int, overlap: int, block_size: int | None = None
+    plan: InputPlan, tile: int, overlap: int, block_size: int | None = None, *, margin: int = 0
 ) -> BlockPlan:
     """The blocks of an input over the model's global tile grid (``tile`` px tiles
-    overlapping by ``overlap``); block_size: default the plan's."""
+    overlapping by ``overlap``, ``margin`` of each left out of the blend); block_size:
+    default the plan's."""
     info = plan.info
     return BlockPlan(
         info.height,
         info.width,
         block_size or plan.block_size,
-        plan.tile_grid(tile, overlap),
+        plan.tile_grid(tile, overlap, margin),
         plan.scale,
     )
 
@@ -186,7 +199,7 @@ def open_partials(
     if journal.block_size != plan.block_size and options.block_size is not None:
         warn(f"resuming with the interrupted run's block size {journal.block_size}")
     tile = session.bundle.manifest.infer_tile
-    grid = block_plan(plan, tile, session.overlap, journal.block_size)
+    grid = block_plan(plan, tile, session.overlap, journal.block_size, margin=session.margin)
     return PartialRasters(grid, writer, journal, checkpoint_s=options.checkpoint_s)
 
 
@@ -276,7 +289,10 @@ def stream_blocks(
         tile_size=session.bundle.manifest.infer_tile,
         overlap=session.overlap,
         tile_grid=plan.tile_grid_facts(
-            session.bundle.manifest.infer_tile, session.overlap, session.bundle.manifest.gsd_m
+            session.bundle.manifest.infer_tile,
+            session.overlap,
+            session.bundle.manifest.gsd_m,
+            session.margin,
         ),
         block_size=grid.block_size,
         workers=workers,

@@ -79,6 +79,15 @@ class TrainConfig(BaseModel):
             "feature lattice (#20). Carried in the bundle's manifest"
         ),
     )
+    quincunx: bool = Field(
+        False,
+        description=(
+            "map with the last stage at both phases of its subsampling, averaged "
+            "(DamageSegmenter._quincunx_logits): the map moves far less with where the tiles "
+            "fall (#20). Tiny family only; inference and validation only, training is "
+            "unchanged. Carried in the bundle's manifest"
+        ),
+    )
     shift_consistency: float = Field(
         0.0,
         ge=0,
@@ -134,6 +143,17 @@ class TrainConfig(BaseModel):
                 "shift_consistency and shift_augment need img_size above "
                 f"{2 * MAX_CONSISTENCY_SHIFT} px (shifts of up to {MAX_CONSISTENCY_SHIFT} px must "
                 f"leave an overlap), got {self.img_size}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _quincunx_needs_stages(self) -> TrainConfig:
+        from stmap.model.backbones import get_spec
+
+        if self.quincunx and not get_spec(self.backbone).any_tile:
+            raise ValueError(
+                f"quincunx needs a tiny-family backbone (stages to run at two phases), "
+                f"not {self.backbone}"
             )
         return self
 

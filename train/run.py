@@ -145,6 +145,7 @@ def build_model(config: TrainConfig, out_dir: Path) -> tuple[DamageSegmenter, st
             config.img_size,
             config.decoder_channels,
             decoder_upsample=config.decoder_upsample,
+            quincunx=config.quincunx,
         )
     )
     if config.weights == "download":
@@ -284,6 +285,11 @@ def deliberate_differences(config: TrainConfig, frozen: bool, cached: bool) -> l
         items.append(
             "Training batches, their labels and building masks are moved by a random (dy, dx) "
             "in [0, 15] px (shift_augment, #20); the method trains on fixed tiles."
+        )
+    if config.quincunx:
+        items.append(
+            "The map averages the last backbone stage at both phases of its subsampling "
+            "(quincunx, #20); the method runs it once."
         )
     if config.shift_consistency:
         items.append(

@@ -33,7 +33,7 @@ from pydantic import (
 
 from stmap.errors import BundleError, InputError, OutputExistsError
 from stmap.io.paths import check_input_path
-from stmap.model.backbones import get_spec
+from stmap.model.backbones import BackboneSpec, get_spec
 from stmap.model.preprocess import Preprocessing
 from stmap.model.segmenter import DamageSegmenter, SegmenterConfig
 
@@ -62,13 +62,24 @@ class Architecture(_Strict):
         "nearest", description="the decoder's ×2 upsampling; bilinear for phase stability (#20)"
     )
 
+    quincunx: bool = Field(
+        False,
+        description=(
+            "run a tiny-family model's last stage at both phases of its subsampling and "
+            "average them (DamageSegmenter._quincunx_logits; phase stability, #20)"
+        ),
+    )
+
     @model_serializer(mode="wrap")
-    def _omit_default_upsample(self, handler: Any) -> dict[str, Any]:
-        """Leave ``decoder_upsample`` out while it is ``nearest``: manifests (and bundle
-        hashes) of models without it stay exactly as they were, and older stmap reads them."""
+    def _omit_defaults(self, handler: Any) -> dict[str, Any]:
+        """Leave ``decoder_upsample`` out while it is ``nearest`` and ``quincunx`` while
+        false: manifests (and bundle hashes) of models without them stay exactly as they
+        were, and older stmap reads them."""
         data = handler(self)
         if data.get("decoder_upsample") == "nearest":
             del data["decoder_upsample"]
+        if data.get("quincunx") is False:
+            del data["quincunx"]
         return data
 
 
@@ -108,6 +119,22 @@ class Tiling(_Strict):
 
     tile_size: int = Field(gt=0)
     overlap: int = Field(ge=0)
+    margin: int = Field(
+        0,
+        ge=0,
+        description=(
+            "each tile's outer pixels the blend gives no weight: context the model sees "
+            "and the map never takes (runtime.blend.ramp); below half the overlap"
+        ),
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_no_margin(self, handler: Any) -> dict[str, Any]:
+        """Leave ``margin`` out while it is 0: tilings without one stay as they were."""
+        data = handler(self)
+        if data.get("margin") == 0:
+            del data["margin"]
+        return data
 
 
 # A CNN's tiles at inference: tiny's receptive field is about 150 px, so 512-px tiles
@@ -161,6 +188,11 @@ class Manifest(_Strict):
         _check_tile_range("tile_size", self.tile_size)
         if self.tiling is not None:
             self._check_tiling(self.tiling)
+        if self.architecture.quincunx and not self._backbone_spec().any_tile:
+            raise ValueError(
+                f"architecture.quincunx: backbone {self.backbone} has no stages to run at two "
+                "phases (only the tiny family has); leave it out"
+            )
         if len(self.normalization.mean) != len(self.bands):
             raise ValueError(
                 f"normalization has {len(self.normalization.mean)} values for "
@@ -191,15 +223,23 @@ class Manifest(_Strict):
             del data["tiling"]
         return data
 
+    def _backbone_spec(self) -> BackboneSpec:
+        try:
+            return get_spec(self.backbone)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+
     def _check_tiling(self, tiling: Tiling) -> None:
         tile = tiling.tile_size
         _check_tile_range("tiling.tile_size", tile)
         if tiling.overlap >= tile:
             raise ValueError(f"tiling.overlap {tiling.overlap}: must be below the tile ({tile})")
-        try:
-            spec = get_spec(self.backbone)
-        except InputError as exc:
-            raise ValueError(str(exc)) from None
+        if tiling.margin and 2 * tiling.margin >= tiling.overlap:
+            raise ValueError(
+                f"tiling.margin {tiling.margin}: twice it must lie below the overlap "
+                f"({tiling.overlap})"
+            )
+        spec = self._backbone_spec()
         if not spec.any_tile:
             raise ValueError(
                 f"tiling: backbone {self.backbone} maps only the tile it was built for "

@@ -32,7 +32,9 @@ def test_tiny_keeps_its_layout_and_the_shipped_bundle_its_manifest():
     assert all(m.mode == "nearest" for m in segmenter.modules() if isinstance(m, torch.nn.Upsample))
 
 
-@pytest.mark.parametrize("backbone", ["tiny-aa", "tiny-aa5", "tiny-aalite", "tiny-blur"])
+@pytest.mark.parametrize(
+    "backbone", ["tiny-aa", "tiny-aa5", "tiny-aalite", "tiny-aalite5", "tiny-blur"]
+)
 def test_antialiased_backbones_have_tinys_parameters_and_stride(backbone: str):
     torch.manual_seed(0)
     spec = get_spec(backbone)

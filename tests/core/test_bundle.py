@@ -213,6 +213,21 @@ def test_tiling_sets_the_tile_stmap_infer_cuts_and_is_left_out_when_absent():
     assert (tiled.infer_tile, tiled.infer_overlap) == (512, 64)
     assert "tiling" not in plain.model_dump(mode="json")
     assert Manifest(**tiled.model_dump(mode="json")) == tiled
+    assert "margin" not in tiled.model_dump(mode="json")["tiling"]  # written as before
+    margined = _manifest(tiling=Tiling(tile_size=1024, overlap=128, margin=48))
+    assert margined.model_dump(mode="json")["tiling"]["margin"] == 48
+    assert Manifest(**margined.model_dump(mode="json")) == margined
+
+
+def test_quincunx_is_carried_for_the_tiny_family_and_left_out_when_off():
+    """The two-phase last stage (#20) is part of the architecture: written only when on
+    (older manifests and hashes stay as they were), refused where there are no stages."""
+    plain, paired = _manifest(), _manifest(architecture={"quincunx": True})
+    assert "quincunx" not in plain.model_dump(mode="json")["architecture"]
+    assert paired.model_dump(mode="json")["architecture"]["quincunx"] is True
+    assert paired.segmenter_config().quincunx and not plain.segmenter_config().quincunx
+    with pytest.raises(ValidationError, match="no stages to run at two phases"):
+        _manifest(backbone="vit_small_patch16_dinov3.lvd1689m", architecture={"quincunx": True})
 
 
 @pytest.mark.parametrize(
@@ -225,6 +240,8 @@ def test_tiling_sets_the_tile_stmap_infer_cuts_and_is_left_out_when_absent():
         ),
         ({"tiling": {"tile_size": 512, "overlap": 512}}, "must be below the tile"),
         ({"tiling": {"tile_size": 8192, "overlap": 64}}, "must lie between"),
+        ({"tiling": {"tile_size": 512, "overlap": 64, "margin": 32}}, "twice it must lie below"),
+        ({"tiling": {"tile_size": 512, "overlap": 64, "margin": -1}}, "greater than or equal"),
     ],
 )
 def test_tiling_a_model_cannot_map_is_refused(fields, message):

@@ -133,13 +133,18 @@ def test_dinov3_vit_small_exports_with_parity(tmp_path):
     assert seconds < 60, f"the ViT-S export took {seconds:.0f} s"
 
 
-@pytest.mark.parametrize("backbone", ["tiny-aa", "tiny-blur"])
-def test_antialiased_bilinear_models_export_with_parity(tmp_path: Path, backbone: str):
-    """Blur-pool (reflect padding, depthwise) and bilinear upsampling survive the export (#20)."""
+@pytest.mark.parametrize(
+    "backbone, quincunx", [("tiny-aa", False), ("tiny-blur", False), ("tiny-aalite5", True)]
+)
+def test_antialiased_bilinear_models_export_with_parity(
+    tmp_path: Path, backbone: str, quincunx: bool
+):
+    """Blur-pool (reflect padding, depthwise), bilinear upsampling and the quincunx's two
+    phases (edge padding, slices) survive the export (#20)."""
     from stmap.model.backbones import SAT_MEAN, SAT_STD
 
     torch.manual_seed(0)
-    config = SegmenterConfig(backbone, 128, 8, decoder_upsample="bilinear")
+    config = SegmenterConfig(backbone, 128, 8, decoder_upsample="bilinear", quincunx=quincunx)
     manifest = manifest_for(
         config,
         name="aa",

@@ -21,6 +21,7 @@ def make_varied_bundle(
     decoder_channels: int = 8,
     backbone: str = "tiny",
     decoder_upsample: str = "nearest",
+    quincunx: bool = False,
     **fields,
 ) -> Path:
     """A `tiny` (or ``backbone``) bundle whose probabilities vary across the image.
@@ -34,6 +35,7 @@ def make_varied_bundle(
         tile_size=128,
         decoder_channels=decoder_channels,
         decoder_upsample=decoder_upsample,
+        quincunx=quincunx,
     )
     model = DamageSegmenter(config).eval()
     generator = torch.Generator().manual_seed(seed + 1)

@@ -22,10 +22,22 @@ def test_ramp_is_positive_symmetric_and_a_partition_of_unity(tile, data):
     assert np.allclose(w[stride:] + w[: tile - stride], 1.0)
 
 
+@given(st.sampled_from([64, 128, 512]), st.data())
+def test_a_margin_weighs_nothing_and_the_ramps_still_partition_unity(tile, data):
+    overlap = data.draw(st.integers(3, tile // 2))
+    margin = data.draw(st.integers(1, (overlap - 1) // 2))
+    w = ramp(tile, overlap, margin)
+    assert np.all(w[:margin] == 0) and np.all(w[-margin:] == 0)
+    assert np.all(w[margin:-margin] > 0) and np.allclose(w, w[::-1])
+    stride = tile - overlap
+    assert np.allclose(w[stride:] + w[: tile - stride], 1.0)
+    np.testing.assert_array_equal(ramp(tile, overlap, 0), ramp(tile, overlap))
+
+
 def _reference(plan: BlockPlan, probs: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
     """Blend every tile of the whole raster directly, pixel by pixel weights."""
     grid = plan.grid
-    w = ramp(grid.tile, grid.overlap)
+    w = ramp(grid.tile, grid.overlap, grid.margin)
     w2 = np.outer(w, w)
     pad = grid.tile
     acc = np.zeros((grid.height + 2 * pad, grid.width + 2 * pad))
@@ -38,10 +50,14 @@ def _reference(plan: BlockPlan, probs: dict[tuple[int, int], np.ndarray]) -> np.
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 700), st.integers(1, 700), st.sampled_from([(32, 8), (32, 0), (16, 6)]))
-def test_blocks_blend_exactly_like_the_whole_raster(height, width, tile_overlap):
-    tile, overlap = tile_overlap
-    plan = BlockPlan(height, width, 512, TileGrid(height, width, tile, overlap))
+@given(
+    st.integers(1, 700),
+    st.integers(1, 700),
+    st.sampled_from([(32, 8, 0), (32, 0, 0), (16, 6, 0), (32, 12, 4), (48, 20, 9)]),
+)
+def test_blocks_blend_exactly_like_the_whole_raster(height, width, tiling):
+    tile, overlap, margin = tiling
+    plan = BlockPlan(height, width, 512, TileGrid(height, width, tile, overlap, margin=margin))
     grid = plan.grid
     rng = np.random.default_rng(height * 1000 + width)
     probs = {
@@ -49,6 +65,9 @@ def test_blocks_blend_exactly_like_the_whole_raster(height, width, tile_overlap)
         for i in range(grid.rows.count)
         for j in range(grid.cols.count)
     }
+    if margin:  # what a tile's margin holds never reaches the map
+        for p in probs.values():
+            p[:margin], p[-margin:], p[:, :margin], p[:, -margin:] = 1e6, 1e6, 1e6, 1e6
     expected = _reference(plan, probs)
     blender = Blender(grid, torch.device("cpu"))
     for block in plan:
@@ -58,6 +77,7 @@ def test_blocks_blend_exactly_like_the_whole_raster(height, width, tile_overlap)
         np.testing.assert_allclose(
             got, expected[out.row_off : out.row_stop, out.col_off : out.col_stop], atol=1e-5
         )
+        assert np.isfinite(got).all() and got.max() <= 1.0  # every pixel weighed, no margin
 
 
 def test_constant_predictions_stay_constant_up_to_the_raster_edges():

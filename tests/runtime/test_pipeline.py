@@ -58,6 +58,26 @@ def test_probabilities_do_not_depend_on_blocks_batches_or_threads(
     assert np.abs(got - expected).max() <= 1
 
 
+def test_a_tiling_margin_maps_every_pixel_whatever_the_blocks(tmp_path, scene):
+    """A bundle whose tiling leaves each tile's outer pixels out of the blend (#20) still
+    maps every pixel, the same for any block size, and unlike without the margin."""
+    from stmap.bundle import Tiling
+
+    maps = {}
+    for margin in (0, 24):
+        tiling = Tiling(tile_size=256, overlap=64, margin=margin)
+        bundle = make_varied_bundle(tmp_path / f"b{margin}", tiling=tiling)
+        for block in (512, 4096):
+            out = tmp_path / f"m{margin}-{block}"
+            (summary,) = _map(out, bundle, scene, block_size=block)
+            assert summary["valid_pixels"] == HEIGHT * WIDTH
+            assert summary["tile_grid"]["margin_px"] == margin
+            maps[margin, block] = read_band(out / "city_damage_prob.tif").astype(int)
+    assert (maps[24, 512] != 255).all()  # no nodata hole where only a margin lies
+    assert np.abs(maps[24, 512] - maps[24, 4096]).max() <= 1
+    assert np.abs(maps[24, 512] - maps[0, 512]).max() > 1  # the margin changes the blend
+
+
 def test_outputs_are_valid_cogs_on_the_input_grid(reference, scene):
     out, summary = reference
     with rasterio.open(scene) as src:

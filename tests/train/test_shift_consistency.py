@@ -77,6 +77,7 @@ def test_config_defaults_leave_the_method_unchanged(tmp_path: Path):
         ({"shift_consistency": -0.1}, "shift_consistency"),
         ({"shift_consistency": 1, "img_size": 16}, "img_size above 30"),
         ({"decoder_upsample": "bicubic"}, "decoder_upsample"),
+        ({"quincunx": True}, "quincunx needs a tiny-family backbone"),
     ],
 )
 def test_config_refuses_bad_values(tmp_path: Path, overrides: dict, message: str):
@@ -86,13 +87,15 @@ def test_config_refuses_bad_values(tmp_path: Path, overrides: dict, message: str
 
 
 def test_training_with_consistency_and_an_antialiased_model(tile_root: Path, tmp_path: Path):
-    """tiny-aa + bilinear + shift_consistency train end to end; the bundle rebuilds them."""
+    """tiny-aa + bilinear + quincunx + shift_consistency train end to end; the bundle
+    rebuilds them."""
     out = tmp_path / "run"
     config = tiny_config(
         tile_root,
         out,
         backbone="tiny-aa",
         decoder_upsample="bilinear",
+        quincunx=True,
         shift_consistency=0.5,
         lambda_dpt=0.0,
         overlays=0,
@@ -100,7 +103,9 @@ def test_training_with_consistency_and_an_antialiased_model(tile_root: Path, tmp
     bundle = open_bundle(run_training(config, command="stmap train"))
     assert bundle.manifest.backbone == "tiny-aa"
     assert bundle.manifest.architecture.decoder_upsample == "bilinear"
+    assert bundle.manifest.architecture.quincunx  # the map averages both phases
     model = bundle.load_segmenter()
+    assert model.config.quincunx
     upsample = model.decoder.blocks[0][-1]
     assert upsample.mode == "bilinear"
     report = json.loads((out / "report.json").read_text())

@@ -136,6 +136,7 @@ ANTIALIAS_STAGES: dict[str | None, tuple[str | None, str | None, int]] = {
     "blurpool5": ("blurpool", "blurpool", 5),
     "preblur": ("preblur", "preblur", 3),
     "lite": ("preblur", "blurpool", 3),
+    "lite5": ("preblur", "blurpool", 5),
 }
 
 
@@ -155,6 +156,7 @@ class TinyBackbone(nn.Module):
     * ``"lite"`` (``tiny-aalite``): ``"preblur"`` in the two full- and half-resolution
       stages, where Zhang's stride-1 conv costs most, ``"blurpool"`` in the last two —
       about 1.3× the plain model's multiply-adds against ``"blurpool"``'s 2.1×.
+    * ``"lite5"`` (``tiny-aalite5``): ``"lite"`` with the 5-tap binomial in every blur.
 
     The blur has no weights: the parameters are the plain stages' (the keys' indices
     differ).
@@ -177,7 +179,7 @@ class TinyBackbone(nn.Module):
         for stage, c_out in enumerate(channels):
             mode = early if stage < len(channels) // 2 else late
             if mode == "preblur":
-                layers.append(BlurPool(c_in, 1))
+                layers.append(BlurPool(c_in, 1, taps))
             stride = 1 if mode == "blurpool" else 2
             layers += [
                 nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
@@ -192,11 +194,22 @@ class TinyBackbone(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             c_in = c_out
+            if stage == len(channels) - 2:
+                self.last_stage_start = len(layers)
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised float → (B, D, H/16, W/16)."""
         return self.body(x)
+
+    def early(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → the first three stages' map (B, C, H/8, W/8)."""
+        return self.body[: self.last_stage_start](x)
+
+    def last(self, features: torch.Tensor) -> torch.Tensor:
+        """``early``'s map → the backbone's output: the last stage, whose subsampling
+        keeps the even cells of its input (the odd ones: feed it the map shifted by one)."""
+        return self.body[self.last_stage_start :](features)
 
 
 def _tiny_factory(spec: BackboneSpec, tile_size: int, antialias: str | None) -> nn.Module:
@@ -245,6 +258,11 @@ for _tiny_name, _antialias, _what in [
         "tiny-aalite",
         "lite",
         "tiny with a fixed blur before its two early stride-2 convs, blur-pool in the last two",
+    ),
+    (
+        "tiny-aalite5",
+        "lite5",
+        "tiny-aalite with the 5-tap binomial blur in all four stages",
     ),
     (
         "tiny-blur",

@@ -7,8 +7,9 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from stmap.model.backbones import create_backbone, get_spec
+from stmap.model.backbones import TinyBackbone, create_backbone, get_spec
 from stmap.model.decoder import Decoder, ProjectionHead
 from stmap.model.preprocess import Normalize, Preprocessing
 
@@ -23,6 +24,7 @@ class SegmenterConfig:
     decoder_blocks: int = 4
     projection_dim: int = 50
     decoder_upsample: str = "nearest"  # or "bilinear" (#20); weights identical either way
+    quincunx: bool = False  # the last stage at both of its phases (#20); weights identical
 
 
 class TrainOutput(NamedTuple):
@@ -44,6 +46,8 @@ class DamageSegmenter(nn.Module):
             spec.embed_dim, config.decoder_channels, config.decoder_blocks, config.decoder_upsample
         )
         self.projection = ProjectionHead(spec.embed_dim, config.projection_dim)
+        if config.quincunx and not isinstance(self.backbone, TinyBackbone):
+            raise ValueError(f"quincunx: {spec.name} has no stages to run at two phases")
         if self.backbone_frozen:
             self.backbone.requires_grad_(False)
 
@@ -68,7 +72,30 @@ class DamageSegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised float → logits (B, 1, H, W): all inference needs."""
+        if self.config.quincunx:
+            return self._quincunx_logits(x)
         return self.decoder(self.backbone(x))[0]
+
+    def _quincunx_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The map averaged over the two phases of the last subsampling (#20).
+
+        A stride-16 model's map moves with where its 16-px lattice falls on the ground;
+        most of what is left after anti-aliasing repeats every 16 px and cancels between
+        lattices 8 px apart along both axes (a quincunx), as averaging the model over the
+        input and the input shifted by (8, 8) would. The first three stages (output
+        stride 8) are the same for both, so only the last stage and the first decoder
+        block run twice; their outputs meet on the stride-8 lattice, one cell apart, and
+        the rest of the decoder runs once. The cells a phase lacks at the tile's far (odd
+        phase) or near (its average) edge are filled with the nearest ones: tile edges are
+        blended away by the runtime's overlap.
+        """
+        early = self.backbone.early(x)
+        odd = F.pad(early[..., 1:, 1:], (0, 1, 0, 1), mode="replicate")
+        first = self.decoder.blocks[0]
+        even_up, odd_up = first(self.backbone.last(early)), first(self.backbone.last(odd))
+        aligned = F.pad(odd_up, (1, 0, 1, 0), mode="replicate")[..., :-1, :-1]
+        feature = self.decoder.blocks[1:]((even_up + aligned) / 2)
+        return self.decoder.classifier(feature)
 
 
 class InferenceModel(nn.Module):
