@@ -245,6 +245,27 @@ def predict_from_features(model: DamageSegmenter, features: torch.Tensor) -> np.
     return quantise(torch.cat(probs).numpy())
 
 
+@torch.no_grad()
+def map_probabilities(
+    model: DamageSegmenter,
+    features: torch.Tensor,
+    images: torch.Tensor,
+    normalize: Normalize,
+    device: torch.device,
+) -> np.ndarray:
+    """(N, T, T) uint8 probabilities × 255 as the map has them: decoded from the cached
+    features, or, for a quincunx model (#20), from the whole model on the tiles, which
+    averages the two phases of its last stage as ``stmap infer`` does."""
+    if not model.config.quincunx:
+        return predict_from_features(model, features)
+    model.eval()
+    probs = [
+        torch.sigmoid(model(normalize(images[i : i + BATCH].to(device))))[:, 0].cpu()
+        for i in range(0, len(images), BATCH)
+    ]
+    return quantise(torch.cat(probs).numpy())
+
+
 def score(
     prob8: np.ndarray, tiles: LabelTiles, regions: np.ndarray | None = None
 ) -> tuple[PixelScores, ObjectScores]:
@@ -262,8 +283,10 @@ def evaluate_scene(scene: LabelledScene, device: torch.device) -> dict[str, Any]
     """The bundle's scores on the labels (``stmap evaluate --labels`` on imagery)."""
     model = scene.bundle.load_segmenter().to(device)
     model.decoder.to(memory_format=torch.channels_last)
-    features = backbone_features(model, scene.tiles.images, normaliser(scene, device), device)
-    pixels, objects = score(predict_from_features(model, features), scene.tiles)
+    normalize = normaliser(scene, device)
+    features = backbone_features(model, scene.tiles.images, normalize, device)
+    prob8 = map_probabilities(model, features, scene.tiles.images, normalize, device)
+    pixels, objects = score(prob8, scene.tiles)
     threshold = scene.bundle.manifest.threshold
     return {
         **pixels.scores(threshold),
@@ -399,7 +422,8 @@ def adapt_scene(
     )
     pixel_fold = np.where(tiles.region >= 0, folds[np.maximum(tiles.region, 0)], -1)
 
-    before_pixels, before_objects = score(predict_from_features(source, features), tiles)
+    before_prob8 = map_probabilities(source, features, tiles.images, normalize, device)
+    before_pixels, before_objects = score(before_prob8, tiles)
     before = {
         **before_pixels.scores(source_threshold),
         "per_class": before_objects.per_class(labels.values, labels.classes, source_threshold),
@@ -462,7 +486,7 @@ def _predict(
     """Probabilities of an adapted model: from the cached features unless LoRA changed them."""
     if uses_lora(model):
         features = backbone_features(model, scene.tiles.images, normalize, device)
-    return predict_from_features(model, features)
+    return map_probabilities(model, features, scene.tiles.images, normalize, device)
 
 
 # -- the new bundle --------------------------------------------------------------------

@@ -145,10 +145,18 @@ class Inputs:
 def predict(
     model: DamageSegmenter, inputs: Inputs, index: torch.Tensor, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Eval mode, fp32: yields (positions (B,), logits (B, 1, S, S)) batch by batch."""
+    """Eval mode, fp32: yields (positions (B,), logits (B, 1, S, S)) batch by batch.
+
+    The logits are the map's: a quincunx model (#20) averages its two phases here as
+    ``stmap infer`` does, so validation and ``stmap evaluate`` score what it maps.
+    """
     model.eval()
     for batch in index.split(batch_size):
-        yield batch, inputs.outputs(model, batch).logits.float()
+        if model.config.quincunx:
+            logits = model(inputs.pixels(batch))
+        else:
+            logits = inputs.outputs(model, batch).logits
+        yield batch, logits.float()
 
 
 def evaluate(
