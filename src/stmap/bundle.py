@@ -137,11 +137,13 @@ class Tiling(_Strict):
         return data
 
 
-# A CNN's tiles at inference: tiny's receptive field is about 150 px, so 512-px tiles
-# overlapping by 64 leave almost no pixel whose value depends on where a tile edge falls,
-# for the model pixels per mapped pixel of 128-px tiles overlapping by 16 ((512/448)² =
-# (128/112)²) and 0.73× those of 128/32 (phase_stability.md).
-ANY_TILE_INFER = Tiling(tile_size=512, overlap=64)
+# A CNN's tiles at inference. A tile's zero-padded edge moves the map up to ~60 px in
+# (tiny's receptive field is about 150 px); with a model whose own aliasing is gone
+# (tiny-aa5 + quincunx, #20) that edge is most of what moves the map, so the blend takes
+# no pixel within 48 px of a tile's edge and ramps over the next 32. 1024-px tiles keep
+# the model pixels per mapped pixel of 128-px tiles at overlap 16 on a large raster
+# ((1024/896)² = (128/112)²; benchmarks/results/phase_stability_quincunx.md).
+ANY_TILE_INFER = Tiling(tile_size=1024, overlap=128, margin=48)
 
 
 def default_tiling(backbone: str, tile_size: int) -> Tiling | None:

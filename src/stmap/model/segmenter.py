@@ -85,17 +85,31 @@ class DamageSegmenter(nn.Module):
         input and the input shifted by (8, 8) would. The first three stages (output
         stride 8) are the same for both, so only the last stage and the first decoder
         block run twice; their outputs meet on the stride-8 lattice, one cell apart, and
-        the rest of the decoder runs once. The cells a phase lacks at the tile's far (odd
-        phase) or near (its average) edge are filled with the nearest ones: tile edges are
-        blended away by the runtime's overlap.
+        the rest of the decoder runs once. The odd phase has no input past the tile's far
+        edge, so within QUINCUNX_EDGE_CELLS cells (32 px) of any edge the even phase is
+        taken alone: a tile's edges (which the runtime's margin leaves out of the map)
+        score as the plain model's.
         """
         early = self.backbone.early(x)
         odd = F.pad(early[..., 1:, 1:], (0, 1, 0, 1), mode="replicate")
         first = self.decoder.blocks[0]
         even_up, odd_up = first(self.backbone.last(early)), first(self.backbone.last(odd))
         aligned = F.pad(odd_up, (1, 0, 1, 0), mode="replicate")[..., :-1, :-1]
-        feature = self.decoder.blocks[1:]((even_up + aligned) / 2)
-        return self.decoder.classifier(feature)
+        mixed = torch.where(_near_edge(even_up), even_up, (even_up + aligned) / 2)
+        return self.decoder.classifier(self.decoder.blocks[1:](mixed))
+
+
+QUINCUNX_EDGE_CELLS = 4  # stride-8 cells at each tile edge where the quincunx keeps one phase
+
+
+def _near_edge(cells: torch.Tensor) -> torch.Tensor:
+    """(h, w) bool: the cells of a (..., h, w) map within QUINCUNX_EDGE_CELLS of an edge."""
+    h, w = cells.shape[-2:]
+    rows, cols = torch.arange(h, device=cells.device), torch.arange(w, device=cells.device)
+    edge = QUINCUNX_EDGE_CELLS
+    near_rows = (rows < edge) | (rows >= h - edge)
+    near_cols = (cols < edge) | (cols >= w - edge)
+    return near_rows[:, None] | near_cols[None, :]
 
 
 class InferenceModel(nn.Module):
