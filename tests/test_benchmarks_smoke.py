@@ -78,6 +78,10 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ],
         "one 320² city, one crop, overlap 16, the shipped bundle, and the diagnosis",
     ),
+    "bench_map_iou.py": (
+        ["-m", "benchmarks.bench_map_iou", "--synth", "256", "--models", "default"],
+        "seven 256² cities, the shipped bundle",
+    ),
     "bench_shift_model.py": (
         [
             *("-m", "benchmarks.bench_shift_model", "--size", "512", "--epochs", "1"),
@@ -104,7 +108,8 @@ SMOKE: dict[str, tuple[list[str], str]] = {
 }
 # environment of the files whose pytest-benchmark tests take their sizes from it
 ENV: dict[str, dict[str, str]] = {
-    "bench_peers.py": {"STMAP_BENCH_SIZE": "1280"},  # pixels off the seams, a tile from the edges
+    # pixels off the seams, a (1024-px) tile from the edges
+    "bench_peers.py": {"STMAP_BENCH_SIZE": "2304"},
     "bench_sparse.py": {"STMAP_BENCH_SIZE": "256"},
     "bench_scaling.py": {
         "STMAP_BENCH_SIZES": "256",
@@ -138,6 +143,7 @@ PRINTS_JSON = {
     "bench_soak.py",
     "bench_phase.py",
     "bench_shift_model.py",
+    "bench_map_iou.py",
 }  # their script mode prints one object
 
 

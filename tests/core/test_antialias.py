@@ -19,17 +19,23 @@ TINY_BODY = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22]
 
 
 def test_tiny_keeps_its_layout_and_the_shipped_bundle_its_manifest():
+    """A `tiny` bundle written before #20 still loads (its keys do not move); the shipped
+    bundle (tiny-aa5, bilinear, quincunx) re-serialises to what was shipped, so its hash
+    does not move either."""
     model = DamageSegmenter(SegmenterConfig("tiny", 128, 16))
     convs = sorted({int(k.split(".")[2]) for k in model.state_dict() if k.startswith("backbone.")})
     assert convs == TINY_BODY
     bundle = open_bundle("default")
     raw = json.loads((bundle.root / "manifest.json").read_text())
-    assert "decoder_upsample" not in raw["architecture"]
-    assert bundle.manifest.segmenter_config().decoder_upsample == "nearest"
-    # re-serialised, the manifest is what was shipped: the bundle's hash does not move
+    assert bundle.manifest.backbone == "tiny-aa5"
+    assert raw["architecture"]["decoder_upsample"] == "bilinear" and raw["architecture"]["quincunx"]
     assert bundle.manifest.model_dump(mode="json")["architecture"] == raw["architecture"]
+    assert bundle.manifest.model_dump(mode="json")["tiling"] == raw["tiling"]
     segmenter = bundle.load_segmenter()
-    assert all(m.mode == "nearest" for m in segmenter.modules() if isinstance(m, torch.nn.Upsample))
+    assert segmenter.config.quincunx
+    assert all(
+        m.mode == "bilinear" for m in segmenter.modules() if isinstance(m, torch.nn.Upsample)
+    )
 
 
 @pytest.mark.parametrize(

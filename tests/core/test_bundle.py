@@ -253,7 +253,7 @@ def test_tiling_a_model_cannot_map_is_refused(fields, message):
 def test_new_cnn_bundles_get_large_tiles_and_vits_keep_theirs():
     assert default_tiling("tiny-aa", 128) == ANY_TILE_INFER
     assert default_tiling("vit_small_patch16_dinov3.lvd1689m", 128) is None
-    assert default_tiling("tiny", 512) is None  # trained on tiles as large: nothing to change
+    assert default_tiling("tiny", 1024) is None  # trained on tiles as large: nothing to change
 
 
 def test_the_tiling_is_part_of_the_model_hash(tmp_path):

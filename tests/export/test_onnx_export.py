@@ -163,7 +163,7 @@ def test_antialiased_bilinear_models_export_with_parity(
 
 
 def test_a_tiled_cnn_bundle_exports_at_its_inference_tile(tmp_path: Path):
-    """A bundle whose manifest cuts 512-px tiles (``tiling``) is exported at 512 px, so
+    """A bundle whose manifest cuts larger tiles (``tiling``) is exported at that size, so
     ONNX Runtime maps with the tiles `stmap infer`'s torch path uses (#20)."""
     from stmap.bundle import ANY_TILE_INFER
     from stmap.model.backbones import SAT_MEAN, SAT_STD
@@ -181,4 +181,4 @@ def test_a_tiled_cnn_bundle_exports_at_its_inference_tile(tmp_path: Path):
     export_bundle(path, formats=["onnx"], samples=6)
     graph = onnx.load(str(path / "model.onnx"))
     dims = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim[1:]]
-    assert dims == [3, 512, 512]
+    assert dims == [3, ANY_TILE_INFER.tile_size, ANY_TILE_INFER.tile_size]
