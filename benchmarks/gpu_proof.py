@@ -13,7 +13,7 @@ after every part:
   the FLOP ceiling, peak GPU memory, the automatic batch size) for ViT-S/B/L-16 with
   random weights (128-px tiles, default overlap) in bf16 and fp16, eager
   (``STMAP_TORCH_COMPILE=off``), compiled and with CUDA graphs (``reduce-overhead``);
-  ``bench-demo``: the demo bundle end to end in its 512-px tiles (manifest
+  ``bench-demo``: the demo bundle end to end in its own tiles (manifest
   ``tiling``, #20), where the pipeline is the limit, with its phase-shift figure;
 - peers: ``stmap infer``, a plain rasterio window loop and the paper's PNG tiles on
   the same raster and model, on the GPU (``bench_peers.compare``);

@@ -160,7 +160,8 @@ def run_bench(options: BenchOptions, make_city: MakeCity) -> dict[str, Any]:
     overlap = summary["overlap"]
     before, after = batcher.size / before_s, batcher.size / after_s
     tiles_per_s = (before + after) / 2
-    grid_tiles = TileGrid(options.size, options.size, tile, overlap).count
+    margin = summary["tile_grid"]["margin_px"]
+    grid_tiles = TileGrid(options.size, options.size, tile, overlap, margin=margin).count
     model_mpx = tiles_per_s * stride**2 / 1e6
     e2e_mpx = summary["mpx_per_s"]
     gsd = manifest.gsd_m
