@@ -39,7 +39,7 @@ def test_tiny_keeps_its_layout_and_the_shipped_bundle_its_manifest():
 
 
 @pytest.mark.parametrize(
-    "backbone", ["tiny-aa", "tiny-aa5", "tiny-aalite", "tiny-aalite5", "tiny-blur"]
+    "backbone", ["tiny-aa", "tiny-aa5", "tiny-aa5stem", "tiny-aalite", "tiny-aalite5", "tiny-blur"]
 )
 def test_antialiased_backbones_have_tinys_parameters_and_stride(backbone: str):
     torch.manual_seed(0)

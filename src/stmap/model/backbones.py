@@ -129,14 +129,16 @@ class BlurPool(nn.Module):
         )
 
 
-# TinyBackbone's antialias → (its two early stages' way, its two late stages', the taps)
-ANTIALIAS_STAGES: dict[str | None, tuple[str | None, str | None, int]] = {
-    None: (None, None, 3),
-    "blurpool": ("blurpool", "blurpool", 3),
-    "blurpool5": ("blurpool", "blurpool", 5),
-    "preblur": ("preblur", "preblur", 3),
-    "lite": ("preblur", "blurpool", 3),
-    "lite5": ("preblur", "blurpool", 5),
+# TinyBackbone's antialias → (each of its four stages' way, the taps)
+_PB, _BP = "preblur", "blurpool"
+ANTIALIAS_STAGES: dict[str | None, tuple[tuple[str | None, ...], int]] = {
+    None: ((None,) * 4, 3),
+    "blurpool": ((_BP,) * 4, 3),
+    "blurpool5": ((_BP,) * 4, 5),
+    "preblur": ((_PB,) * 4, 3),
+    "lite": ((_PB, _PB, _BP, _BP), 3),
+    "lite5": ((_PB, _PB, _BP, _BP), 5),
+    "stem5": ((_PB, _BP, _BP, _BP), 5),
 }
 
 
@@ -157,6 +159,11 @@ class TinyBackbone(nn.Module):
       stages, where Zhang's stride-1 conv costs most, ``"blurpool"`` in the last two —
       about 1.3× the plain model's multiply-adds against ``"blurpool"``'s 2.1×.
     * ``"lite5"`` (``tiny-aalite5``): ``"lite"`` with the 5-tap binomial in every blur.
+    * ``"stem5"`` (``tiny-aa5stem``): ``"blurpool5"`` except in the first stage, which
+      pre-blurs the three input bands instead: there Zhang's stride-1 conv writes
+      full-resolution 16-channel maps, most of ``tiny-aa5``'s time, while the blur on
+      the input is cheap, and with no nonlinearity before that subsampling the two
+      low-pass alike.
 
     The blur has no weights: the parameters are the plain stages' (the keys' indices
     differ).
@@ -172,12 +179,12 @@ class TinyBackbone(nn.Module):
         if antialias not in ANTIALIAS_STAGES:
             known = ", ".join(repr(k) for k in ANTIALIAS_STAGES)
             raise ValueError(f"antialias {antialias!r}: expected one of {known}")
-        early, late, taps = ANTIALIAS_STAGES[antialias]
+        modes, taps = ANTIALIAS_STAGES[antialias]
         layers: list[nn.Module] = []
         c_in = 3
         channels = (*widths, embed_dim)
         for stage, c_out in enumerate(channels):
-            mode = early if stage < len(channels) // 2 else late
+            mode = modes[stage]
             if mode == "preblur":
                 layers.append(BlurPool(c_in, 1, taps))
             stride = 1 if mode == "blurpool" else 2
@@ -263,6 +270,11 @@ for _tiny_name, _antialias, _what in [
         "tiny-aalite5",
         "lite5",
         "tiny-aalite with the 5-tap binomial blur in all four stages",
+    ),
+    (
+        "tiny-aa5stem",
+        "stem5",
+        "tiny-aa5 with a pre-blurred input in place of the first stage's blur-pool: cheaper",
     ),
     (
         "tiny-blur",
