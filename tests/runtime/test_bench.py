@@ -114,6 +114,19 @@ def test_phase_figure_compares_a_crop_shifted_off_the_tile_grid(tiny_bundle: Pat
     assert _phase_cell(None) is None
 
 
+def test_large_tiles_still_get_a_phase_figure_on_the_default_city_size(tiny_bundle, tmp_path):
+    """A 1024-px tiling compares pixels 128 px (not a tile) from the edges, so a city of
+    stmap bench's sizes still has a phase figure (the shipped bundle's was None on the
+    default 2048² city)."""
+    city = generate_city(tmp_path / "city.tif", width=1536, height=1536, seed=2).image
+    options = InferOptions(model=str(tiny_bundle), device="cpu")
+    run_inference([str(city)], tmp_path / "out", options)
+    phase = phase_shift(city, tmp_path / "out", tmp_path / "phase", options, 1024, 896)
+    assert phase is not None and phase["margin"] == 128
+    row, col = phase["offset"]
+    assert phase["pixels"] == (min(1280, 1536 - row) - 256) * (min(1280, 1536 - col) - 256)
+
+
 def test_a_city_that_ends_before_the_shift_has_no_phase_figure(tiny_bundle: Path, tmp_path):
     """With a large stride (a 512-px tiling), (409, 301) mod the stride can lie past a small
     city's end: no figure, not a crash (it crashed `stmap bench` on a 256² city)."""
