@@ -248,15 +248,18 @@ def predict_from_features(model: DamageSegmenter, features: torch.Tensor) -> np.
 @torch.no_grad()
 def map_probabilities(
     model: DamageSegmenter,
-    features: torch.Tensor,
     images: torch.Tensor,
     normalize: Normalize,
     device: torch.device,
+    features: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """(N, T, T) uint8 probabilities × 255 as the map has them: decoded from the cached
-    features, or, for a quincunx model (#20), from the whole model on the tiles, which
-    averages the two phases of its last stage as ``stmap infer`` does."""
+    """(N, T, T) uint8 probabilities × 255 as the map has them: decoded from the backbone's
+    features (``features`` when they are still the model's, else computed), or, for a
+    quincunx model (#20), from the whole model on the tiles, which averages the two
+    phases of its last stage as ``stmap infer`` does."""
     if not model.config.quincunx:
+        if features is None:
+            features = backbone_features(model, images, normalize, device)
         return predict_from_features(model, features)
     model.eval()
     probs = [
@@ -283,9 +286,7 @@ def evaluate_scene(scene: LabelledScene, device: torch.device) -> dict[str, Any]
     """The bundle's scores on the labels (``stmap evaluate --labels`` on imagery)."""
     model = scene.bundle.load_segmenter().to(device)
     model.decoder.to(memory_format=torch.channels_last)
-    normalize = normaliser(scene, device)
-    features = backbone_features(model, scene.tiles.images, normalize, device)
-    prob8 = map_probabilities(model, features, scene.tiles.images, normalize, device)
+    prob8 = map_probabilities(model, scene.tiles.images, normaliser(scene, device), device)
     pixels, objects = score(prob8, scene.tiles)
     threshold = scene.bundle.manifest.threshold
     return {
@@ -422,7 +423,7 @@ def adapt_scene(
     )
     pixel_fold = np.where(tiles.region >= 0, folds[np.maximum(tiles.region, 0)], -1)
 
-    before_prob8 = map_probabilities(source, features, tiles.images, normalize, device)
+    before_prob8 = map_probabilities(source, tiles.images, normalize, device, features)
     before_pixels, before_objects = score(before_prob8, tiles)
     before = {
         **before_pixels.scores(source_threshold),
@@ -484,9 +485,8 @@ def _predict(
     device: torch.device,
 ) -> np.ndarray:
     """Probabilities of an adapted model: from the cached features unless LoRA changed them."""
-    if uses_lora(model):
-        features = backbone_features(model, scene.tiles.images, normalize, device)
-    return map_probabilities(model, features, scene.tiles.images, normalize, device)
+    cached = None if uses_lora(model) else features
+    return map_probabilities(model, scene.tiles.images, normalize, device, cached)
 
 
 # -- the new bundle --------------------------------------------------------------------

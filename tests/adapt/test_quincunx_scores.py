@@ -26,7 +26,7 @@ def test_map_probabilities_average_the_phases_as_the_map_does(tmp_path):
     )  # (3, 3, 128, 128) uint8 tiles
     cpu = torch.device("cpu")
     features = backbone_features(paired, images, normalize, cpu)
-    got = map_probabilities(paired, features, images, normalize, cpu)
+    got = map_probabilities(paired, images, normalize, cpu, features)
     with torch.inference_mode():
         mapped = torch.sigmoid(paired(normalize(images)))[:, 0].numpy()
     assert np.abs(got.astype(int) - np.round(mapped * 255)).max() <= 1
@@ -34,5 +34,5 @@ def test_map_probabilities_average_the_phases_as_the_map_does(tmp_path):
     assert np.abs(got.astype(int) - one_phase.astype(int)).max() > 1
     # a model without the quincunx decodes its cached features as before
     np.testing.assert_array_equal(
-        map_probabilities(plain, features, images, normalize, cpu), one_phase
+        map_probabilities(plain, images, normalize, cpu, features), one_phase
     )

@@ -46,9 +46,10 @@ class BandList(click.ParamType):
     "--overlap",
     type=click.IntRange(min=0),
     default=None,
-    help="Pixels shared by neighbouring tiles [default: the model's tiling (64 for the "
-    "demo bundle's 512-px tiles), else a quarter of its tile; less costs less compute, "
-    "but the map moves more with where the tiles fall].",
+    help="Pixels shared by neighbouring tiles [default: the model's tiling (128 for the "
+    "demo bundle's 1024-px tiles, whose outer 48 px the blend leaves out; another overlap "
+    "drops that margin), else a quarter of its tile; less costs less compute, but the map "
+    "moves more with where the tiles fall].",
 )
 @click.option(
     "--block-size",
