@@ -239,7 +239,7 @@ def predict_from_features(model: DamageSegmenter, features: torch.Tensor) -> np.
     """(N, T, T) uint8 probabilities × 255 from cached features (decoder in eval)."""
     model.eval()
     probs = [
-        torch.sigmoid(model.decoder(features[i : i + BATCH])[0])[:, 0].cpu()
+        torch.sigmoid(model.decoder.logits(features[i : i + BATCH]))[:, 0].cpu()
         for i in range(0, len(features), BATCH)
     ]
     return quantise(torch.cat(probs).numpy())
@@ -348,7 +348,7 @@ def fit(
         with torch.no_grad():
             anchor = torch.cat(
                 [
-                    torch.sigmoid(source.decoder(features[i : i + BATCH])[0])
+                    torch.sigmoid(source.decoder.logits(features[i : i + BATCH]))
                     for i in range(0, len(features), BATCH)
                 ]
             )

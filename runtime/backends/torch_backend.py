@@ -152,7 +152,7 @@ class Int8Model(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         features = self.backbone(self.normalize(pixels))
-        logits = self.decoder(features.to(self.decoder_dtype))[0]
+        logits = self.decoder.logits(features.to(self.decoder_dtype))
         return torch.sigmoid(logits.float())
 
 

@@ -55,6 +55,18 @@ def test_antialiased_backbones_have_tinys_parameters_and_stride(backbone: str):
     assert model(x).shape == (2, 1, 128, 96)
 
 
+def test_the_narrow_aa5_has_aa5s_layout_with_fewer_early_channels():
+    """tiny-aa5n: tiny-aa5's stages and keys, 8 and 24 channels in the first two (the
+    blur-pool's stride-1 convolutions there are most of tiny-aa5's time), stride 16."""
+    narrow = DamageSegmenter(SegmenterConfig("tiny-aa5n", 128, 16, decoder_upsample="bilinear"))
+    full = DamageSegmenter(SegmenterConfig("tiny-aa5", 128, 16, decoder_upsample="bilinear"))
+    assert narrow.state_dict().keys() == full.state_dict().keys()
+    first = narrow.backbone.body[0]
+    assert first.out_channels == 8
+    assert narrow.features(torch.randn(1, 3, 96, 64)).shape == (1, 64, 6, 4)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters())
+
+
 def test_blurpool_is_a_binomial_low_pass():
     pool = BlurPool(2, stride=2)
     flat = torch.full((1, 2, 8, 8), 3.0)
@@ -73,6 +85,53 @@ def test_the_five_tap_blur_passes_less_of_what_aliases(taps: int):
     wave = torch.cos(2 * torch.pi * torch.arange(48) / 3).expand(48, 48)[None, None]
     passed = BlurPool(1, 1, taps)(wave)[..., 4:-4, 4:-4].abs().max()
     assert float(passed) == pytest.approx(0.25 if taps == 3 else 0.0625, abs=1e-4)
+
+
+@pytest.mark.parametrize("taps", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_blurpool_equals_the_reflect_padded_blur_on_any_map(taps: int, stride: int):
+    """The blur runs zero-padded and redoes its edge outputs (the reflect-padded copy
+    cost more than the blur): bit-equal to padding first, on even and odd sizes, maps
+    barely larger than the kernel, channels-last maps, and in its gradient."""
+    torch.manual_seed(0)
+    pool = BlurPool(3, stride, taps)
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        padded = torch.nn.functional.pad(x, (taps // 2,) * 4, mode="reflect")
+        return torch.nn.functional.conv2d(padded, pool.kernel, stride=stride, groups=3)
+
+    for height, width in [(3, 3), (6, 9), (10, 11), (17, 16), (33, 40), (64, 7)]:
+        x = torch.randn(2, 3, height, width)
+        assert torch.equal(pool(x), reference(x)), (height, width)
+        last = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(pool(last), reference(x)), (height, width)
+    x = torch.randn(1, 3, 21, 26, requires_grad=True)
+    (ours,) = torch.autograd.grad(pool(x).square().sum(), x)
+    (theirs,) = torch.autograd.grad(reference(x).square().sum(), x)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
+def test_decoder_logits_are_forwards_with_the_classifier_before_the_last_upsampling(
+    upsample: str,
+):
+    """Inference's logits (classifier on a quarter of the pixels, one channel upsampled)
+    are the training forward's; from block 1 on as the quincunx takes them."""
+    torch.manual_seed(0)
+    decoder = Decoder(6, 8, 3, upsample=upsample).eval()
+    for module in decoder.modules():  # non-trivial batch norms and classifier bias
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    torch.nn.init.uniform_(decoder.classifier.bias, -1, 1)
+    features = torch.randn(2, 6, 5, 7)
+    with torch.no_grad():
+        expected = decoder(features)[0]
+        assert expected.shape == (2, 1, 40, 56)
+        assert torch.allclose(decoder.logits(features), expected, atol=1e-5)
+        middle = decoder.blocks[0](features)
+        late = decoder.classifier(decoder.blocks[1:](middle))
+        assert torch.allclose(decoder.logits(middle, first_block=1), late, atol=1e-5)
 
 
 def test_decoder_upsampling_modes():

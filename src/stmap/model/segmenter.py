@@ -74,7 +74,7 @@ class DamageSegmenter(nn.Module):
         """(B, 3, H, W) normalised float → logits (B, 1, H, W): all inference needs."""
         if self.config.quincunx:
             return self._quincunx_logits(x)
-        return self.decoder(self.backbone(x))[0]
+        return self.decoder.logits(self.backbone(x))
 
     def _quincunx_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The map averaged over the two phases of the last subsampling (#20).
@@ -96,7 +96,7 @@ class DamageSegmenter(nn.Module):
         even_up, odd_up = first(self.backbone.last(early)), first(self.backbone.last(odd))
         aligned = F.pad(odd_up, (1, 0, 1, 0), mode="replicate")[..., :-1, :-1]
         mixed = torch.where(_near_edge(even_up), even_up, (even_up + aligned) / 2)
-        return self.decoder.classifier(self.decoder.blocks[1:](mixed))
+        return self.decoder.logits(mixed, first_block=1)
 
 
 QUINCUNX_EDGE_CELLS = 4  # stride-8 cells at each tile edge where the quincunx keeps one phase
