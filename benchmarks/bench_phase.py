@@ -47,9 +47,13 @@ Tiny smoke run: ``--size 384 --styles citycentre --offsets 1,1 --overlaps auto
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         help="only the cost: map one SIZE² city with each model × overlap, --rounds times",
     )
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--reference-python",
+        default=None,
+        metavar="PYTHON",
+        help=(
+            "with --cost-only: a first row, the default `stmap infer` of the stmap that "
+            "PYTHON imports (an older checkout: the cost as it was), the rest relative to it"
+        ),
+    )
     parser.add_argument("--out", type=Path, default=None, help="STEM: write STEM.json, STEM.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the figures are ratios within one run; one thread is steadier
@@ -117,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost_only is not None:
         with tempfile.TemporaryDirectory(prefix="stmap-phase-cost-") as tmp:
             measured = cost(
-                args.cost_only, args.models.split(","), overlaps, args.rounds, Path(tmp)
+                args.cost_only,
+                args.models.split(","),
+                overlaps,
+                args.rounds,
+                Path(tmp),
+                args.reference_python,
             )
-        report = {"provenance": provenance(), **measured}
+        report = {"provenance": report["provenance"], **measured}  # stamped at the start
         finish(report, cost_markdown(report), args.out)
         return 0
     with tempfile.TemporaryDirectory(prefix="stmap-phase-") as tmp:
@@ -212,29 +230,42 @@ def pipeline_run(
 
 
 def cost(
-    size: int, models: list[str], overlaps: list[int | None], rounds: int, root: Path
+    size: int,
+    models: list[str],
+    overlaps: list[int | None],
+    rounds: int,
+    root: Path,
+    reference_python: str | None = None,
 ) -> dict[str, Any]:
     """End-to-end Mpx/s and model seconds of each model × overlap on one ``size``² city,
-    the configurations interleaved ``rounds`` times (a shared machine drifts)."""
+    the configurations interleaved ``rounds`` times (a shared machine drifts); first, with
+    ``reference_python``, the default run of the stmap that interpreter imports."""
     configs = [(m, o) for m in models for o in overlaps]
     bundles = {m: resolve_model(m, root) for m in models}
     options = [
         InferOptions(model=bundles[m], overlap=o, device="cpu", workers=1) for m, o in configs
     ]
-    runs: list[list[dict[str, Any]]] = [[] for _ in configs]
     city = generate_city(root / "city.tif", width=size, height=size, seed=SEED).image
-    run_inference([str(city)], root / "warmup", options[0])
+    runners = [partial(map_city, option, city) for option in options]
+    names = [model for model, _ in configs]
+    if reference_python:
+        runners.insert(0, partial(reference_run, reference_python, city))
+        names.insert(0, f"default, as `{reference_python}` maps it")
+    runs: list[list[dict[str, Any]]] = [[] for _ in runners]
+    for i, runner in enumerate(runners):  # warm-up: caches, kernels chosen
+        runner(root / f"warmup-{i}")
     for r in range(rounds):
-        for i, option in enumerate(options):
-            runs[i].append(run_inference([str(city)], root / f"{i}-{r}", option)[0])
+        for i, runner in enumerate(runners):
+            runs[i].append(runner(root / f"{i}-{r}"))
     rows = []
-    for (model, _), summaries in zip(configs, runs, strict=True):
+    for model, summaries in zip(names, runs, strict=True):
         first = summaries[0]
         rows.append(
             {
                 "model": model,
+                "backend": f"{first.get('backend', '?')} {first.get('precision', '')}".strip(),
                 "tile": first["model"]["tile_size"],
-                "overlap": first["overlap"],
+                "overlap": first.get("overlap"),
                 "tiles": first["tiles"],
                 "model_mpx": round(first["tiles"] * first["model"]["tile_size"] ** 2 / 1e6, 3),
                 "end_to_end_mpx_per_s": round(
@@ -253,9 +284,39 @@ def cost(
     return {"size": size, "rounds": rounds, "cost": rows}
 
 
+def map_city(option: InferOptions, city: Path, outdir: Path) -> dict[str, Any]:
+    """The summary of this stmap mapping ``city`` into ``outdir`` with ``option``."""
+    return run_inference([str(city)], outdir, option)[0]
+
+
+# run by another interpreter: its stmap's default `stmap infer` of one raster, one thread
+REFERENCE_RUN = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from stmap.runtime.infer import InferOptions, run_inference
+summary = run_inference([sys.argv[1]], sys.argv[2], InferOptions(device="cpu", workers=1))[0]
+print(json.dumps(summary, default=str))
+"""
+
+
+def reference_run(python: str, city: Path, outdir: Path) -> dict[str, Any]:
+    """The summary of ``python``'s stmap mapping ``city`` into ``outdir`` by default."""
+    done = subprocess.run(
+        [python, "-c", REFERENCE_RUN, str(city), str(outdir)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=city.parent,  # not a checkout whose packages would shadow ``python``'s
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 # the cost table's columns: header, key of a row of ``cost``
 COST_COLUMNS = [
     ("model", "model"),
+    ("backend", "backend"),
     ("tile", "tile"),
     ("overlap", "overlap"),
     ("tiles", "tiles"),
