@@ -15,6 +15,8 @@ after every part:
   (``STMAP_TORCH_COMPILE=off``), compiled and with CUDA graphs (``reduce-overhead``);
   ``bench-demo``: the demo bundle end to end in its own tiles (manifest
   ``tiling``, #20), where the pipeline is the limit, with its phase-shift figure;
+  ``bench-filed``: the demo bundle of when #20 was filed in its 128-px tiles at
+  overlap 16, run alike: #20's compute bound on the device (the report's ratio line);
 - peers: ``stmap infer``, a plain rasterio window loop and the paper's PNG tiles on
   the same raster and model, on the GPU (``bench_peers.compare``);
 - parity: max |Δ probability| of bf16 and fp16 against eager float32 on the CPU.
@@ -37,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +54,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".whl"  # ignored by git; named in the device call's carry
 COMMIT_FILE = WHEELS / "COMMIT"  # the checkout's commit: the device's copy has no .git
+# The demo bundle of when #20 was filed, in its 128-px tiles at overlap 16: the baseline
+# of #20's compute bound (written by --prepare-wheels from git; the device has no .git).
+FILED_BUNDLE = WHEELS / "filed_bundle"
+FILED_COMMIT = "2edf88e^"
 # What the GPU image lacks (KINDS.md), at the versions installed here.
 WHEEL_PACKAGES = (
     "rasterio",
@@ -98,8 +105,9 @@ class Part:
     kind: str = "json"  # "json": stdout is one JSON object; "pytest": pytest's output
 
 
-def plan(dry_run: bool) -> list[Part]:
-    """Every part, most telling first: the deadline cuts the tail."""
+def plan(dry_run: bool, filed: Path = FILED_BUNDLE) -> list[Part]:
+    """Every part, most telling first: the deadline cuts the tail. ``filed``: the bundle
+    ``bench-filed`` maps (``write_filed_bundle``)."""
     py = [sys.executable]
     me = [*py, "-m", "benchmarks.gpu_proof", "--part"]
     if dry_run:
@@ -122,8 +130,10 @@ def plan(dry_run: bool) -> list[Part]:
         env_part = {"matmul_side": 8192, "precisions": ["fp32", "bf16", "fp16"]}
     common = ["--device", device, "--backend", "torch", "--repeats", repeats, *batch, "--json"]
 
+    bundles = {"demo": "default", "filed": str(filed)}  # the rest: random-weight ViTs
+
     def bench(short: str, precision: str, mode: str, timeout: float) -> Part:
-        model = ["--model", "default"] if short == "demo" else ["--backbone", models[short]]
+        model = ["--model", bundles[short]] if short in bundles else ["--backbone", models[short]]
         argv = [*py, "-m", "stmap", "bench", *model, "--precision", precision]
         argv += ["--size", str(size)]
         env = {"STMAP_TORCH_COMPILE": COMPILE[mode]}
@@ -136,6 +146,7 @@ def plan(dry_run: bool) -> list[Part]:
         Part("tests", tests, 150, kind="pytest"),
         bench("vit_l", precisions[0], "eager", 120) if models else None,
         bench("demo", precisions[0], modes[0], 90),
+        bench("filed", precisions[0], modes[0], 90),  # #20: the demo's cost against then
         Part(
             "peers",
             [*me, "peers", "--config", json.dumps({**peers, "device": device})],
@@ -290,6 +301,22 @@ def save(report: dict[str, Any], out: Path) -> None:
     (out / "gpu_proof.md").write_text(markdown(report) + "\n")
 
 
+def _filed_ratio(bench: dict[str, dict[str, Any]]) -> list[str]:
+    """#20's compute bound on this device: the shipped default's time per mapped pixel
+    over that of the default of when #20 was filed, run alike."""
+    for name, demo in bench.items():
+        filed = bench.get(name.replace("bench-demo-", "bench-filed-"))
+        if name.startswith("bench-demo-") and filed:
+            end_to_end = filed["end_to_end_mpx_per_s"] / demo["end_to_end_mpx_per_s"]
+            return [
+                "",
+                f"#20 compute ({name[len('bench-demo-') :]}): the shipped default takes "
+                f"{end_to_end:.2f}× the end-to-end time per mapped pixel of the default of "
+                f"when #20 was filed (`tiny` in 128-px tiles at overlap 16; the aim: ≤ 1.5×).",
+            ]
+    return []
+
+
 def markdown(report: dict[str, Any]) -> str:
     parts = report["parts"]
     env = parts.get("env", {}).get("result", {})
@@ -323,6 +350,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['fraction_of_ceiling']} | {r['peak_device_mb']} | "
                 f"{round(r['flops_per_tile'] / 1e9, 2)} |"
             )
+    lines += _filed_ratio(dict(bench))
     peers = parts.get("peers", {}).get("result")
     if peers:
         lines += ["", f"Peers: {peers['model']}, {peers['size']}² px, {peers['device']} "
@@ -459,7 +487,8 @@ def prepare_wheels() -> None:
     for wheel in WHEELS.glob("*.whl"):
         _recompress(wheel)
     COMMIT_FILE.write_text((commit() or "unknown") + "\n")
-    wheels = sum(p.stat().st_size for p in WHEELS.iterdir()) / 2**20
+    write_filed_bundle(FILED_BUNDLE)
+    wheels = sum(p.stat().st_size for p in WHEELS.rglob("*") if p.is_file()) / 2**20
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
@@ -467,6 +496,30 @@ def prepare_wheels() -> None:
     print(f"{WHEELS}: {wheels:.1f} MiB of wheels; tracked files {tree:.1f} MiB", file=sys.stderr)
     if wheels + tree > TREE_LIMIT_MIB - 1:
         raise SystemExit(f"wheels + checkout {wheels + tree:.1f} MiB: over the device's 64 MiB")
+
+
+def write_filed_bundle(target: Path, source: Path | None = None) -> Path:
+    """The demo bundle of when #20 was filed (``FILED_COMMIT``, from git), mapped as it
+    was then: 128-px tiles at overlap 16. ``source``: another bundle in its place (the
+    dry run's stand-in, the shipped one)."""
+    from stmap.bundle import Tiling, open_bundle, write_bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if source is None:
+            for name in ("manifest.json", "weights.safetensors"):
+                blob = subprocess.run(
+                    ["git", "show", f"{FILED_COMMIT}:src/stmap/data/demo_bundle/{name}"],
+                    cwd=ROOT,
+                    capture_output=True,
+                    check=True,
+                ).stdout
+                (Path(tmp) / name).write_bytes(blob)
+            source = Path(tmp)
+        bundle = open_bundle(source)
+        tiling = Tiling(tile_size=128, overlap=16)
+        manifest = bundle.manifest.model_copy(update={"tiling": tiling, "files": {}})
+        shutil.rmtree(target, ignore_errors=True)
+        return write_bundle(target, bundle.load_segmenter(), manifest)
 
 
 def _recompress(wheel: Path) -> None:
@@ -495,7 +548,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.part:
         print(json.dumps(PARTS[args.part](json.loads(args.config)), default=str))
         return 0
-    parts = plan(args.dry_run)
+    if args.dry_run:  # the shipped bundle in 128/16 tiles stands in for the filed one
+        from stmap.bundle import default_bundle_path
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        parts = plan(True, write_filed_bundle(args.out / "filed_bundle", default_bundle_path()))
+    else:
+        parts = plan(False)
     if args.only:
         parts = [p for p in parts if p.name in args.only]
     inject = dict(item.split("=", 1) for item in args.inject)

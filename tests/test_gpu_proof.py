@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_proof import markdown, plan
+import pytest
+
+from benchmarks.gpu_proof import FILED_COMMIT, markdown, plan, write_filed_bundle
+from stmap.bundle import open_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +42,9 @@ def test_dry_run_measures_every_part_and_a_failing_one_does_not_stop_the_rest(tm
     bench = parts["bench-demo-fp32-eager"]["result"]
     assert bench["end_to_end_mpx_per_s"] > 0 and bench["fraction_of_ceiling"] > 0
     assert bench["batch_size"] == 4 and bench["device"] == "cpu"
+    filed = parts["bench-filed-fp32-eager"]["result"]  # #20's baseline, run alike
+    assert filed["end_to_end_mpx_per_s"] > 0 and filed["batch_size"] == 4
+    assert "#20 compute (fp32-eager): the shipped default takes" in table
     peers = parts["peers"]["result"]["results"]
     assert {"stmap", "rasterio", "png"} == peers.keys()
     assert all(row["mpx_per_s"] > 0 for row in peers.values())
@@ -59,3 +65,18 @@ def test_the_deadline_stops_a_hung_part_and_keeps_the_report(tmp_path):
     assert rest and all(part["status"] == "not run" for part in rest)
     assert all("deadline" in part["error"] for part in rest)
     assert "| env | failed |" in table
+
+
+def test_the_filed_bundle_is_the_demo_of_when_20_was_filed_in_its_tiles(tmp_path):
+    """What --prepare-wheels carries for bench-filed: the `tiny` demo bundle of commit
+    2edf88e's parent, mapped in 128-px tiles at overlap 16 (from git: the device has none)."""
+    known = subprocess.run(
+        ["git", "cat-file", "-e", f"{FILED_COMMIT}:src/stmap/data/demo_bundle/manifest.json"],
+        cwd=ROOT,
+        capture_output=True,
+    )
+    if known.returncode:
+        pytest.skip(f"this checkout has no git history back to {FILED_COMMIT} (a shallow clone)")
+    bundle = open_bundle(write_filed_bundle(tmp_path / "filed"))
+    assert bundle.manifest.backbone == "tiny"
+    assert (bundle.manifest.infer_tile, bundle.manifest.tiling.overlap) == (128, 16)
