@@ -107,6 +107,15 @@ class TrainConfig(BaseModel):
             "deliberate addition for phase stability (#20)"
         ),
     )
+    init_bundle: Path | None = Field(
+        None,
+        description=(
+            "start every fold from this bundle's trained weights instead of fresh ones: "
+            "fine-tuning a shipped model (e.g. with shift_consistency, which collapses the map "
+            "when it is on from the first epoch). Its backbone and decoder must be this "
+            "config's. Not the method: it trains from scratch"
+        ),
+    )
     num_workers: int = Field(2, ge=1, description="threads decoding tiles")
     gsd_m: float = Field(
         0.5, gt=0.05, le=10, description="metres per pixel xBD images are resampled to"

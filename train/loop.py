@@ -11,12 +11,14 @@ stand in for the backbone (``Inputs``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -34,6 +36,7 @@ from stmap.train.prototypes import fit_prototypes, sample_pixel_embeddings
 log = logging.getLogger(__name__)
 PROTOTYPES_PER_CLASS = 32
 SAMPLES_PER_CLASS = 512
+INFERENCE_SETTINGS = ("quincunx", "tile_size")  # init_bundle may differ in these
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,6 +77,28 @@ def reinitialise(model: DamageSegmenter, seed: int) -> None:
         for module in part.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+
+
+def bundle_state(path: Path, model: DamageSegmenter) -> tuple[dict[str, torch.Tensor], str]:
+    """``init_bundle``'s trained weights and model hash; refused (exit 2) unless its
+    architecture is ``model``'s.
+
+    Checked before anything is loaded or written: a bundle of another backbone,
+    decoder width or upsampling would otherwise fail, or train the wrong model. The
+    quincunx and the tile size are inference settings, free to differ."""
+    from stmap.bundle import open_bundle
+
+    bundle = open_bundle(path)
+    theirs, ours = bundle.manifest.segmenter_config(), model.config
+    for field_ in dataclasses.fields(ours):
+        name = field_.name
+        if name not in INFERENCE_SETTINGS and getattr(theirs, name) != getattr(ours, name):
+            raise InputError(
+                f"init_bundle {path}: its {name} is {getattr(theirs, name)!r}, this config's "
+                f"{getattr(ours, name)!r}"
+            )
+    state = bundle.load_segmenter().state_dict()
+    return {key: value.clone() for key, value in state.items()}, bundle.hash()
 
 
 def trained_state(model: DamageSegmenter) -> dict[str, torch.Tensor]:

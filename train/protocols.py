@@ -34,7 +34,13 @@ from stmap.errors import InputError
 from stmap.model import DamageSegmenter
 from stmap.train.config import TrainConfig
 from stmap.train.datasets import TileData
-from stmap.train.loop import Inputs, adapt_fewshot, evaluate, reinitialise, train_fold
+from stmap.train.loop import (
+    Inputs,
+    adapt_fewshot,
+    evaluate,
+    reinitialise,
+    train_fold,
+)
 from stmap.train.lora import lora_state_dict, merge_lora
 from stmap.train.metrics import ConfusionCounts, scores
 from stmap.train.splits import canonical_region, fewshot_sample, region_folds, subsample_ratio
@@ -163,8 +169,11 @@ def run_tasks(
     inputs: Inputs,
     tasks: list[Task],
     folds_dir: Path,
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> ProtocolResult:
-    """Train every task (and few-shot adaptations), checkpoint each, collect scores."""
+    """Train every task (and few-shot adaptations), checkpoint each, collect scores.
+
+    initial: the weights every task starts from (``init_bundle``); None = fresh ones."""
     from stmap.io.tiles import save_tensors
 
     fold_scores: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -187,6 +196,8 @@ def run_tasks(
             0 if task.test is None else len(task.test),
         )
         reinitialise(model, config.seed + task.fold)
+        if initial is not None:  # fine-tuning: every fold starts from the bundle's weights
+            model.load_state_dict(initial)
         result = train_fold(model, inputs, task.train, task.val, config, task.fold)
         save_tensors(folds_dir / f"{task.name}.safetensors", result.state)
         val_miou = scores(sum(result.val_counts.values(), ConfusionCounts()))["miou"]

@@ -22,7 +22,13 @@ from stmap.provenance import git_commit
 from stmap.train.config import TrainConfig
 from stmap.train.datasets import TileData, load_tile_data
 from stmap.train.features import FeatureCache, cache_applies
-from stmap.train.loop import Inputs, enable_rope_jitter, make_deterministic, resolve_device
+from stmap.train.loop import (
+    Inputs,
+    bundle_state,
+    enable_rope_jitter,
+    make_deterministic,
+    resolve_device,
+)
 from stmap.train.protocols import FEWSHOT_SEED, ProtocolResult, plan_tasks, run_regions, run_tasks
 from stmap.train.reports import summarise, write_overlays, write_report
 
@@ -45,6 +51,9 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
     make_deterministic(device)
     spec = get_spec(config.backbone)
     model, weights = build_model(config, out_dir)
+    initial, initial_hash = (
+        (None, None) if config.init_bundle is None else bundle_state(config.init_bundle, model)
+    )
     model.to(device)
 
     data = load_tile_data(
@@ -77,7 +86,7 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
         )
     try:
         inputs = Inputs(data, normalize, device, cache)
-        result = run_tasks(config, model, inputs, tasks, out_dir / "folds")
+        result = run_tasks(config, model, inputs, tasks, out_dir / "folds", initial)
     finally:
         if cache is not None:
             cache.close()
@@ -120,7 +129,7 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
         gsd_m=data.gsd_m,
         tiling=default_tiling(config.backbone, config.img_size),
         threshold=THRESHOLD,
-        provenance=provenance(config, data, result, command, weights),
+        provenance=provenance(config, data, result, command, weights, initial_hash),
         metrics={
             "selected": selected_info(result),
             "mean_over_regions": {
@@ -291,6 +300,11 @@ def deliberate_differences(config: TrainConfig, frozen: bool, cached: bool) -> l
             "The map averages the last backbone stage at both phases of its subsampling "
             "(quincunx, #20); the method runs it once."
         )
+    if config.init_bundle is not None:
+        items.append(
+            f"Every fold starts from the trained weights of {config.init_bundle} (init_bundle, "
+            "fine-tuning); the method trains the decoder from fresh weights."
+        )
     if config.shift_consistency:
         items.append(
             f"Training batches are seen a second time shifted by a random (dy, dx) in [1, 15] px "
@@ -306,6 +320,7 @@ def provenance(
     result: ProtocolResult,
     command: str | None,
     weights: str,
+    initial_hash: str | None = None,
 ) -> dict[str, Any]:
     selected = result.selected
     task = selected.task
@@ -332,4 +347,5 @@ def provenance(
         "regions": data.region_names,
         "training_data": data.kind,
         "trained_on": sentence,
+        **({} if initial_hash is None else {"init_bundle_hash": initial_hash}),
     }

@@ -1,0 +1,96 @@
+"""init_bundle: fine-tuning starts every fold from a bundle's weights, and refuses a bundle
+of another architecture before anything is written (#20's shift-consistency fine-tune)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import stmap.train.protocols as protocols
+from stmap.bundle import open_bundle
+from stmap.errors import InputError
+from stmap.train.run import run_training
+from tests.train.test_loop import tiny_config
+
+
+@pytest.fixture(scope="module")
+def base_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.train.conftest import make_tile_dataset
+
+    root = tmp_path_factory.mktemp("init")
+    tiles = make_tile_dataset(root / "data", {"alpha": 6, "beta": 6})
+    config = tiny_config(tiles, root / "base", lambda_dpt=0.0, overlays=0)
+    return run_training(config, command="stmap train")
+
+
+def _tiles(base_bundle: Path) -> Path:
+    return base_bundle.parents[1] / "data"
+
+
+def _fold_starts(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tensor]]:
+    """Record the model's weights as each fold begins."""
+    starts: list[dict[str, torch.Tensor]] = []
+    real = protocols.train_fold
+
+    def spy(model, *args, **kwargs):
+        starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(protocols, "train_fold", spy)
+    return starts
+
+
+def test_every_fold_starts_from_the_bundles_weights(
+    base_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    tiles = _tiles(base_bundle)
+    expected = open_bundle(base_bundle).load_segmenter().state_dict()
+    starts = _fold_starts(monkeypatch)
+    out = tmp_path / "tuned"
+    config = tiny_config(tiles, out, init_bundle=base_bundle, lambda_dpt=0.0, overlays=0)
+    tuned = open_bundle(run_training(config, command="stmap train"))
+    assert len(starts) == 2  # two folds, both from the bundle, not from fresh draws
+    for start in starts:
+        assert start.keys() == expected.keys()
+        assert all(torch.equal(start[key], expected[key]) for key in expected)
+    report = json.loads((out / "report.json").read_text())
+    assert any("init_bundle" in item for item in report["differences"])
+    provenance = tuned.manifest.provenance
+    assert provenance["init_bundle_hash"] == open_bundle(base_bundle).hash()
+
+    starts.clear()  # without it, the folds start from fresh (seeded) weights
+    run_training(tiny_config(tiles, tmp_path / "fresh", lambda_dpt=0.0, overlays=0))
+    assert not torch.equal(
+        starts[0]["decoder.classifier.weight"], expected["decoder.classifier.weight"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"backbone": "tiny-aa"}, "its backbone is 'tiny', this config's 'tiny-aa'"),
+        ({"decoder_upsample": "bilinear"}, "its decoder_upsample is 'nearest'"),
+        ({"decoder_channels": 8}, "its decoder_channels is 16"),
+    ],
+)
+def test_a_bundle_of_another_architecture_is_refused_before_anything_is_written(
+    base_bundle: Path, tmp_path: Path, overrides: dict, message: str
+):
+    """tiny-aa has tiny's tensors (they would load): the architecture is checked, not
+    just the shapes; the run stops before its out_dir exists."""
+    tiles = _tiles(base_bundle)
+    out = tmp_path / "run"
+    config = tiny_config(tiles, out, init_bundle=base_bundle, **overrides)
+    with pytest.raises(InputError, match=message):
+        run_training(config, command="stmap train")
+    assert not out.exists()
+
+
+def test_a_missing_bundle_is_refused(tmp_path: Path):
+    config = tiny_config(tmp_path, tmp_path / "run", init_bundle=tmp_path / "nowhere")
+    with pytest.raises(InputError, match="nowhere"):
+        run_training(config, command="stmap train")
+    assert not (tmp_path / "run").exists()
