@@ -116,6 +116,15 @@ class TrainConfig(BaseModel):
             "config's. Not the method: it trains from scratch"
         ),
     )
+    distill_bundle: Path | None = Field(
+        None,
+        description=(
+            "a teacher: this bundle's map of each training batch (its quincunx included) is "
+            "a soft target, weighted by distill_weight, next to the labels; for a cheaper "
+            "model taught a phase-stable one's map (#20). Not the method"
+        ),
+    )
+    distill_weight: float = Field(1.0, gt=0, description="weight of the distillation term")
     num_workers: int = Field(2, ge=1, description="threads decoding tiles")
     gsd_m: float = Field(
         0.5, gt=0.05, le=10, description="metres per pixel xBD images are resampled to"

@@ -29,7 +29,12 @@ from stmap.train.config import MAX_CONSISTENCY_SHIFT, TrainConfig
 from stmap.train.datasets import TileData
 from stmap.train.features import FeatureCache
 from stmap.train.lora import apply_lora, lora_parameters
-from stmap.train.losses import shift_consistency_loss, shift_view, total_loss
+from stmap.train.losses import (
+    distillation_loss,
+    shift_consistency_loss,
+    shift_view,
+    total_loss,
+)
 from stmap.train.metrics import ConfusionCounts, scores
 from stmap.train.prototypes import fit_prototypes, sample_pixel_embeddings
 
@@ -99,6 +104,25 @@ def bundle_state(path: Path, model: DamageSegmenter) -> tuple[dict[str, torch.Te
             )
     state = bundle.load_segmenter().state_dict()
     return {key: value.clone() for key, value in state.items()}, bundle.hash()
+
+
+def teacher_model(path: Path, model: DamageSegmenter) -> tuple[DamageSegmenter, str]:
+    """``distill_bundle``'s model (eval mode, frozen) and its hash; refused (exit 2) unless
+    it reads its pixels as ``model`` does (the same normalisation and stride)."""
+    from stmap.bundle import open_bundle
+    from stmap.model.backbones import get_spec
+
+    bundle = open_bundle(path)
+    theirs, ours = get_spec(bundle.manifest.backbone), get_spec(model.config.backbone)
+    if (theirs.mean, theirs.std, theirs.patch_size) != (ours.mean, ours.std, ours.patch_size):
+        raise InputError(
+            f"distill_bundle {path}: its backbone {theirs.name} normalises or strides its "
+            f"input unlike {ours.name}"
+        )
+    teacher = bundle.load_segmenter().eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher, bundle.hash()
 
 
 def trained_state(model: DamageSegmenter) -> dict[str, torch.Tensor]:
@@ -254,8 +278,11 @@ def train_fold(
     val: torch.Tensor,
     config: TrainConfig,
     fold: int,
+    teacher: DamageSegmenter | None = None,
 ) -> FoldResult:
     """Train ``model`` on the tiles at ``train``; leave it at the epoch best on ``val``.
+
+    teacher: ``distill_bundle``'s model, whose map of each batch is a soft target.
 
     train, val: (N,) int64 tile positions. Seeds: ``config.seed + fold`` for the
     shuffling, pixel sampling, k-means and DPT draws, and (its own generator) for the
@@ -290,7 +317,7 @@ def train_fold(
         ):
             labels, buildings = inputs.labels(index), inputs.buildings(index)
             with torch.autocast(device.type, torch.float16, enabled=cuda):
-                if config.shift_consistency or config.shift_augment:
+                if config.shift_consistency or config.shift_augment or teacher is not None:
                     pixels = inputs.pixels(index, augment)  # the cache holds no shifted view
                     if config.shift_augment:
                         phase = torch.randint(0, MAX_CONSISTENCY_SHIFT + 1, (2,), generator=phases)
@@ -305,6 +332,9 @@ def train_fold(
                     dy, dx = torch.randint(1, MAX_CONSISTENCY_SHIFT + 1, (2,), generator=shifts)
                     dy, dx = int(dy), int(dx)
                     shifted_logits = model(shift_view(pixels, dy, dx))
+                if teacher is not None:
+                    with torch.no_grad():
+                        taught = torch.sigmoid(teacher(pixels).float())
             loss, parts = total_loss(
                 out,
                 labels,
@@ -318,6 +348,11 @@ def train_fold(
                 consistency = shift_consistency_loss(out.logits, shifted_logits, dy, dx)
                 loss = loss + config.shift_consistency * consistency
                 parts["shift"] = float(consistency.detach())
+            if teacher is not None:
+                distilled = distillation_loss(out.logits, taught)
+                loss = loss + config.distill_weight * distilled
+                parts["distill"] = float(distilled.detach())
+            if config.shift_consistency or teacher is not None:
                 parts["total"] = float(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -296,6 +296,24 @@ def shift_consistency_loss(
     return (a - other).abs().mean()
 
 
+def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher ‖ student) of the per-pixel damaged/intact Bernoulli distributions.
+
+    The cross-entropy of the student's logits against the teacher's probabilities, less
+    the teacher's own entropy: 0 where the two maps agree, whatever the teacher's
+    confidence, so the logged term reads as disagreement (#20: a cheaper model taught
+    the map of a phase-stable one)."""
+    _bhw(logits)
+    if teacher_probs.shape != logits.shape:
+        raise InputError(
+            f"teacher probabilities {tuple(teacher_probs.shape)} differ from {tuple(logits.shape)}"
+        )
+    t = teacher_probs.float().clamp(1e-6, 1 - 1e-6)
+    cross = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
+    entropy = -(t * t.log() + (1 - t) * (1 - t).log())
+    return (cross - entropy).mean()
+
+
 def total_loss(
     out: TrainOutput,
     target: torch.Tensor,

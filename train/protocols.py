@@ -170,10 +170,12 @@ def run_tasks(
     tasks: list[Task],
     folds_dir: Path,
     initial: dict[str, torch.Tensor] | None = None,
+    teacher: DamageSegmenter | None = None,
 ) -> ProtocolResult:
     """Train every task (and few-shot adaptations), checkpoint each, collect scores.
 
-    initial: the weights every task starts from (``init_bundle``); None = fresh ones."""
+    initial: the weights every task starts from (``init_bundle``); None = fresh ones.
+    teacher: ``distill_bundle``'s model, on the device."""
     from stmap.io.tiles import save_tensors
 
     fold_scores: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -198,7 +200,7 @@ def run_tasks(
         reinitialise(model, config.seed + task.fold)
         if initial is not None:  # fine-tuning: every fold starts from the bundle's weights
             model.load_state_dict(initial)
-        result = train_fold(model, inputs, task.train, task.val, config, task.fold)
+        result = train_fold(model, inputs, task.train, task.val, config, task.fold, teacher)
         save_tensors(folds_dir / f"{task.name}.safetensors", result.state)
         val_miou = scores(sum(result.val_counts.values(), ConfusionCounts()))["miou"]
         scored = task.val if task.test is None else task.test

@@ -28,6 +28,7 @@ from stmap.train.loop import (
     enable_rope_jitter,
     make_deterministic,
     resolve_device,
+    teacher_model,
 )
 from stmap.train.protocols import FEWSHOT_SEED, ProtocolResult, plan_tasks, run_regions, run_tasks
 from stmap.train.reports import summarise, write_overlays, write_report
@@ -54,7 +55,12 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
     initial, initial_hash = (
         (None, None) if config.init_bundle is None else bundle_state(config.init_bundle, model)
     )
+    teacher, teacher_hash = (None, None)
+    if config.distill_bundle is not None:
+        teacher, teacher_hash = teacher_model(config.distill_bundle, model)
     model.to(device)
+    if teacher is not None:
+        teacher.to(device)
 
     data = load_tile_data(
         config.data_root,
@@ -86,7 +92,7 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
         )
     try:
         inputs = Inputs(data, normalize, device, cache)
-        result = run_tasks(config, model, inputs, tasks, out_dir / "folds", initial)
+        result = run_tasks(config, model, inputs, tasks, out_dir / "folds", initial, teacher)
     finally:
         if cache is not None:
             cache.close()
@@ -129,7 +135,7 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
         gsd_m=data.gsd_m,
         tiling=default_tiling(config.backbone, config.img_size),
         threshold=THRESHOLD,
-        provenance=provenance(config, data, result, command, weights, initial_hash),
+        provenance=provenance(config, data, result, command, weights, initial_hash, teacher_hash),
         metrics={
             "selected": selected_info(result),
             "mean_over_regions": {
@@ -305,6 +311,12 @@ def deliberate_differences(config: TrainConfig, frozen: bool, cached: bool) -> l
             f"Every fold starts from the trained weights of {config.init_bundle} (init_bundle, "
             "fine-tuning); the method trains the decoder from fresh weights."
         )
+    if config.distill_bundle is not None:
+        items.append(
+            f"The map of {config.distill_bundle} (distill_bundle) is a soft target next to the "
+            f"labels (KL term, weight {config.distill_weight:g}); the method learns from the "
+            "labels alone."
+        )
     if config.shift_consistency:
         items.append(
             f"Training batches are seen a second time shifted by a random (dy, dx) in [1, 15] px "
@@ -321,6 +333,7 @@ def provenance(
     command: str | None,
     weights: str,
     initial_hash: str | None = None,
+    teacher_hash: str | None = None,
 ) -> dict[str, Any]:
     selected = result.selected
     task = selected.task
@@ -348,4 +361,5 @@ def provenance(
         "training_data": data.kind,
         "trained_on": sentence,
         **({} if initial_hash is None else {"init_bundle_hash": initial_hash}),
+        **({} if teacher_hash is None else {"distill_bundle_hash": teacher_hash}),
     }

@@ -1,5 +1,7 @@
-"""init_bundle: fine-tuning starts every fold from a bundle's weights, and refuses a bundle
-of another architecture before anything is written (#20's shift-consistency fine-tune)."""
+"""Training from a bundle (#20): init_bundle starts every fold from its weights (the
+shift-consistency fine-tune), distill_bundle makes its map a soft target (a cheaper model
+taught a phase-stable one's map); both refuse a bundle that does not fit before anything
+is written."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 import stmap.train.protocols as protocols
 from stmap.bundle import open_bundle
 from stmap.errors import InputError
+from stmap.train.losses import distillation_loss
 from stmap.train.run import run_training
 from tests.train.test_loop import tiny_config
 
@@ -92,5 +95,65 @@ def test_a_bundle_of_another_architecture_is_refused_before_anything_is_written(
 def test_a_missing_bundle_is_refused(tmp_path: Path):
     config = tiny_config(tmp_path, tmp_path / "run", init_bundle=tmp_path / "nowhere")
     with pytest.raises(InputError, match="nowhere"):
+        run_training(config, command="stmap train")
+    assert not (tmp_path / "run").exists()
+
+
+def test_distillation_is_zero_where_the_maps_agree_and_pulls_towards_the_teacher():
+    teacher = torch.tensor([0.02, 0.3, 0.5, 0.97]).view(1, 1, 2, 2)
+    agreeing = torch.logit(teacher)
+    assert float(distillation_loss(agreeing, teacher)) == pytest.approx(0.0, abs=1e-6)
+    student = torch.zeros(1, 1, 2, 2, requires_grad=True)  # 0.5 everywhere
+    loss = distillation_loss(student, teacher)
+    assert float(loss.detach()) > 0.05
+    (grad,) = torch.autograd.grad(loss, student)
+    # descent raises the logits where the teacher says damaged, lowers them where intact
+    assert (torch.sign(-grad) == torch.sign(agreeing)).view(-1)[[0, 1, 3]].all()
+    with pytest.raises(InputError, match="differ"):
+        distillation_loss(student, teacher[..., :1])
+
+
+def test_a_cheaper_student_is_taught_the_bundles_map(
+    base_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A tiny-aa5n student with a tiny teacher: the teacher's probabilities of each batch
+    enter the loss at its weight, and the report and provenance say so."""
+    import stmap.train.loop as loop
+
+    taught_maps: list[torch.Tensor] = []
+    real_loss = loop.distillation_loss
+
+    def spy(logits, taught):
+        taught_maps.append(taught)
+        return real_loss(logits, taught)
+
+    monkeypatch.setattr(loop, "distillation_loss", spy)
+    out = tmp_path / "student"
+    config = tiny_config(
+        _tiles(base_bundle),
+        out,
+        backbone="tiny-aa5n",
+        decoder_upsample="bilinear",
+        shift_augment=True,
+        distill_bundle=base_bundle,
+        distill_weight=2.0,
+        lambda_dpt=0.0,
+        overlays=0,
+    )
+    student = open_bundle(run_training(config, command="stmap train"))
+    assert student.manifest.backbone == "tiny-aa5n"
+    assert taught_maps and all(float(t.min()) >= 0 and float(t.max()) <= 1 for t in taught_maps)
+    report = json.loads((out / "report.json").read_text())
+    history = report["tasks"][0]["history"][0]
+    assert history["loss_distill"] > 0
+    total = history["loss_focal"] + 0.01 * history["loss_pc"] + 2.0 * history["loss_distill"]
+    assert history["loss_total"] == pytest.approx(total, rel=1e-4)
+    assert any("distill_bundle" in item for item in report["differences"])
+    assert student.manifest.provenance["distill_bundle_hash"] == open_bundle(base_bundle).hash()
+
+
+def test_a_missing_teacher_is_refused_before_anything_is_written(tmp_path: Path):
+    config = tiny_config(tmp_path, tmp_path / "run", distill_bundle=tmp_path / "no_teacher")
+    with pytest.raises(InputError, match="no_teacher"):
         run_training(config, command="stmap train")
     assert not (tmp_path / "run").exists()
