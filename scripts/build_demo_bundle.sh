@@ -18,23 +18,27 @@
 # The other variants are the candidates measured for #20 (benchmarks/results/shift_model.md);
 # plain is the `tiny` recipe shipped before. They are left in WORKDIR/run/bundle and replace
 # the shipped bundle only with --install, after the held-out check.
-#   usage: scripts/build_demo_bundle.sh [--variant stable|stable-ft|aa5n|aa5stem|plain|aa|aa-shift|
+#   usage: scripts/build_demo_bundle.sh [--variant stable|stable-ft|aa5n-distill|aa5n|aa5stem|plain|aa|aa-shift|
 #          aalite-shift|aalite5-shift|shift|aa5-shift] [--seed N] [--install]
-#          [--consistency W] [--ft-epochs N] [--ft-lr LR] (stable-ft) [WORKDIR]
+#          [--epochs N] [--lr LR] [--consistency W (stable-ft)] [--distill W (aa5n-distill)]
+#          [--from BUNDLE (stable-ft, aa5n-distill: in place of a8f0a22's shipped bundle)]
+#          [WORKDIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 variant=stable
 install=
 seed=42
-consistency=1 ft_epochs=15 ft_lr=1e-3  # stable-ft's fine-tuning
+consistency=1 distill=1 epochs= lr= from=  # stable-ft's / aa5n-distill's terms; 60 epochs at 3e-3
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
     --variant) variant=${2:?--variant needs a variant name}; shift 2 ;;
     --install) install=yes; shift ;;
     --seed) seed=${2:?--seed needs a number}; shift 2 ;;
     --consistency) consistency=${2:?--consistency needs a weight}; shift 2 ;;
-    --ft-epochs) ft_epochs=${2:?--ft-epochs needs a number}; shift 2 ;;
-    --ft-lr) ft_lr=${2:?--ft-lr needs a learning rate}; shift 2 ;;
+    --distill) distill=${2:?--distill needs a weight}; shift 2 ;;
+    --epochs) epochs=${2:?--epochs needs a number}; shift 2 ;;
+    --lr) lr=${2:?--lr needs a learning rate}; shift 2 ;;
+    --from) from=$(cd "${2:?--from needs a bundle}" && pwd); shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -45,7 +49,10 @@ case $variant in
   stable) variant_sets=(--set backbone=tiny-aa5 --set decoder_upsample=bilinear --set shift_augment=true); quincunx=yes; install=${install:-yes}; min_iou=0.5 ;;
   # the shipped bundle of a8f0a22 fine-tuned with a shift-consistency term (init_bundle):
   # the term collapses the map when it is on from the first epoch (shift_model.md)
-  stable-ft) variant_sets=(--set backbone=tiny-aa5 --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency" --set "epochs=$ft_epochs" --set "lr=$ft_lr"); quincunx=yes; base=a8f0a22; install=${install:-no}; min_iou=0.595 ;;
+  stable-ft) variant_sets=(--set backbone=tiny-aa5 --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; base=a8f0a22; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595 ;;
+  # tiny-aa5n (0.62x tiny-aa5's time) taught the map of the bundle shipped at a8f0a22
+  # (distill_bundle: its quincunx map of each batch is a soft target next to the labels)
+  aa5n-distill) variant_sets=(--set backbone=tiny-aa5n --set decoder_upsample=bilinear --set shift_augment=true --set distill_bundle=base_bundle --set "distill_weight=$distill"); quincunx=yes; base=a8f0a22; install=${install:-no}; min_iou=0.595 ;;
   # the shipped recipe with a pre-blurred input in place of the first stage's blur-pool
   aa5stem) variant_sets=(--set backbone=tiny-aa5stem --set decoder_upsample=bilinear --set shift_augment=true); quincunx=yes; install=${install:-no}; min_iou=0.595 ;;
   # the shipped recipe with fewer channels in the first two stages (tiny-aa5n: 8, 24)
@@ -64,7 +71,7 @@ case $variant in
   aalite5-shift) variant_sets=(--set backbone=tiny-aalite5 --set decoder_upsample=bilinear --set shift_augment=true); install=${install:-no}; min_iou=0.595 ;;
   # the cheaper anti-aliased stem (tiny-aalite), shift-augmented
   aalite-shift) variant_sets=(--set backbone=tiny-aalite --set decoder_upsample=bilinear --set shift_augment=true); install=${install:-no}; min_iou=0.595 ;;
-  *) echo "--variant: stable, stable-ft, aa5n, aa5stem, plain, aa, aa-shift, aalite-shift, aalite5-shift, shift or aa5-shift, not $variant" >&2; exit 2 ;;
+  *) echo "--variant: stable, stable-ft, aa5n-distill, aa5n, aa5stem, plain, aa, aa-shift, aalite-shift, aalite5-shift, shift or aa5-shift, not $variant" >&2; exit 2 ;;
 esac
 work=${1:-$(mktemp -d)}
 heldout=periurban
@@ -80,7 +87,9 @@ for style in citycentre oldtown village; do  # a second city per training style:
     --region "${style}b" --tiles tiles
 done
 
-if [[ -n $base ]]; then  # the bundle to fine-tune, as shipped at commit $base
+if [[ -n $from ]]; then  # --from: the bundle to fine-tune or learn from, instead of $base's
+  rm -rf base_bundle && cp -r "$from" base_bundle
+elif [[ -n $base ]]; then  # the bundle to fine-tune or learn from, as shipped at commit $base
   rm -rf base_bundle && mkdir base_bundle
   for file in manifest.json weights.safetensors; do
     git -C "$repo" show "$base:src/stmap/data/demo_bundle/$file" > "base_bundle/$file"
@@ -89,7 +98,7 @@ fi
 stmap train --config fullsup --set data_root=tiles --set backbone=tiny \
   --set decoder_channels=16 --set photometric_augment=1 \
   --set "source_regions=[citycentre,oldtown,village,citycentreb,oldtownb,villageb]" \
-  --set epochs=60 --set lr=3e-3 --set k_folds=2 --set device=cpu --set out_dir=run \
+  --set "epochs=${epochs:-60}" --set "lr=${lr:-3e-3}" --set k_folds=2 --set device=cpu --set out_dir=run \
   --set "seed=$seed" ${variant_sets[@]+"${variant_sets[@]}"}
 
 if [[ $quincunx == yes ]]; then  # the same weights, mapped with both phases of the last stage
