@@ -1,0 +1,47 @@
+"""bench_phase: what #20's figures are read from.
+
+``--cost-only --reference-python``: the cost as another stmap ran it. The figure behind #20's compute bound compares the shipped default with the default
+of an older checkout, run by that checkout's interpreter; here the reference is this
+interpreter, so its row must describe the same run as the shipped bundle's own.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from benchmarks.bench_phase import cost
+
+
+def test_the_reference_row_comes_first_and_the_rest_relative_to_it(tmp_path: Path) -> None:
+    report = cost(256, ["default"], [None], 1, tmp_path, reference_python=sys.executable)
+    reference, shipped = report["cost"]
+    assert reference["model"] == f"default, as `{sys.executable}` maps it"
+    assert shipped["model"] == "default"
+    for key in ("tile", "overlap", "tiles", "model_mpx", "backend"):
+        assert reference[key] == shipped[key], key
+    assert reference["time_vs_first"] == 1.0
+    assert shipped["model_px_vs_first"] == 1.0
+    assert shipped["time_vs_first"] > 0
+
+
+def test_the_worst_offset_is_the_one_flipping_most_of_its_flagged_pixels() -> None:
+    """#20 bounds the flips and the p99 under any shift: the worst offset is chosen on the
+    flips of flagged pixels (a shift with a larger p99 but fewer flips is not it), and
+    the largest p99 of any offset is reported beside it."""
+    import numpy as np
+
+    from benchmarks.bench_phase import _summarise
+    from stmap.runtime.phase import PhaseStats
+
+    def stats(flips: int, p99: int) -> PhaseStats:
+        histogram = np.zeros(256, dtype=np.int64)
+        histogram[0], histogram[p99] = 90, 10
+        return PhaseStats(pixels=100, flips=flips, flagged=50.0, histogram=histogram)
+
+    offsets = [(1, 1), (3, 64), (73, 77)]
+    per_style = {"oldtown": [stats(1, 9), stats(3, 2), stats(2, 5)]}
+    run = _summarise("m", "pipeline", "m", per_style, offsets, {}, 0.5)
+    assert run["worst_offset"]["offset"] == [3, 64]
+    assert run["worst_offset"]["flips_of_flagged"] == 3 / 50
+    assert run["max_p99_dprob_255"] == 9
