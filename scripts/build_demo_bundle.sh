@@ -18,10 +18,11 @@
 # The other variants are the candidates measured for #20 (benchmarks/results/shift_model.md);
 # plain is the `tiny` recipe shipped before. They are left in WORKDIR/run/bundle and replace
 # the shipped bundle only with --install, after the held-out check.
-#   usage: scripts/build_demo_bundle.sh [--variant stable|stable-ft|aa5n-distill|aa5n|aa5stem|plain|aa|aa-shift|
+#   usage: scripts/build_demo_bundle.sh [--variant stable|stable-ft|aa5n-distill|aa5n-ft|aa5n|aa5stem|plain|aa|aa-shift|
 #          aalite-shift|aalite5-shift|shift|aa5-shift] [--seed N] [--install]
 #          [--epochs N] [--lr LR] [--consistency W (stable-ft)] [--distill W (aa5n-distill)]
-#          [--from BUNDLE (stable-ft, aa5n-distill: in place of a8f0a22's shipped bundle)]
+#          [--from BUNDLE (stable-ft, aa5n-distill: in place of a8f0a22's shipped bundle;
+#          aa5n-ft: required)]
 #          [WORKDIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,6 +51,9 @@ case $variant in
   # the shipped bundle of a8f0a22 fine-tuned with a shift-consistency term (init_bundle):
   # the term collapses the map when it is on from the first epoch (shift_model.md)
   stable-ft) variant_sets=(--set backbone=tiny-aa5 --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; base=a8f0a22; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595 ;;
+  # a tiny-aa5n bundle (--from, e.g. aa5n-distill's) fine-tuned as stable-ft is
+  aa5n-ft) [[ -n $from ]] || { echo "--variant aa5n-ft needs --from BUNDLE (a tiny-aa5n bundle)" >&2; exit 2; }
+    variant_sets=(--set backbone=tiny-aa5n --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595 ;;
   # tiny-aa5n (0.62x tiny-aa5's time) taught the map of the bundle shipped at a8f0a22
   # (distill_bundle: its quincunx map of each batch is a soft target next to the labels)
   aa5n-distill) variant_sets=(--set backbone=tiny-aa5n --set decoder_upsample=bilinear --set shift_augment=true --set distill_bundle=base_bundle --set "distill_weight=$distill"); quincunx=yes; base=a8f0a22; install=${install:-no}; min_iou=0.595 ;;
@@ -71,7 +75,7 @@ case $variant in
   aalite5-shift) variant_sets=(--set backbone=tiny-aalite5 --set decoder_upsample=bilinear --set shift_augment=true); install=${install:-no}; min_iou=0.595 ;;
   # the cheaper anti-aliased stem (tiny-aalite), shift-augmented
   aalite-shift) variant_sets=(--set backbone=tiny-aalite --set decoder_upsample=bilinear --set shift_augment=true); install=${install:-no}; min_iou=0.595 ;;
-  *) echo "--variant: stable, stable-ft, aa5n-distill, aa5n, aa5stem, plain, aa, aa-shift, aalite-shift, aalite5-shift, shift or aa5-shift, not $variant" >&2; exit 2 ;;
+  *) echo "--variant: stable, stable-ft, aa5n-distill, aa5n-ft, aa5n, aa5stem, plain, aa, aa-shift, aalite-shift, aalite5-shift, shift or aa5-shift, not $variant" >&2; exit 2 ;;
 esac
 work=${1:-$(mktemp -d)}
 heldout=periurban
