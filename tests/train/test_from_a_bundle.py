@@ -63,6 +63,8 @@ def test_every_fold_starts_from_the_bundles_weights(
     assert any("init_bundle" in item for item in report["differences"])
     provenance = tuned.manifest.provenance
     assert provenance["init_bundle_hash"] == open_bundle(base_bundle).hash()
+    assert "fine-tuned from the bundle" in provenance["trained_on"]  # not "from scratch"
+    assert "from scratch" not in provenance["trained_on"]
 
     starts.clear()  # without it, the folds start from fresh (seeded) weights
     run_training(tiny_config(tiles, tmp_path / "fresh", lambda_dpt=0.0, overlays=0))
