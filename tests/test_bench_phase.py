@@ -1,8 +1,9 @@
 """bench_phase: what #20's figures are read from.
 
-``--cost-only --reference-python``: the cost as another stmap ran it. The figure behind #20's compute bound compares the shipped default with the default
-of an older checkout, run by that checkout's interpreter; here the reference is this
-interpreter, so its row must describe the same run as the shipped bundle's own.
+``--cost-only --reference-python``: the cost as another stmap ran it. The figure behind
+#20's compute bound compares the shipped default with the default of an older
+checkout, run by that checkout's interpreter; here the reference is this interpreter,
+so its row must describe the same run as the shipped bundle's own.
 """
 
 from __future__ import annotations
