@@ -201,6 +201,8 @@ def predict(
     """
     model.eval()
     for batch in index.split(batch_size):
+        if not len(batch):  # split() yields one empty batch for no tiles: a ViT refuses it
+            continue
         if model.config.quincunx:
             logits = model(inputs.pixels(batch))
         else:

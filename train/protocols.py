@@ -34,13 +34,7 @@ from stmap.errors import InputError
 from stmap.model import DamageSegmenter
 from stmap.train.config import TrainConfig
 from stmap.train.datasets import TileData
-from stmap.train.loop import (
-    Inputs,
-    adapt_fewshot,
-    evaluate,
-    reinitialise,
-    train_fold,
-)
+from stmap.train.loop import Inputs, adapt_fewshot, evaluate, reinitialise, train_fold
 from stmap.train.lora import lora_state_dict, merge_lora
 from stmap.train.metrics import ConfusionCounts, scores
 from stmap.train.splits import canonical_region, fewshot_sample, region_folds, subsample_ratio

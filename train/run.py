@@ -55,7 +55,8 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
     initial, initial_hash = (
         (None, None) if config.init_bundle is None else bundle_state(config.init_bundle, model)
     )
-    if initial_hash is not None:  # what the folds start from, in the manifest and report
+    if initial is not None:  # loaded now, so a frozen backbone's feature cache is the bundle's
+        model.load_state_dict(initial)
         weights = f"fine-tuned from the bundle {config.init_bundle} (model {initial_hash[:12]})"
     teacher, teacher_hash = (None, None)
     if config.distill_bundle is not None:

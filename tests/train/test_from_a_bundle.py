@@ -159,3 +159,30 @@ def test_a_missing_teacher_is_refused_before_anything_is_written(tmp_path: Path)
     with pytest.raises(InputError, match="no_teacher"):
         run_training(config, command="stmap train")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_frozen_backbones_feature_cache_is_the_bundles(
+    frozen_vit: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """With a frozen backbone the decoder trains on cached features: they must come from
+    the bundle's backbone (a LoRA-merged one, say), not from the config's fresh draw."""
+    from stmap.train.features import FeatureCache
+    from tests.train.conftest import make_tile_dataset
+
+    tiles = make_tile_dataset(tmp_path / "data", {"alpha": 6, "beta": 6})
+    common = {"backbone": frozen_vit, "weights": "random", "lambda_dpt": 0.0, "overlays": 0}
+    base = run_training(tiny_config(tiles, tmp_path / "base", **common), command="stmap train")
+    expected = open_bundle(base).load_segmenter().backbone.state_dict()
+    cached_from: list[dict[str, torch.Tensor]] = []
+    real_build = FeatureCache.build.__func__
+
+    def spy(cls, model, *args, **kwargs):
+        cached_from.append({k: v.clone() for k, v in model.backbone.state_dict().items()})
+        return real_build(cls, model, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureCache, "build", classmethod(spy))
+    torch.manual_seed(123)  # the config's own draw differs from the bundle's backbone
+    config = tiny_config(tiles, tmp_path / "tuned", init_bundle=base, **common)
+    run_training(config, command="stmap train")
+    assert cached_from, "the frozen backbone's features were not cached"
+    assert all(torch.equal(cached_from[0][k], expected[k]) for k in expected)
