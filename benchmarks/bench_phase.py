@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
-from stmap.bundle import ANY_TILE_INFER, Tiling, open_bundle, write_bundle
+from stmap.bundle import ANY_TILE_INFER, Tiling, open_bundle, write_retiled
 from stmap.io.raster import read_band, read_pixels
 from stmap.model import InferenceModel
 from stmap.runtime.bench import random_bundle
@@ -178,13 +178,10 @@ def resolve_model(model: str, root: Path) -> str:
     if not tile:
         return name
     source = open_bundle(name)
-    manifest = source.manifest
     tiling = None
-    if int(tile) != manifest.tile_size:
+    if int(tile) != source.manifest.tile_size:
         tiling = Tiling(tile_size=int(tile), overlap=ANY_TILE_INFER.overlap)
-    target = root / "bundles" / model.replace("/", "_")
-    manifest = manifest.model_copy(update={"tiling": tiling, "files": {}})
-    return str(write_bundle(target, source.load_segmenter(), manifest))
+    return str(write_retiled(source, root / "bundles" / model.replace("/", "_"), tiling))
 
 
 def pipeline_run(

@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -502,7 +501,7 @@ def write_filed_bundle(target: Path, source: Path | None = None) -> Path:
     """The demo bundle of when #20 was filed (``FILED_COMMIT``, from git), mapped as it
     was then: 128-px tiles at overlap 16. ``source``: another bundle in its place (the
     dry run's stand-in, the shipped one)."""
-    from stmap.bundle import Tiling, open_bundle, write_bundle
+    from stmap.bundle import Tiling, open_bundle, write_retiled
 
     with tempfile.TemporaryDirectory() as tmp:
         if source is None:
@@ -515,11 +514,8 @@ def write_filed_bundle(target: Path, source: Path | None = None) -> Path:
                 ).stdout
                 (Path(tmp) / name).write_bytes(blob)
             source = Path(tmp)
-        bundle = open_bundle(source)
         tiling = Tiling(tile_size=128, overlap=16)
-        manifest = bundle.manifest.model_copy(update={"tiling": tiling, "files": {}})
-        shutil.rmtree(target, ignore_errors=True)
-        return write_bundle(target, bundle.load_segmenter(), manifest)
+        return write_retiled(open_bundle(source), target, tiling, overwrite=True)
 
 
 def _recompress(wheel: Path) -> None:

@@ -503,6 +503,19 @@ def write_bundle(
     return directory
 
 
+def write_retiled(
+    bundle: Bundle,
+    directory: str | os.PathLike[str],
+    tiling: Tiling | None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """A copy of ``bundle`` that maps in other tiles (``tiling``; None: its training tile):
+    the same weights under another model hash, for comparing tilings of one model."""
+    manifest = bundle.manifest.model_copy(update={"tiling": tiling, "files": {}})
+    return write_bundle(directory, bundle.load_segmenter(), manifest, overwrite=overwrite)
+
+
 def add_files(bundle: Bundle, files: Mapping[str, Path], exports: Mapping[str, Any]) -> Manifest:
     """Move ``files`` into ``bundle`` and record them (hashes, ``exports``) in its manifest.
 

@@ -25,6 +25,7 @@ from stmap.bundle import (
     open_bundle,
     sha256_of,
     write_bundle,
+    write_retiled,
 )
 from stmap.errors import BundleError, OutputExistsError
 from tests.conftest import make_tiny_bundle
@@ -258,7 +259,7 @@ def test_new_cnn_bundles_get_large_tiles_and_vits_keep_theirs():
 
 def test_the_tiling_is_part_of_the_model_hash(tmp_path):
     plain = open_bundle(make_tiny_bundle(tmp_path / "plain"))
-    manifest = plain.manifest.model_copy(update={"tiling": ANY_TILE_INFER, "files": {}})
-    tiled = open_bundle(write_bundle(tmp_path / "tiled", plain.load_segmenter(), manifest))
+    tiled = open_bundle(write_retiled(plain, tmp_path / "tiled", ANY_TILE_INFER))
+    assert tiled.manifest.tiling == ANY_TILE_INFER
     assert tiled.manifest.files == plain.manifest.files  # the same weights
     assert tiled.hash() != plain.hash()
