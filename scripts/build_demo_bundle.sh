@@ -22,8 +22,9 @@
 # The other variants are the candidates measured for #20 (benchmarks/results/shift_model.md);
 # plain is the `tiny` recipe shipped before. They are left in WORKDIR/run/bundle and replace
 # the shipped bundle only with --install, after the held-out check.
-#   usage: scripts/build_demo_bundle.sh [--variant stable|aa5q|stable-ft|aa5n-distill|aa5n-ft|aa5n|aa5stem|plain|aa|aa-shift|
-#          aalite-shift|aalite5-shift|shift|aa5-shift] [--seed N] [--install]
+#   usage: scripts/build_demo_bundle.sh [--variant stable|aa5q|stable-ft|aa5n-distill|
+#          aa5n-ft|aa5n|aa5stem|plain|aa|aa-shift|aalite-shift|aalite5-shift|shift|aa5-shift]
+#          [--seed N] [--install]
 #          [--epochs N] [--lr LR] [--consistency W (stable-ft)] [--distill W (aa5n-distill)]
 #          [--from BUNDLE (stable-ft, aa5n-distill: in place of a8f0a22's shipped bundle;
 #          aa5n-ft: required)]

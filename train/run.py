@@ -52,13 +52,12 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
     make_deterministic(device)
     spec = get_spec(config.backbone)
     model, weights = build_model(config, out_dir)
-    initial, initial_hash = (
-        (None, None) if config.init_bundle is None else bundle_state(config.init_bundle, model)
-    )
-    if initial is not None:  # loaded now, so a frozen backbone's feature cache is the bundle's
+    initial, initial_hash = None, None
+    if config.init_bundle is not None:  # loaded now: a frozen backbone's cache is the bundle's
+        initial, initial_hash = bundle_state(config.init_bundle, model)
         model.load_state_dict(initial)
         weights = f"fine-tuned from the bundle {config.init_bundle} (model {initial_hash[:12]})"
-    teacher, teacher_hash = (None, None)
+    teacher, teacher_hash = None, None
     if config.distill_bundle is not None:
         teacher, teacher_hash = teacher_model(config.distill_bundle, model)
     model.to(device)
