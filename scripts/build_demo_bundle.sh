@@ -24,7 +24,7 @@
 # the shipped bundle only with --install, after the held-out check.
 #   usage: scripts/build_demo_bundle.sh [--variant stable|aa5q|stable-ft|aa5n-distill|
 #          aa5n-ft|aa5n|aa5stem|plain|aa|aa-shift|aalite-shift|aalite5-shift|shift|aa5-shift]
-#          [--seed N] [--install]
+#          [--seed N] [--install] [--backbone NAME (aa5n-distill, aa5n-ft: e.g. tiny-aa7n)]
 #          [--epochs N] [--lr LR] [--consistency W (stable-ft)] [--distill W (aa5n-distill)]
 #          [--from BUNDLE (stable-ft, aa5n-distill: in place of a8f0a22's shipped bundle;
 #          aa5n-ft: required)]
@@ -34,12 +34,14 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 variant=stable
 install=
 seed=42
+backbone=tiny-aa5n
 consistency=1 distill=1 epochs= lr= from=  # stable-ft's / aa5n-distill's terms; 60 epochs at 3e-3
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
     --variant) variant=${2:?--variant needs a variant name}; shift 2 ;;
     --install) install=yes; shift ;;
     --seed) seed=${2:?--seed needs a number}; shift 2 ;;
+    --backbone) backbone=${2:?--backbone needs a backbone name}; shift 2 ;;
     --consistency) consistency=${2:?--consistency needs a weight}; shift 2 ;;
     --distill) distill=${2:?--distill needs a weight}; shift 2 ;;
     --epochs) epochs=${2:?--epochs needs a number}; shift 2 ;;
@@ -67,11 +69,11 @@ case $variant in
   stable-ft) variant_sets=(--set backbone=tiny-aa5 --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; base=a8f0a22; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595 ;;
   # a tiny-aa5n bundle (--from, e.g. aa5n-distill's) fine-tuned as stable-ft is
   aa5n-ft) [[ -n $from ]] || { echo "--variant aa5n-ft needs --from BUNDLE (a tiny-aa5n bundle)" >&2; exit 2; }
-    variant_sets=(--set backbone=tiny-aa5n --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595 ;;
+    variant_sets=(--set "backbone=$backbone" --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595 ;;
   # tiny-aa5n (0.62x tiny-aa5's time) taught the map of the bundle shipped at a8f0a22
   # (distill_bundle: its quincunx map of each batch is a soft target next to the labels);
   # stable's first step, so its gate is low: the held-out check that counts is step 2's
-  aa5n-distill) variant_sets=(--set backbone=tiny-aa5n --set decoder_upsample=bilinear --set shift_augment=true --set distill_bundle=base_bundle --set "distill_weight=$distill"); quincunx=yes; base=a8f0a22; install=${install:-no}; min_iou=0.5 ;;
+  aa5n-distill) variant_sets=(--set "backbone=$backbone" --set decoder_upsample=bilinear --set shift_augment=true --set distill_bundle=base_bundle --set "distill_weight=$distill"); quincunx=yes; base=a8f0a22; install=${install:-no}; min_iou=0.5 ;;
   # the shipped recipe with a pre-blurred input in place of the first stage's blur-pool
   aa5stem) variant_sets=(--set backbone=tiny-aa5stem --set decoder_upsample=bilinear --set shift_augment=true); quincunx=yes; install=${install:-no}; min_iou=0.595 ;;
   # the shipped recipe with fewer channels in the first two stages (tiny-aa5n: 8, 24)

@@ -103,12 +103,16 @@ class TimmViTBackbone(nn.Module):
         return tokens.transpose(1, 2).reshape(b, d, self.grid, n // self.grid)
 
 
-BINOMIAL_TAPS = {3: (1.0, 2.0, 1.0), 5: (1.0, 4.0, 6.0, 4.0, 1.0)}
+BINOMIAL_TAPS = {
+    3: (1.0, 2.0, 1.0),
+    5: (1.0, 4.0, 6.0, 4.0, 1.0),
+    7: (1.0, 6.0, 15.0, 20.0, 15.0, 6.0, 1.0),
+}
 
 
 class BlurPool(nn.Module):
-    """Fixed binomial low-pass ([1, 2, 1] ⊗ [1, 2, 1] / 16, or the 5-tap [1, 4, 6, 4, 1]
-    one, which passes less of what aliases), depthwise, reflect-padded, then every
+    """Fixed binomial low-pass ([1, 2, 1] ⊗ [1, 2, 1] / 16, or the 5- and 7-tap binomials,
+    which pass less of what aliases), depthwise, reflect-padded, then every
     ``stride``-th pixel (Zhang 2019, "Making Convolutional Networks Shift-Invariant
     Again"). No weights: the filter is a non-persistent buffer, so a state dict holds
     nothing of it."""
@@ -175,6 +179,7 @@ ANTIALIAS_STAGES: dict[str | None, tuple[tuple[str | None, ...], int]] = {
     None: ((None,) * 4, 3),
     "blurpool": ((_BP,) * 4, 3),
     "blurpool5": ((_BP,) * 4, 5),
+    "blurpool7": ((_BP,) * 4, 7),
     "preblur": ((_PB,) * 4, 3),
     "lite": ((_PB, _PB, _BP, _BP), 3),
     "lite5": ((_PB, _PB, _BP, _BP), 5),
@@ -195,6 +200,10 @@ class TinyBackbone(nn.Module):
       conv — the same low-pass, applied before the ReLU instead of after; about the
       plain model's cost.
     * ``"blurpool5"`` (``tiny-aa5``): ``"blurpool"`` with the 5-tap binomial.
+    * ``"blurpool7"`` (``tiny-aa7n``): with the 7-tap binomial, whose gain at the new
+      Nyquist frequency is 1/8 against the 5-tap's 1/4: of the flips a sub-stride shift
+      leaves, about half came from the first stage's subsampling (odd shifts flipped
+      twice what even ones did, ``shift_model.md``).
     * ``"lite"`` (``tiny-aalite``): ``"preblur"`` in the two full- and half-resolution
       stages, where Zhang's stride-1 conv costs most, ``"blurpool"`` in the last two —
       about 1.3× the plain model's multiply-adds against ``"blurpool"``'s 2.1×.
@@ -335,6 +344,12 @@ for _tiny_name, _antialias, _what, _widths in [
         "tiny-aa5n",
         "blurpool5",
         "tiny-aa5 with fewer channels in its first two stages (8, 24): about 0.7× its time",
+        NARROW_WIDTHS,
+    ),
+    (
+        "tiny-aa7n",
+        "blurpool7",
+        "tiny-aa5n with the 7-tap binomial blur: less aliasing, tiny-aa5n's weights",
         NARROW_WIDTHS,
     ),
 ]:
