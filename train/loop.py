@@ -24,6 +24,7 @@ import torch
 
 from stmap.errors import DeviceError, InputError
 from stmap.model import DamageSegmenter, Normalize, TrainOutput
+from stmap.model.backbones import weights_interchangeable
 from stmap.train.augment import photometric_augmenter
 from stmap.train.config import MAX_CONSISTENCY_SHIFT, TrainConfig
 from stmap.train.datasets import TileData
@@ -84,9 +85,10 @@ def reinitialise(model: DamageSegmenter, seed: int) -> None:
                 module.reset_parameters()
 
 
-def bundle_state(path: Path, model: DamageSegmenter) -> tuple[dict[str, torch.Tensor], str]:
-    """``init_bundle``'s trained weights and model hash; refused (exit 2) unless its
-    architecture is ``model``'s.
+def bundle_state(path: Path, model: DamageSegmenter) -> tuple[dict[str, torch.Tensor], str, str]:
+    """``init_bundle``'s trained weights, model hash and backbone; refused (exit 2) unless its
+    architecture is ``model``'s, but for a backbone whose weights are interchangeable with
+    ``model``'s (``weights_interchangeable``: the same tensors, other fixed blurs).
 
     Checked before anything is loaded or written: a bundle of another backbone,
     decoder width or upsampling would otherwise fail, or train the wrong model. The
@@ -97,13 +99,16 @@ def bundle_state(path: Path, model: DamageSegmenter) -> tuple[dict[str, torch.Te
     theirs, ours = bundle.manifest.segmenter_config(), model.config
     for field_ in dataclasses.fields(ours):
         name = field_.name
+        if name == "backbone" and weights_interchangeable(theirs.backbone, ours.backbone):
+            continue  # the same tensors; only weightless filters differ (tiny-aa5n → aa7n)
         if name not in INFERENCE_SETTINGS and getattr(theirs, name) != getattr(ours, name):
             raise InputError(
                 f"init_bundle {path}: its {name} is {getattr(theirs, name)!r}, this config's "
                 f"{getattr(ours, name)!r}"
             )
     state = bundle.load_segmenter().state_dict()
-    return {key: value.clone() for key, value in state.items()}, bundle.hash()
+    weights = {key: value.clone() for key, value in state.items()}
+    return weights, bundle.hash(), theirs.backbone
 
 
 def teacher_model(path: Path, model: DamageSegmenter) -> tuple[DamageSegmenter, str]:

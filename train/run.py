@@ -54,9 +54,11 @@ def run_training(config: TrainConfig, command: str | None = None) -> Path:
     model, weights = build_model(config, out_dir)
     initial, initial_hash = None, None
     if config.init_bundle is not None:  # loaded now: a frozen backbone's cache is the bundle's
-        initial, initial_hash = bundle_state(config.init_bundle, model)
+        initial, initial_hash, theirs = bundle_state(config.init_bundle, model)
         model.load_state_dict(initial)
         weights = f"fine-tuned from the bundle {config.init_bundle} (model {initial_hash[:12]})"
+        if get_spec(theirs).name != spec.name:
+            weights += f", its {theirs} weights in {model.config.backbone}"
     teacher, teacher_hash = None, None
     if config.distill_bundle is not None:
         teacher, teacher_hash = teacher_model(config.distill_bundle, model)

@@ -94,6 +94,33 @@ def test_a_bundle_of_another_architecture_is_refused_before_anything_is_written(
     assert not out.exists()
 
 
+def test_a_bundle_whose_backbone_differs_only_in_its_blurs_starts_the_folds(
+    base_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """tiny-aa5n's weights start a tiny-aa7n fine-tune (the same tensors, 7-tap blurs, #20),
+    and the provenance says whose weights they were; tiny-aa5 (other widths) and tiny
+    (the same widths under other names) are still refused, before anything is written."""
+    tiles = _tiles(base_bundle)
+    aa5n = run_training(
+        tiny_config(tiles, tmp_path / "aa5n", backbone="tiny-aa5n", lambda_dpt=0.0, overlays=0)
+    )
+    expected = open_bundle(aa5n).load_segmenter().state_dict()
+    starts = _fold_starts(monkeypatch)
+    config = tiny_config(
+        tiles, tmp_path / "aa7n", backbone="tiny-aa7n", init_bundle=aa5n, lambda_dpt=0.0, overlays=0
+    )
+    tuned = open_bundle(run_training(config))
+    assert all(torch.equal(start[k], expected[k]) for start in starts for k in expected)
+    assert tuned.manifest.backbone == "tiny-aa7n"
+    assert "its tiny-aa5n weights in tiny-aa7n" in tuned.manifest.provenance["trained_on"]
+    for other, message in [("tiny-aa5", "its backbone is 'tiny-aa5n'"), ("tiny", "'tiny-aa5n'")]:
+        out = tmp_path / other
+        refused = tiny_config(tiles, out, backbone=other, init_bundle=aa5n)
+        with pytest.raises(InputError, match=message):
+            run_training(refused)
+        assert not out.exists()
+
+
 def test_a_missing_bundle_is_refused(tmp_path: Path):
     config = tiny_config(tmp_path, tmp_path / "run", init_bundle=tmp_path / "nowhere")
     with pytest.raises(InputError, match="nowhere"):

@@ -72,6 +72,28 @@ def get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
+def weights_interchangeable(a: str, b: str) -> bool:
+    """Whether backbone ``a``'s trained weights are ``b``'s to start from: both train
+    (a frozen foundation model's weights are what it is), read pixels alike (normalisation,
+    stride, width), and hold the same tensors name for name and shape for shape, so they
+    differ only in weightless filters — ``tiny-aa5n`` and ``tiny-aa7n``'s blurs (#20).
+    ``tiny`` and ``tiny-aa`` hold the same shapes under other names: not interchangeable."""
+    first, second = get_spec(a), get_spec(b)
+    if first.name == second.name:
+        return True
+    if first.frozen or second.frozen:
+        return False
+    reads = ("mean", "std", "patch_size", "embed_dim", "any_tile")
+    if any(getattr(first, f) != getattr(second, f) for f in reads):
+        return False
+    tile = 4 * first.patch_size
+    shapes = [
+        {k: v.shape for k, v in create_backbone(name, tile).state_dict().items()}
+        for name in (first.name, second.name)
+    ]
+    return shapes[0] == shapes[1]
+
+
 def create_backbone(name: str, tile_size: int) -> nn.Module:
     """Build the backbone ``name`` with random weights for ``tile_size`` px tiles."""
     spec = get_spec(name)
