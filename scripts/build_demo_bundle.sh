@@ -31,6 +31,7 @@
 #          [WORKDIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+invocation="scripts/build_demo_bundle.sh $*"  # recorded in the bundle's provenance.lineage
 variant=stable
 install=
 seed=42
@@ -155,6 +156,35 @@ for region, scores in sorted(regions.items()):
 iou1, minimum = regions[sys.argv[2]]["iou1"][0], float(sys.argv[3])
 if iou1 < minimum:
     sys.exit(f"held-out IoU1 {iou1:.3f} < {minimum}: the shipped bundle is left unchanged")
+PY
+
+# provenance.lineage: the steps that made this bundle, its source's first (#20). The source's
+# own lineage when it has one; the line of this run with its held-out IoU1 and model hash.
+python - run/bundle "$heldout" "$invocation" "$base" "$from" <<'PY'
+import json, shutil, sys
+from pathlib import Path
+
+from stmap.bundle import open_bundle, write_bundle
+
+path, heldout, invocation, commit, source = sys.argv[1:]
+regions = json.load(open("evaluation.json"))["summary"]["evaluate"]["regions"]
+bundle = open_bundle(path)
+lineage = []
+if Path("base_bundle").is_dir():
+    theirs = open_bundle("base_bundle")
+    where = f"git show {commit}:src/stmap/data/demo_bundle" if commit else f"the bundle {source}"
+    lineage = theirs.manifest.provenance.get("lineage") or [
+        f"{where} ({theirs.manifest.backbone}, model {theirs.hash()[:12]})"
+    ]
+lineage = [*lineage, f"{invocation} (held-out IoU1 {regions[heldout]['iou1'][0]:.4f}, "
+           f"model {bundle.hash()[:12]})"]
+manifest = bundle.manifest
+manifest = manifest.model_copy(
+    update={"provenance": {**manifest.provenance, "lineage": lineage}, "files": {}}
+)
+write_bundle(path + ".lineage", bundle.load_segmenter(), manifest)
+shutil.rmtree(path)
+Path(path + ".lineage").rename(path)
 PY
 
 if [[ $install != yes ]]; then
