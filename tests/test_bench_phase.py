@@ -46,3 +46,25 @@ def test_the_worst_offset_is_the_one_flipping_most_of_its_flagged_pixels() -> No
     assert run["worst_offset"]["offset"] == [3, 64]
     assert run["worst_offset"]["flips_of_flagged"] == 3 / 50
     assert run["max_p99_dprob_255"] == 9
+
+
+def test_the_sweep_compares_every_shift_pixel_for_pixel(monkeypatch) -> None:
+    """bench_phase_sweep: with a map that moves exactly with the image (each pixel's value
+    its own), all 255 shifts of a stride-16 bundle compare equal, pixel for pixel; a
+    crop compared at the wrong place, or a missing shift, fails here."""
+    import numpy as np
+
+    import benchmarks.bench_phase_sweep as sweep_module
+
+    def pointwise(model, image: np.ndarray, tile: int) -> np.ndarray:
+        return image[0].astype(np.float32) / 255
+
+    monkeypatch.setattr(sweep_module, "whole_image", pointwise)
+    rng = np.random.default_rng(0)
+    images = {"a": rng.integers(0, 255, (3, 64, 80), dtype=np.uint8)}
+    run = sweep_module.sweep("default", images, margin=4)
+    assert run["shifts"] == 255 and len(run["flips_of_flagged_per_shift"]) == 255
+    assert "0,0" not in run["flips_of_flagged_per_shift"]
+    assert set(run["flips_of_flagged_per_shift"].values()) == {0.0}
+    assert run["pooled"]["max_dprob_255"] == 0 and run["shifts_over_bound"] == 0
+    assert run["pooled"]["flagged_share"] > 0.3  # half the random pixels are "damaged"
