@@ -84,8 +84,9 @@ class TrainConfig(BaseModel):
         description=(
             "map with the last stage at both phases of its subsampling, averaged "
             "(DamageSegmenter._quincunx_logits): the map moves far less with where the tiles "
-            "fall (#20). Tiny family only; inference and validation only, training is "
-            "unchanged. Carried in the bundle's manifest"
+            "fall (#20). Tiny family only; inference and validation, and the shift-consistency "
+            "term's two maps (the map users get); the other losses are unchanged. Carried in "
+            "the bundle's manifest"
         ),
     )
     shift_consistency: float = Field(
@@ -94,8 +95,8 @@ class TrainConfig(BaseModel):
         description=(
             "weight of a shift-consistency term (train/losses.py shift_consistency_loss): each "
             "training batch is seen a second time shifted by a random (dy, dx) in [1, 15] px and "
-            "the two probability maps are compared on their overlap; 0 = off, the method. A "
-            "deliberate addition for phase stability (#20)"
+            "the two probability maps are compared on their overlap (with quincunx, the "
+            "quincunx maps); 0 = off, the method. A deliberate addition for phase stability (#20)"
         ),
     )
     shift_augment: bool = Field(

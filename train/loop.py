@@ -352,7 +352,9 @@ def train_fold(
                 generator,
             )
             if config.shift_consistency:
-                consistency = shift_consistency_loss(out.logits, shifted_logits, dy, dx)
+                # the map users get on both sides: a quincunx model's averages two phases
+                anchor = model(pixels) if model.config.quincunx else out.logits
+                consistency = shift_consistency_loss(anchor, shifted_logits, dy, dx)
                 loss = loss + config.shift_consistency * consistency
                 parts["shift"] = float(consistency.detach())
             if teacher is not None:

@@ -154,3 +154,43 @@ def test_shift_view_moves_labels_like_pixels():
     x = torch.arange(2 * 1 * 32 * 32, dtype=torch.float32).reshape(2, 1, 32, 32)
     moved = shift_view(x, 5, 9)
     assert torch.equal(moved[..., :27, :23], x[..., 5:, 9:])
+
+
+def test_with_the_quincunx_the_term_compares_the_quincunx_maps(
+    tile_root: Path, tmp_path: Path, monkeypatch
+):
+    """A quincunx model maps with both phases of its last stage averaged: the consistency
+    term must compare those maps (what users get), not the single-phase training output."""
+    import stmap.train.loop as loop
+    from stmap.model.segmenter import DamageSegmenter
+
+    made: list[torch.Tensor] = []
+    real_quincunx = DamageSegmenter._quincunx_logits
+
+    def record_quincunx(self, x):
+        made.append(real_quincunx(self, x))
+        return made[-1]
+
+    compared: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_loss = loop.shift_consistency_loss
+
+    def record_loss(anchor, shifted, dy, dx):
+        compared.append((anchor, shifted))
+        return real_loss(anchor, shifted, dy, dx)
+
+    monkeypatch.setattr(DamageSegmenter, "_quincunx_logits", record_quincunx)
+    monkeypatch.setattr(loop, "shift_consistency_loss", record_loss)
+    config = tiny_config(
+        tile_root,
+        tmp_path / "run",
+        backbone="tiny-aa5n",
+        decoder_upsample="bilinear",
+        quincunx=True,
+        shift_consistency=1.0,
+        lambda_dpt=0.0,
+        overlays=0,
+    )
+    run_training(config, command="stmap train")
+    assert compared
+    for anchor, shifted in compared:
+        assert any(anchor is q for q in made) and any(shifted is q for q in made)
