@@ -25,6 +25,7 @@
 #   usage: scripts/build_demo_bundle.sh [--variant stable|aa5q|stable-ft|aa5n-distill|
 #          aa5n-ft|aa5n|aa5stem|plain|aa|aa-shift|aalite-shift|aalite5-shift|shift|aa5-shift]
 #          [--seed N] [--install] [--backbone NAME (aa5n-distill, aa5n-ft: e.g. tiny-aa7n)]
+#          [--quincunx-term (aa5n-ft: the consistency term compares the quincunx maps)]
 #          [--epochs N] [--lr LR] [--consistency W (stable-ft)] [--distill W (aa5n-distill)]
 #          [--from BUNDLE (stable-ft, aa5n-distill: in place of a8f0a22's shipped bundle;
 #          aa5n-ft: required)]
@@ -35,7 +36,7 @@ invocation="scripts/build_demo_bundle.sh $*"  # recorded in the bundle's provena
 variant=stable
 install=
 seed=42
-backbone=tiny-aa5n
+backbone=tiny-aa5n quincunx_term=
 consistency=1 distill=1 epochs= lr= from=  # stable-ft's / aa5n-distill's terms; 60 epochs at 3e-3
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
@@ -43,6 +44,7 @@ while [[ $# -gt 0 && $1 == --* ]]; do
     --install) install=yes; shift ;;
     --seed) seed=${2:?--seed needs a number}; shift 2 ;;
     --backbone) backbone=${2:?--backbone needs a backbone name}; shift 2 ;;
+    --quincunx-term) quincunx_term=yes; shift ;;
     --consistency) consistency=${2:?--consistency needs a weight}; shift 2 ;;
     --distill) distill=${2:?--distill needs a weight}; shift 2 ;;
     --epochs) epochs=${2:?--epochs needs a number}; shift 2 ;;
@@ -70,7 +72,8 @@ case $variant in
   stable-ft) variant_sets=(--set backbone=tiny-aa5 --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; base=a8f0a22; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595 ;;
   # a tiny-aa5n bundle (--from, e.g. aa5n-distill's) fine-tuned as stable-ft is
   aa5n-ft) [[ -n $from ]] || { echo "--variant aa5n-ft needs --from BUNDLE (a tiny-aa5n bundle)" >&2; exit 2; }
-    variant_sets=(--set "backbone=$backbone" --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595 ;;
+    variant_sets=(--set "backbone=$backbone" --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595
+    if [[ $quincunx_term == yes ]]; then variant_sets+=(--set quincunx=true); fi ;;
   # tiny-aa5n (0.62x tiny-aa5's time) taught the map of the bundle shipped at a8f0a22
   # (distill_bundle: its quincunx map of each batch is a soft target next to the labels);
   # stable's first step, so its gate is low: the held-out check that counts is step 2's
