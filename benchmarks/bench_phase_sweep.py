@@ -101,12 +101,15 @@ def sweep(name: str, images: dict[str, np.ndarray], margin: int) -> dict[str, An
     cutoff, stride, tile = damage_cutoff(manifest.threshold), spec.patch_size, manifest.tile_size
     shifts = [(dy, dx) for dy in range(stride) for dx in range(stride) if dy or dx]
     per_shift: dict[tuple[int, int], list[PhaseStats]] = {shift: [] for shift in shifts}
-    for image in images.values():
+    per_style: dict[str, list[PhaseStats]] = {style: [] for style in images}
+    for style, image in images.items():
         full = _layers(model, image, tile, cutoff)
         for dy, dx in shifts:
             crop = np.ascontiguousarray(image[:, dy:, dx:])
             shifted = _layers(model, crop, tile, cutoff)
-            per_shift[dy, dx].append(compare_shifted(full, shifted, (dy, dx), margin))
+            stats = compare_shifted(full, shifted, (dy, dx), margin)
+            per_shift[dy, dx].append(stats)
+            per_style[style].append(stats)
     pooled = {shift: pool(stats) for shift, stats in per_shift.items()}
     flips = {shift: s.flips_of_flagged or 0.0 for shift, s in pooled.items()}
     worst = max(shifts, key=lambda s: (flips[s], pooled[s].quantile(0.99)))
@@ -117,6 +120,7 @@ def sweep(name: str, images: dict[str, np.ndarray], margin: int) -> dict[str, An
         "stride": stride,
         "pooled": pool([s for stats in per_shift.values() for s in stats]).as_dict(),
         "worst_shift": {"shift": list(worst), **pooled[worst].as_dict()},
+        "per_style": {style: pool(stats).as_dict() for style, stats in per_style.items()},
         "shifts_over_bound": sum(f > BOUND for f in flips.values()),
         "shifts": len(shifts),
         "max_p99_dprob_255": max(s.quantile(0.99) for s in pooled.values()),
@@ -162,6 +166,21 @@ def markdown(report: dict[str, Any]) -> str:
         "`benchmarks/bench_phase_sweep.py`.",
         provenance_lines(report["provenance"]),
         markdown_table(header, rows),
+        "Per style, over every shift (flips / flagged, flagged share, p99 abs Δ):",
+        markdown_table(
+            ["bundle", *report["styles"]],
+            [
+                [
+                    run["model"],
+                    *(
+                        f"{_pct(s['flips_of_flagged'])}, {_pct(s['flagged_share'], 2)}, "
+                        f"{s['p99_dprob_255']}"
+                        for s in run["per_style"].values()
+                    ),
+                ]
+                for run in report["runs"]
+            ],
+        ),
     ]
     for run in report["runs"]:
         grid = run["flips_of_flagged_per_shift"]

@@ -68,3 +68,4 @@ def test_the_sweep_compares_every_shift_pixel_for_pixel(monkeypatch) -> None:
     assert set(run["flips_of_flagged_per_shift"].values()) == {0.0}
     assert run["pooled"]["max_dprob_255"] == 0 and run["shifts_over_bound"] == 0
     assert run["pooled"]["flagged_share"] > 0.3  # half the random pixels are "damaged"
+    assert run["per_style"]["a"]["pixels"] == run["pooled"]["pixels"]
