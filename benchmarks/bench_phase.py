@@ -143,18 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="stmap-phase-") as tmp:
         root = Path(tmp)
-        cities = {
-            style: generate_city(
-                root / style / "city.tif",
-                width=args.size,
-                height=args.size,
-                style=style,
-                seed=SEED + list(STYLES).index(style),
-                overwrite=True,
-                workers=1,
-            )
-            for style in styles
-        }
+        cities = bench_cities(root, args.size, styles)
         for model in args.models.split(","):
             bundle = resolve_model(model, root)
             for overlap in overlaps:
@@ -167,6 +156,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(_line(run), file=sys.stderr, flush=True)
     finish(report, markdown(report), args.out)
     return 0
+
+
+def bench_cities(root: Path, size: int, styles: list[str]) -> dict[str, Any]:
+    """The benchmark's synthetic city of each style, ``size``² px, under ``root``: the same
+    cities for every run of a size (``bench_phase_sweep`` compares on them too)."""
+    return {
+        style: generate_city(
+            root / style / "city.tif",
+            width=size,
+            height=size,
+            style=style,
+            seed=SEED + list(STYLES).index(style),
+            overwrite=True,
+            workers=1,
+        )
+        for style in styles
+    }
 
 
 def resolve_model(model: str, root: Path) -> str:

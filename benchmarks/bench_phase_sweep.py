@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_phase import SEED, _pct, _quantise, whole_image
+from benchmarks.bench_phase import _pct, _quantise, bench_cities, whole_image
 from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
 from stmap.bundle import open_bundle
 from stmap.io.raster import read_pixels
@@ -39,7 +39,7 @@ from stmap.model import InferenceModel
 from stmap.model.backbones import get_spec
 from stmap.runtime.phase import PhaseStats, compare_shifted, pool
 from stmap.runtime.vectorize import damage_cutoff
-from stmap.synth import STYLES, generate_city
+from stmap.synth import STYLES
 
 BOUND = 0.02  # #20: flips of at most 2 % of the flagged pixels under any phase shift
 
@@ -62,20 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="stmap-phase-sweep-") as tmp:
-        images = {
-            style: read_pixels(
-                generate_city(
-                    Path(tmp) / style / "city.tif",
-                    width=args.size,
-                    height=args.size,
-                    style=style,
-                    seed=SEED + list(STYLES).index(style),
-                    overwrite=True,
-                    workers=1,
-                ).image
-            )
-            for style in styles
-        }
+        cities = bench_cities(Path(tmp), args.size, styles)
+        images = {style: read_pixels(city.image) for style, city in cities.items()}
         for name in args.models.split(","):
             run = sweep(name, images, args.margin)
             report["runs"].append(run)
