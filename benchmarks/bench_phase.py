@@ -158,19 +158,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def bench_cities(root: Path, size: int, styles: list[str]) -> dict[str, Any]:
+CITY_SEED_STEP = 100  # the k-th extra city of a style: seed + k × this
+
+
+def bench_cities(root: Path, size: int, styles: list[str], extra: int = 0) -> dict[str, Any]:
     """The benchmark's synthetic city of each style, ``size``² px, under ``root``: the same
-    cities for every run of a size (``bench_phase_sweep`` compares on them too)."""
+    cities for every run of a size (``bench_phase_sweep`` compares on them too). ``extra``
+    more cities of each style (other seeds) are keyed ``style#k``."""
     return {
-        style: generate_city(
-            root / style / "city.tif",
+        style + (f"#{k}" if k else ""): generate_city(
+            root / f"{style}{k or ''}" / "city.tif",
             width=size,
             height=size,
             style=style,
-            seed=SEED + list(STYLES).index(style),
+            seed=SEED + list(STYLES).index(style) + k * CITY_SEED_STEP,
             overwrite=True,
             workers=1,
         )
+        for k in range(extra + 1)
         for style in styles
     }
 

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=768)
     parser.add_argument("--styles", default=",".join(STYLES))
     parser.add_argument("--margin", type=int, default=64, help="px left out at every edge")
+    parser.add_argument(
+        "--cities", type=int, default=1, help="cities of each style (other seeds after the first)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="STEM: write STEM.json, STEM.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -58,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         "provenance": provenance(),
         "size": args.size,
         "styles": styles,
+        "cities_per_style": args.cities,
         "margin": args.margin,
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="stmap-phase-sweep-") as tmp:
-        cities = bench_cities(Path(tmp), args.size, styles)
-        images = {style: read_pixels(city.image) for style, city in cities.items()}
+        cities = bench_cities(Path(tmp), args.size, styles, extra=args.cities - 1)
+        images = {name: read_pixels(city.image) for name, city in cities.items()}
         for name in args.models.split(","):
             run = sweep(name, images, args.margin)
             report["runs"].append(run)
@@ -89,15 +93,15 @@ def sweep(name: str, images: dict[str, np.ndarray], margin: int) -> dict[str, An
     cutoff, stride, tile = damage_cutoff(manifest.threshold), spec.patch_size, manifest.tile_size
     shifts = [(dy, dx) for dy in range(stride) for dx in range(stride) if dy or dx]
     per_shift: dict[tuple[int, int], list[PhaseStats]] = {shift: [] for shift in shifts}
-    per_style: dict[str, list[PhaseStats]] = {style: [] for style in images}
-    for style, image in images.items():
+    per_style: dict[str, list[PhaseStats]] = {city.split("#")[0]: [] for city in images}
+    for city, image in images.items():
         full = _layers(model, image, tile, cutoff)
         for dy, dx in shifts:
             crop = np.ascontiguousarray(image[:, dy:, dx:])
             shifted = _layers(model, crop, tile, cutoff)
             stats = compare_shifted(full, shifted, (dy, dx), margin)
             per_shift[dy, dx].append(stats)
-            per_style[style].append(stats)
+            per_style[city.split("#")[0]].append(stats)
     pooled = {shift: pool(stats) for shift, stats in per_shift.items()}
     flips = {shift: s.flips_of_flagged or 0.0 for shift, s in pooled.items()}
     worst = max(shifts, key=lambda s: (flips[s], pooled[s].quantile(0.99)))
@@ -147,7 +151,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     parts = [
         "# Phase stability under every sub-stride shift (#20)",
-        f"Synthetic cities of {report['size']}² px (styles {', '.join(report['styles'])}), "
+        f"Synthetic cities of {report['size']}² px ({report.get('cities_per_style', 1)} of each "
+        f"style: {', '.join(report['styles'])}), "
         "each bundle run on the whole mirror-padded city (no tiles) and on its crop from "
         "every shift (dy, dx) in 0..15 × 0..15 but (0, 0); compared "
         f"{report['margin']} px from the edges, pooled over the styles. Written by "

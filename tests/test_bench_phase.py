@@ -61,11 +61,12 @@ def test_the_sweep_compares_every_shift_pixel_for_pixel(monkeypatch) -> None:
 
     monkeypatch.setattr(sweep_module, "whole_image", pointwise)
     rng = np.random.default_rng(0)
-    images = {"a": rng.integers(0, 255, (3, 64, 80), dtype=np.uint8)}
+    images = {city: rng.integers(0, 255, (3, 64, 80), dtype=np.uint8) for city in ("a", "a#1")}
     run = sweep_module.sweep("default", images, margin=4)
     assert run["shifts"] == 255 and len(run["flips_of_flagged_per_shift"]) == 255
     assert "0,0" not in run["flips_of_flagged_per_shift"]
     assert set(run["flips_of_flagged_per_shift"].values()) == {0.0}
     assert run["pooled"]["max_dprob_255"] == 0 and run["shifts_over_bound"] == 0
     assert run["pooled"]["flagged_share"] > 0.3  # half the random pixels are "damaged"
+    assert list(run["per_style"]) == ["a"]  # a style's second city pools into its figures
     assert run["per_style"]["a"]["pixels"] == run["pooled"]["pixels"]
