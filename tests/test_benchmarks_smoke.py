@@ -78,6 +78,13 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ],
         "one 320² city, one crop, overlap 16, the shipped bundle, and the diagnosis",
     ),
+    "bench_phase_sweep.py": (
+        [
+            *("-m", "benchmarks.bench_phase_sweep", "--size", "192", "--styles", "citycentre"),
+            *("--margin", "16", "--models", "default"),
+        ],
+        "one 192² city, the shipped bundle, all 255 shifts",
+    ),
     "bench_map_iou.py": (
         ["-m", "benchmarks.bench_map_iou", "--synth", "256", "--models", "default"],
         "seven 256² cities, the shipped bundle",
@@ -142,6 +149,7 @@ PRINTS_JSON = {
     "bench_train_cache.py",
     "bench_soak.py",
     "bench_phase.py",
+    "bench_phase_sweep.py",
     "bench_shift_model.py",
     "bench_map_iou.py",
 }  # their script mode prints one object
