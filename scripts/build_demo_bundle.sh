@@ -7,28 +7,33 @@
 # the variant's minimum the script exits 1 and leaves the shipped bundle as it was.
 # Deterministic on the CPU (synth seeds 11/12, training seed 42 or --seed, one torch thread).
 #
-# The default variant, stable, rebuilds the shipped bundle (#20) in two steps from the
+# The default variant, stable, rebuilds the shipped bundle (#20) in three steps from the
 # bundle shipped at a8f0a22 (`tiny-aa5` + quincunx, the aa5q variant), taken from git:
 #   1. aa5n-distill --epochs 40: `tiny-aa5n` (tiny-aa5 with 8 and 24 channels in its first
 #      two stages, 0.62x its time) taught that bundle's map as a soft target next to the
 #      labels (distill_bundle), with shift_augment and a bilinear decoder;
 #   2. aa5n-ft: step 1's bundle fine-tuned 15 epochs at lr 1e-3 with the shift-consistency
-#      term (init_bundle + shift_consistency 1), then the held-out check and --install.
-# Each step sets the quincunx on its trained bundle (the last stage run at both phases of
-# its subsampling, averaged; weights unchanged, so the epoch chosen on validation is the
-# one training chose); `stmap train` writes the CNN tiling (1024/128, margin 48).
-# About 25 minutes on an idle 2-core CPU. WORKDIR/distill and WORKDIR/ft hold the steps.
+#      term (init_bundle + shift_consistency 1);
+#   3. aa7n-swap: step 2's weights, untrained, behind `tiny-aa7n`'s 7-tap blur-pools (the
+#      same tensors; every training of them undid the gain, shift_model.md), then the
+#      held-out check and --install.
+# Each training step sets the quincunx on its trained bundle (the last stage run at both
+# phases of its subsampling, averaged; weights unchanged, so the epoch chosen on validation
+# is the one training chose); `stmap train` writes the CNN tiling (1024/128, margin 48).
+# About 25 minutes on an idle 2-core CPU. WORKDIR/distill, WORKDIR/ft and WORKDIR/swap
+# hold the steps.
 #
 # The other variants are the candidates measured for #20 (benchmarks/results/shift_model.md);
 # plain is the `tiny` recipe shipped before. They are left in WORKDIR/run/bundle and replace
 # the shipped bundle only with --install, after the held-out check.
 #   usage: scripts/build_demo_bundle.sh [--variant stable|aa5q|stable-ft|aa5n-distill|
-#          aa5n-ft|aa5n|aa5stem|plain|aa|aa-shift|aalite-shift|aalite5-shift|shift|aa5-shift]
-#          [--seed N] [--install] [--backbone NAME (aa5n-distill, aa5n-ft: e.g. tiny-aa7n)]
+#          aa5n-ft|aa7n-swap|aa5n|aa5stem|plain|aa|aa-shift|aalite-shift|aalite5-shift|shift|
+#          aa5-shift] [--seed N] [--install]
+#          [--backbone NAME (aa5n-distill, aa5n-ft: e.g. tiny-aa7n; aa7n-swap: the target)]
 #          [--quincunx-term (aa5n-ft: the consistency term compares the quincunx maps)]
 #          [--epochs N] [--lr LR] [--consistency W (stable-ft)] [--distill W (aa5n-distill)]
 #          [--from BUNDLE (stable-ft, aa5n-distill: in place of a8f0a22's shipped bundle;
-#          aa5n-ft: required)]
+#          aa5n-ft, aa7n-swap: required)]
 #          [WORKDIR]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +41,7 @@ invocation="scripts/build_demo_bundle.sh $*"  # recorded in the bundle's provena
 variant=stable
 install=
 seed=42
-backbone=tiny-aa5n quincunx_term=
+backbone= quincunx_term=
 consistency=1 distill=1 epochs= lr= from=  # stable-ft's / aa5n-distill's terms; 60 epochs at 3e-3
 while [[ $# -gt 0 && $1 == --* ]]; do
   case $1 in
@@ -57,10 +62,13 @@ if [[ $variant == stable ]]; then  # the shipped bundle: the two steps above
   work=${1:-$(mktemp -d)}
   bash "$repo/scripts/build_demo_bundle.sh" --variant aa5n-distill --epochs 40 --seed "$seed" \
     "$work/distill"
-  last=(--variant aa5n-ft --from "$work/distill/run/bundle" --seed "$seed")
+  bash "$repo/scripts/build_demo_bundle.sh" --variant aa5n-ft --from "$work/distill/run/bundle" \
+    --seed "$seed" "$work/ft"
+  last=(--variant aa7n-swap --from "$work/ft/run/bundle")
   [[ ${install:-yes} == yes ]] && last+=(--install)
-  exec bash "$repo/scripts/build_demo_bundle.sh" "${last[@]}" "$work/ft"
+  exec bash "$repo/scripts/build_demo_bundle.sh" "${last[@]}" "$work/swap"
 fi
+swap_to=
 quincunx=
 base=
 case $variant in
@@ -72,12 +80,16 @@ case $variant in
   stable-ft) variant_sets=(--set backbone=tiny-aa5 --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; base=a8f0a22; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595 ;;
   # a tiny-aa5n bundle (--from, e.g. aa5n-distill's) fine-tuned as stable-ft is
   aa5n-ft) [[ -n $from ]] || { echo "--variant aa5n-ft needs --from BUNDLE (a tiny-aa5n bundle)" >&2; exit 2; }
-    variant_sets=(--set "backbone=$backbone" --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595
+    variant_sets=(--set "backbone=${backbone:-tiny-aa5n}" --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595
     if [[ $quincunx_term == yes ]]; then variant_sets+=(--set quincunx=true); fi ;;
+  # a bundle's weights (--from, e.g. aa5n-ft's), untrained, behind the 7-tap blur-pools of
+  # tiny-aa7n (or --backbone's), whose tensors they are: stable's last step
+  aa7n-swap) [[ -n $from ]] || { echo "--variant aa7n-swap needs --from BUNDLE (a tiny-aa5n bundle)" >&2; exit 2; }
+    swap_to=${backbone:-tiny-aa7n}; install=${install:-no}; min_iou=0.595 ;;
   # tiny-aa5n (0.62x tiny-aa5's time) taught the map of the bundle shipped at a8f0a22
   # (distill_bundle: its quincunx map of each batch is a soft target next to the labels);
   # stable's first step, so its gate is low: the held-out check that counts is step 2's
-  aa5n-distill) variant_sets=(--set "backbone=$backbone" --set decoder_upsample=bilinear --set shift_augment=true --set distill_bundle=base_bundle --set "distill_weight=$distill"); quincunx=yes; base=a8f0a22; install=${install:-no}; min_iou=0.5 ;;
+  aa5n-distill) variant_sets=(--set "backbone=${backbone:-tiny-aa5n}" --set decoder_upsample=bilinear --set shift_augment=true --set distill_bundle=base_bundle --set "distill_weight=$distill"); quincunx=yes; base=a8f0a22; install=${install:-no}; min_iou=0.5 ;;
   # the shipped recipe with a pre-blurred input in place of the first stage's blur-pool
   aa5stem) variant_sets=(--set backbone=tiny-aa5stem --set decoder_upsample=bilinear --set shift_augment=true); quincunx=yes; install=${install:-no}; min_iou=0.595 ;;
   # the shipped recipe with fewer channels in the first two stages (tiny-aa5n: 8, 24)
@@ -96,7 +108,7 @@ case $variant in
   aalite5-shift) variant_sets=(--set backbone=tiny-aalite5 --set decoder_upsample=bilinear --set shift_augment=true); install=${install:-no}; min_iou=0.595 ;;
   # the cheaper anti-aliased stem (tiny-aalite), shift-augmented
   aalite-shift) variant_sets=(--set backbone=tiny-aalite --set decoder_upsample=bilinear --set shift_augment=true); install=${install:-no}; min_iou=0.595 ;;
-  *) echo "--variant: stable, aa5q, stable-ft, aa5n-distill, aa5n-ft, aa5n, aa5stem, plain, aa, aa-shift, aalite-shift, aalite5-shift, shift or aa5-shift, not $variant" >&2; exit 2 ;;
+  *) echo "--variant: stable, aa5q, stable-ft, aa5n-distill, aa5n-ft, aa7n-swap, aa5n, aa5stem, plain, aa, aa-shift, aalite-shift, aalite5-shift, shift or aa5-shift, not $variant" >&2; exit 2 ;;
 esac
 work=${1:-$(mktemp -d)}
 heldout=periurban
@@ -120,11 +132,22 @@ elif [[ -n $base ]]; then  # the bundle to fine-tune or learn from, as shipped a
     git -C "$repo" show "$base:src/stmap/data/demo_bundle/$file" > "base_bundle/$file"
   done
 fi
-stmap train --config fullsup --set data_root=tiles --set backbone=tiny \
-  --set decoder_channels=16 --set photometric_augment=1 \
-  --set "source_regions=[citycentre,oldtown,village,citycentreb,oldtownb,villageb]" \
-  --set "epochs=${epochs:-60}" --set "lr=${lr:-3e-3}" --set k_folds=2 --set device=cpu --set out_dir=run \
-  --set "seed=$seed" ${variant_sets[@]+"${variant_sets[@]}"}
+if [[ -n $swap_to ]]; then  # no training: the same weights behind other fixed blurs
+  rm -rf run && mkdir run
+  python - base_bundle run/bundle "$swap_to" <<'PY'
+import sys
+
+from stmap.bundle import open_bundle, write_with_backbone
+
+write_with_backbone(open_bundle(sys.argv[1]), sys.argv[2], sys.argv[3])
+PY
+else
+  stmap train --config fullsup --set data_root=tiles --set backbone=tiny \
+    --set decoder_channels=16 --set photometric_augment=1 \
+    --set "source_regions=[citycentre,oldtown,village,citycentreb,oldtownb,villageb]" \
+    --set "epochs=${epochs:-60}" --set "lr=${lr:-3e-3}" --set k_folds=2 --set device=cpu \
+    --set out_dir=run --set "seed=$seed" ${variant_sets[@]+"${variant_sets[@]}"}
+fi
 
 if [[ $quincunx == yes ]]; then  # the same weights, mapped with both phases of the last stage
   python - run/bundle <<'PY'

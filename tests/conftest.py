@@ -44,10 +44,13 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def make_tiny_bundle(path: Path, *, seed: int = 0, decoder_channels: int = 8, **fields) -> Path:
-    """A bundle of the `tiny` architecture with seeded random weights."""
+def make_tiny_bundle(
+    path: Path, *, seed: int = 0, decoder_channels: int = 8, backbone: str = "tiny", **fields
+) -> Path:
+    """A bundle of the `tiny` architecture (or another of its family) with seeded random
+    weights."""
     torch.manual_seed(seed)
-    config = SegmenterConfig(backbone="tiny", tile_size=128, decoder_channels=decoder_channels)
+    config = SegmenterConfig(backbone=backbone, tile_size=128, decoder_channels=decoder_channels)
     model = DamageSegmenter(config)
     manifest = manifest_for(
         config,

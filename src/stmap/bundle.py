@@ -33,7 +33,7 @@ from pydantic import (
 
 from stmap.errors import BundleError, InputError, OutputExistsError
 from stmap.io.paths import check_input_path
-from stmap.model.backbones import BackboneSpec, get_spec
+from stmap.model.backbones import BackboneSpec, get_spec, weights_interchangeable
 from stmap.model.preprocess import Preprocessing
 from stmap.model.segmenter import DamageSegmenter, SegmenterConfig
 
@@ -514,6 +514,39 @@ def write_retiled(
     the same weights under another model hash, for comparing tilings of one model."""
     manifest = bundle.manifest.model_copy(update={"tiling": tiling, "files": {}})
     return write_bundle(directory, bundle.load_segmenter(), manifest, overwrite=overwrite)
+
+
+def write_with_backbone(
+    bundle: Bundle,
+    directory: str | os.PathLike[str],
+    backbone: str,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """A copy of ``bundle`` whose weights run in ``backbone``, one that holds the same
+    tensors and differs only in weightless filters (``weights_interchangeable``): the
+    shipped ``tiny-aa5n`` weights behind ``tiny-aa7n``'s longer blur alias less with no
+    training (#20). Refused (BundleError) before anything is written otherwise."""
+    from stmap.model.weights import load_strict
+
+    ours = bundle.manifest.backbone
+    target = get_spec(backbone).name
+    if not weights_interchangeable(ours, target):
+        raise BundleError(
+            f"{bundle.source}: its {ours} weights do not fit {target} (other tensors, "
+            "normalisation or stride, or a frozen foundation model)"
+        )
+    manifest = bundle.manifest.model_copy(
+        update={
+            "backbone": target,
+            "backbone_weights": f"{bundle.manifest.backbone_weights}; its {ours} weights "
+            f"in {target}, untrained (model {bundle.hash()[:12]})",
+            "files": {},
+        }
+    )
+    model = DamageSegmenter(manifest.segmenter_config())
+    load_strict(model, bundle.load_segmenter().state_dict(), f"{bundle.source}/{WEIGHTS}")
+    return write_bundle(directory, model, manifest, overwrite=overwrite)
 
 
 def add_files(bundle: Bundle, files: Mapping[str, Path], exports: Mapping[str, Any]) -> Manifest:

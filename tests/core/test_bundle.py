@@ -26,6 +26,7 @@ from stmap.bundle import (
     sha256_of,
     write_bundle,
     write_retiled,
+    write_with_backbone,
 )
 from stmap.errors import BundleError, OutputExistsError
 from tests.conftest import make_tiny_bundle
@@ -255,6 +256,29 @@ def test_new_cnn_bundles_get_large_tiles_and_vits_keep_theirs():
     assert default_tiling("tiny-aa", 128) == ANY_TILE_INFER
     assert default_tiling("vit_small_patch16_dinov3.lvd1689m", 128) is None
     assert default_tiling("tiny", 1024) is None  # trained on tiles as large: nothing to change
+
+
+def test_a_bundle_moves_to_a_backbone_with_the_same_tensors_and_maps_otherwise(tmp_path):
+    """#20: the shipped tiny-aa5n weights run behind tiny-aa7n's 7-tap blur, untrained."""
+    five = open_bundle(make_tiny_bundle(tmp_path / "five", backbone="tiny-aa5n"))
+    seven = open_bundle(write_with_backbone(five, tmp_path / "seven", "tiny-aa7n"))
+    assert seven.manifest.backbone == "tiny-aa7n"
+    assert "its tiny-aa5n weights in tiny-aa7n" in seven.manifest.backbone_weights
+    assert seven.hash() != five.hash()
+    theirs, ours = five.load_segmenter(), seven.load_segmenter()
+    for key, tensor in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], tensor), key
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        # the blur is not the 5-tap one (a random decoder maps a constant, so the features)
+        assert not torch.allclose(ours.features(x), theirs.features(x))
+
+
+def test_a_bundle_does_not_move_to_a_backbone_of_other_tensors(tmp_path):
+    plain = open_bundle(make_tiny_bundle(tmp_path / "plain"))
+    with pytest.raises(BundleError, match="tiny weights do not fit tiny-aa"):
+        write_with_backbone(plain, tmp_path / "aa", "tiny-aa")  # same shapes, other names
+    assert not (tmp_path / "aa").exists()
 
 
 def test_the_tiling_is_part_of_the_model_hash(tmp_path):
