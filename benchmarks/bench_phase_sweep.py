@@ -13,7 +13,7 @@ Reported per bundle: flips of the flagged pixels and p99 |Δprob| pooled over ev
 shift, the worst shift, how many shifts flip more than 2 % of the flagged pixels (#20's
 bound), the largest p99 of a shift, and the grid of flips per shift.
 
-Run, from the repository root (about 4 minutes a bundle of ``tiny-aa5n``'s cost on one
+Run, from the repository root (about 4 minutes a bundle of the shipped one's cost on one
 core):
 
     python -m benchmarks.bench_phase_sweep --models default,PATH/TO/bundle \

@@ -20,14 +20,14 @@ TINY_BODY = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15, 16, 18, 19, 21, 22]
 
 def test_tiny_keeps_its_layout_and_the_shipped_bundle_its_manifest():
     """A `tiny` bundle written before #20 still loads (its keys do not move); the shipped
-    bundle (tiny-aa5n, bilinear, quincunx) re-serialises to what was shipped, so its hash
+    bundle (tiny-aa7n, bilinear, quincunx) re-serialises to what was shipped, so its hash
     does not move either."""
     model = DamageSegmenter(SegmenterConfig("tiny", 128, 16))
     convs = sorted({int(k.split(".")[2]) for k in model.state_dict() if k.startswith("backbone.")})
     assert convs == TINY_BODY
     bundle = open_bundle("default")
     raw = json.loads((bundle.root / "manifest.json").read_text())
-    assert bundle.manifest.backbone == "tiny-aa5n"
+    assert bundle.manifest.backbone == "tiny-aa7n"
     assert raw["architecture"]["decoder_upsample"] == "bilinear" and raw["architecture"]["quincunx"]
     assert bundle.manifest.model_dump(mode="json")["architecture"] == raw["architecture"]
     assert bundle.manifest.model_dump(mode="json")["tiling"] == raw["tiling"]

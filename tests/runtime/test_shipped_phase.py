@@ -2,10 +2,11 @@
 
 A synthetic city and its crop from a sub-stride offset, placed at the city's corner, are
 mapped with default options, as a user would (``runtime/phase.py``), and compared a
-tile (128 px) from both rasters' edges. Measured on 768² cities with the shipped
-`tiny-aa5n` bundle: p99 |Δprob| 2–3/255, max 8–9, 1.4–2.7 % of the flagged pixels flip;
-the `tiny-aa5` bundle before it 5–6, 10–15 and 3.3–4.4 %; the `tiny` bundle before that
-moved by p99 52–55, max 108–112, and flipped 24–50 %.
+tile (128 px) from both rasters' edges. Measured on 768² cities with the shipped bundle
+(`tiny-aa5n`'s weights behind `tiny-aa7n`'s 7-tap blur): p99 |Δprob| 2/255, max 5–6,
+0.5–1.8 % of the flagged pixels flip; the same weights with the 5-tap blur before it
+2–3, 8–9 and 1.4–2.7 %; the `tiny-aa5` bundle before that 5–6, 10–15 and 3.3–4.4 %; the
+`tiny` bundle before that moved by p99 52–55, max 108–112, and flipped 24–50 %.
 """
 
 from __future__ import annotations
