@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from stmap.bundle import Normalization, manifest_for, open_bundle, write_bundle
+from stmap.bundle import Normalization, default_tiling, manifest_for, open_bundle, write_bundle
 from stmap.errors import InputError
 from stmap.model import DamageSegmenter, InferenceModel, SegmenterConfig, get_spec
 from stmap.provenance import git_commit
@@ -278,7 +278,9 @@ def peak_rss_mb(field: str = "VmHWM") -> float:
 
 
 def random_bundle(path: Path, backbone: str, seed: int) -> Path:
-    """A bundle of ``backbone`` with random weights: speed does not depend on them."""
+    """A bundle of ``backbone`` with random weights: speed does not depend on them. It maps
+    in the tiles a trained bundle of the backbone would (``default_tiling``: 1024 px for
+    the CNNs), so its figures are the ones such a bundle gets."""
     spec = get_spec(backbone)
     torch.manual_seed(seed)
     config = SegmenterConfig(
@@ -289,6 +291,7 @@ def random_bundle(path: Path, backbone: str, seed: int) -> Path:
         name=f"bench-{spec.name}",
         backbone_weights="random (stmap bench)",
         normalization=Normalization(mean=spec.mean, std=spec.std),
+        tiling=default_tiling(spec.name, BACKBONE_TILE),
     )
     return write_bundle(path, DamageSegmenter(config).eval(), manifest)
 

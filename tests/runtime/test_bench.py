@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
+from stmap.bundle import ANY_TILE_INFER, open_bundle
 from stmap.cli import main
 from stmap.cli.bench import _phase_cell, synthetic_city
 from stmap.runtime.bench import (
@@ -24,6 +25,7 @@ from stmap.runtime.bench import (
     count_flops_per_tile,
     km2_per_hour,
     phase_shift,
+    random_bundle,
     run_bench,
 )
 from stmap.runtime.infer import InferOptions, run_inference
@@ -181,6 +183,15 @@ def test_cli_cuda_without_cuda_is_bad_usage() -> None:
     outcome = CliRunner().invoke(main, ["bench", "--device", "cuda", "--size", "256"])
     assert outcome.exit_code == 2
     assert "CUDA is not available" in outcome.output
+
+
+def test_a_random_weight_bundle_maps_in_the_tiles_a_trained_one_would(tmp_path: Path) -> None:
+    """`stmap bench --backbone tiny-aa7n` times the CNN in the 1024-px tiles that every
+    trained CNN bundle maps in, not in its 128-px training tiles; a ViT keeps its tile."""
+    cnn = open_bundle(random_bundle(tmp_path / "cnn", "tiny-aa7n", 0)).manifest
+    assert cnn.tiling == ANY_TILE_INFER
+    vit = open_bundle(random_bundle(tmp_path / "vit", "vit_small_patch16_dinov3.lvd1689m", 0))
+    assert vit.manifest.tiling is None
 
 
 def test_cli_backbone_and_model_together_are_bad_usage(tiny_bundle: Path) -> None:

@@ -25,7 +25,8 @@ from stmap.cli.options import (
     default=None,
     metavar="NAME",
     help="Instead of --model: a random-weight model of this registered backbone "
-    "(tile 128, decoder 256 channels), e.g. vit_large_patch16_dinov3.sat493m.",
+    "(trained on 128-px tiles, decoder 256 channels; a CNN maps in the 1024-px tiles "
+    "its trained bundles use), e.g. vit_large_patch16_dinov3.sat493m.",
 )
 @execution_options
 @tta_option
