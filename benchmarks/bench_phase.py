@@ -180,6 +180,11 @@ def bench_cities(root: Path, size: int, styles: list[str], extra: int = 0) -> di
     }
 
 
+def city_style(name: str) -> str:
+    """The style of a ``bench_cities`` key (``style`` or ``style#k``)."""
+    return name.split("#")[0]
+
+
 def resolve_model(model: str, root: Path) -> str:
     """A bundle path for a ``--models`` entry; ``NAME@TILE`` writes a copy of NAME whose
     manifest maps it in TILE-px tiles (``tiling``; none at the training tile)."""

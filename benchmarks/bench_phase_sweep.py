@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_phase import _pct, _quantise, bench_cities, whole_image
+from benchmarks.bench_phase import _pct, _quantise, bench_cities, city_style, whole_image
 from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
 from stmap.bundle import open_bundle
 from stmap.io.raster import read_pixels
@@ -93,7 +93,7 @@ def sweep(name: str, images: dict[str, np.ndarray], margin: int) -> dict[str, An
     cutoff, stride, tile = damage_cutoff(manifest.threshold), spec.patch_size, manifest.tile_size
     shifts = [(dy, dx) for dy in range(stride) for dx in range(stride) if dy or dx]
     per_shift: dict[tuple[int, int], list[PhaseStats]] = {shift: [] for shift in shifts}
-    per_style: dict[str, list[PhaseStats]] = {city.split("#")[0]: [] for city in images}
+    per_style: dict[str, list[PhaseStats]] = {city_style(city): [] for city in images}
     for city, image in images.items():
         full = _layers(model, image, tile, cutoff)
         for dy, dx in shifts:
@@ -101,7 +101,7 @@ def sweep(name: str, images: dict[str, np.ndarray], margin: int) -> dict[str, An
             shifted = _layers(model, crop, tile, cutoff)
             stats = compare_shifted(full, shifted, (dy, dx), margin)
             per_shift[dy, dx].append(stats)
-            per_style[city.split("#")[0]].append(stats)
+            per_style[city_style(city)].append(stats)
     pooled = {shift: pool(stats) for shift, stats in per_shift.items()}
     flips = {shift: s.flips_of_flagged or 0.0 for shift, s in pooled.items()}
     worst = max(shifts, key=lambda s: (flips[s], pooled[s].quantile(0.99)))

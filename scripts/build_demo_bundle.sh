@@ -58,7 +58,7 @@ while [[ $# -gt 0 && $1 == --* ]]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-if [[ $variant == stable ]]; then  # the shipped bundle: the two steps above
+if [[ $variant == stable ]]; then  # the shipped bundle: the three steps above
   work=${1:-$(mktemp -d)}
   bash "$repo/scripts/build_demo_bundle.sh" --variant aa5n-distill --epochs 40 --seed "$seed" \
     "$work/distill"

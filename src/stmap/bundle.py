@@ -527,8 +527,6 @@ def write_with_backbone(
     tensors and differs only in weightless filters (``weights_interchangeable``): the
     shipped ``tiny-aa5n`` weights behind ``tiny-aa7n``'s longer blur alias less with no
     training (#20). Refused (BundleError) before anything is written otherwise."""
-    from stmap.model.weights import load_strict
-
     ours = bundle.manifest.backbone
     target = get_spec(backbone).name
     if not weights_interchangeable(ours, target):
@@ -544,9 +542,8 @@ def write_with_backbone(
             "files": {},
         }
     )
-    model = DamageSegmenter(manifest.segmenter_config())
-    load_strict(model, bundle.load_segmenter().state_dict(), f"{bundle.source}/{WEIGHTS}")
-    return write_bundle(directory, model, manifest, overwrite=overwrite)
+    # interchangeable: the same state dict, key for key and shape for shape
+    return write_bundle(directory, bundle.load_segmenter(), manifest, overwrite=overwrite)
 
 
 def add_files(bundle: Bundle, files: Mapping[str, Path], exports: Mapping[str, Any]) -> Manifest:
