@@ -11,7 +11,7 @@ import torch
 
 from stmap.bundle import Architecture, manifest_for, open_bundle, write_bundle
 from stmap.model import DamageSegmenter, SegmenterConfig
-from stmap.model.backbones import BlurPool, get_spec
+from stmap.model.backbones import BlurPool, get_spec, weights_interchangeable
 from stmap.model.decoder import Decoder
 
 # the state-dict keys of the shipped tiny backbone: its layout must not move
@@ -79,6 +79,19 @@ def test_the_seven_tap_narrow_model_has_aa5ns_weights():
     seven.load_state_dict(five.state_dict())
 
 
+def test_the_shipped_backbone_blurs_its_first_stage_longest():
+    """tiny-aa97n: tiny-aa7n's tensors, a 9-tap blur-pool in the first stage (where odd
+    shifts flipped the most) and 7-tap ones after it."""
+    nine = DamageSegmenter(SegmenterConfig("tiny-aa97n", 128, 16, decoder_upsample="bilinear"))
+    seven = DamageSegmenter(SegmenterConfig("tiny-aa7n", 128, 16, decoder_upsample="bilinear"))
+    assert {k: v.shape for k, v in nine.state_dict().items()} == {
+        k: v.shape for k, v in seven.state_dict().items()
+    }
+    pools = [m for m in nine.backbone.modules() if isinstance(m, BlurPool)]
+    assert [p.kernel.shape[-1] for p in pools] == [9, 7, 7, 7]
+    assert weights_interchangeable("tiny-aa5n", "tiny-aa97n")
+
+
 def test_blurpool_is_a_binomial_low_pass():
     pool = BlurPool(2, stride=2)
     flat = torch.full((1, 2, 8, 8), 3.0)
@@ -88,11 +101,11 @@ def test_blurpool_is_a_binomial_low_pass():
     assert float(out[..., 1:-1, 1:-1].std()) < 0.2 * float(checker.float().std())
 
 
-@pytest.mark.parametrize("taps", [3, 5, 7])
+@pytest.mark.parametrize("taps", [3, 5, 7, 9])
 def test_the_longer_blurs_pass_less_of_what_aliases(taps: int):
     """All keep a flat image; at a third of the sampling rate (aliased by stride 2) each
-    longer binomial lets through a quarter of what the shorter one does (1/4, 1/16, 1/64:
-    cos(π/3) to the power taps − 1)."""
+    longer binomial lets through a quarter of what the shorter one does (1/4, 1/16, 1/64,
+    1/256: cos(π/3) to the power taps − 1)."""
     flat = torch.full((1, 1, 12, 12), 3.0)
     assert torch.allclose(BlurPool(1, 2, taps)(flat), torch.full((1, 1, 6, 6), 3.0))
     wave = torch.cos(2 * torch.pi * torch.arange(48) / 3).expand(48, 48)[None, None]

@@ -129,6 +129,7 @@ BINOMIAL_TAPS = {
     3: (1.0, 2.0, 1.0),
     5: (1.0, 4.0, 6.0, 4.0, 1.0),
     7: (1.0, 6.0, 15.0, 20.0, 15.0, 6.0, 1.0),
+    9: (1.0, 8.0, 28.0, 56.0, 70.0, 56.0, 28.0, 8.0, 1.0),
 }
 
 
@@ -195,13 +196,14 @@ class BlurPool(nn.Module):
 
 TINY_WIDTHS = (16, 32, 48)  # the first three stages' channels; the last has embed_dim
 
-# TinyBackbone's antialias → (each of its four stages' way, the taps)
+# TinyBackbone's antialias → (each of its four stages' way, the taps: all stages' or each's)
 _PB, _BP = "preblur", "blurpool"
-ANTIALIAS_STAGES: dict[str | None, tuple[tuple[str | None, ...], int]] = {
+ANTIALIAS_STAGES: dict[str | None, tuple[tuple[str | None, ...], int | tuple[int, ...]]] = {
     None: ((None,) * 4, 3),
     "blurpool": ((_BP,) * 4, 3),
     "blurpool5": ((_BP,) * 4, 5),
     "blurpool7": ((_BP,) * 4, 7),
+    "blurpool97": ((_BP,) * 4, (9, 7, 7, 7)),
     "preblur": ((_PB,) * 4, 3),
     "lite": ((_PB, _PB, _BP, _BP), 3),
     "lite5": ((_PB, _PB, _BP, _BP), 5),
@@ -226,6 +228,9 @@ class TinyBackbone(nn.Module):
       Nyquist frequency is 1/8 against the 5-tap's 1/4: of the flips a sub-stride shift
       leaves, about half came from the first stage's subsampling (odd shifts flipped
       twice what even ones did, ``shift_model.md``).
+    * ``"blurpool97"`` (``tiny-aa97n``): ``"blurpool7"`` with the 9-tap binomial (gain
+      1/16 at the new Nyquist frequency) in the first stage, where odd shifts still
+      flipped the most; in every stage it cost too much accuracy.
     * ``"lite"`` (``tiny-aalite``): ``"preblur"`` in the two full- and half-resolution
       stages, where Zhang's stride-1 conv costs most, ``"blurpool"`` in the last two —
       about 1.3× the plain model's multiply-adds against ``"blurpool"``'s 2.1×.
@@ -250,12 +255,13 @@ class TinyBackbone(nn.Module):
         if antialias not in ANTIALIAS_STAGES:
             known = ", ".join(repr(k) for k in ANTIALIAS_STAGES)
             raise ValueError(f"antialias {antialias!r}: expected one of {known}")
-        modes, taps = ANTIALIAS_STAGES[antialias]
+        modes, stage_taps = ANTIALIAS_STAGES[antialias]
         layers: list[nn.Module] = []
         c_in = 3
         channels = (*widths, embed_dim)
         for stage, c_out in enumerate(channels):
             mode = modes[stage]
+            taps = stage_taps if isinstance(stage_taps, int) else stage_taps[stage]
             if mode == "preblur":
                 layers.append(BlurPool(c_in, 1, taps))
             stride = 1 if mode == "blurpool" else 2
@@ -372,6 +378,12 @@ for _tiny_name, _antialias, _what, _widths in [
         "tiny-aa7n",
         "blurpool7",
         "tiny-aa5n with the 7-tap binomial blur: less aliasing, tiny-aa5n's weights",
+        NARROW_WIDTHS,
+    ),
+    (
+        "tiny-aa97n",
+        "blurpool97",
+        "tiny-aa7n with a 9-tap blur in its first stage: steadier at odd shifts, its weights",
         NARROW_WIDTHS,
     ),
 ]:
