@@ -546,30 +546,6 @@ def write_with_backbone(
     return write_bundle(directory, bundle.load_segmenter(), manifest, overwrite=overwrite)
 
 
-def write_with_threshold(
-    bundle: Bundle,
-    directory: str | os.PathLike[str],
-    threshold: float,
-    why: str,
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """A copy of ``bundle`` that flags damage above ``threshold``, with ``why`` (how it was
-    found) in its provenance: the same model and model hash (the threshold decides on the
-    probabilities, it does not make them) — for weights moved behind other fixed filters,
-    whose accuracy peaks at another threshold (#20). Refused (BundleError) outside (0, 1)."""
-    if not 0 < threshold < 1:
-        raise BundleError(f"threshold {threshold}: a damage threshold lies strictly in (0, 1)")
-    manifest = bundle.manifest.model_copy(
-        update={
-            "threshold": threshold,
-            "provenance": {**bundle.manifest.provenance, "threshold": why},
-            "files": {},
-        }
-    )
-    return write_bundle(directory, bundle.load_segmenter(), manifest, overwrite=overwrite)
-
-
 def add_files(bundle: Bundle, files: Mapping[str, Path], exports: Mapping[str, Any]) -> Manifest:
     """Move ``files`` into ``bundle`` and record them (hashes, ``exports``) in its manifest.
 

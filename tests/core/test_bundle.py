@@ -27,7 +27,6 @@ from stmap.bundle import (
     write_bundle,
     write_retiled,
     write_with_backbone,
-    write_with_threshold,
 )
 from stmap.errors import BundleError, OutputExistsError
 from tests.conftest import make_tiny_bundle
@@ -280,25 +279,6 @@ def test_a_bundle_does_not_move_to_a_backbone_of_other_tensors(tmp_path):
     with pytest.raises(BundleError, match="tiny weights do not fit tiny-aa"):
         write_with_backbone(plain, tmp_path / "aa", "tiny-aa")  # same shapes, other names
     assert not (tmp_path / "aa").exists()
-
-
-def test_a_bundle_copied_with_another_threshold_is_the_same_model(tmp_path):
-    """#20: a swapped bundle's threshold refitted; what it flags changes, its model not."""
-    bundle = open_bundle(make_tiny_bundle(tmp_path / "b"))
-    why = "fitted on the maps of the training cities"
-    copied = open_bundle(write_with_threshold(bundle, tmp_path / "t", 0.551, why))
-    assert copied.manifest.threshold == 0.551
-    assert copied.manifest.provenance["threshold"] == why
-    assert copied.hash() == bundle.hash()
-    assert copied.manifest.files == bundle.manifest.files  # the same weights file
-
-
-@pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5])
-def test_a_threshold_outside_zero_one_is_refused_before_writing(tmp_path, threshold):
-    bundle = open_bundle(make_tiny_bundle(tmp_path / "b"))
-    with pytest.raises(BundleError, match=f"threshold {threshold}"):
-        write_with_threshold(bundle, tmp_path / "t", threshold, "why")
-    assert not (tmp_path / "t").exists()
 
 
 def test_the_tiling_is_part_of_the_model_hash(tmp_path):
