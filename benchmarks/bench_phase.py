@@ -386,14 +386,13 @@ def diagnose(cities: dict[str, Any], offsets, root: Path) -> list[dict[str, Any]
         for style, city in cities.items():
             image = read_pixels(city.image)
             start = time.perf_counter()
-            prob = _quantise(mapper(model, image, tile))
-            seconds, pixels = seconds + time.perf_counter() - start, pixels + prob.size
-            full = (prob, (prob > cutoff).astype(np.uint8))
+            full = map_layers(mapper(model, image, tile), cutoff)
+            seconds, pixels = seconds + time.perf_counter() - start, pixels + full[0].size
             ious.append(_iou(full[1], read_band(city.labels)))
             per_style[style] = []
             for row, col in offsets:
-                crop = _quantise(mapper(model, np.ascontiguousarray(image[:, row:, col:]), tile))
-                shifted = (crop, (crop > cutoff).astype(np.uint8))
+                crop = np.ascontiguousarray(image[:, row:, col:])
+                shifted = map_layers(mapper(model, crop, tile), cutoff)
                 per_style[style].append(compare_shifted(full, shifted, (row, col), margin=128))
         cost: dict[str, Any] = {"mpx_per_s_in_memory": round(pixels / seconds / 1e6, 4)}
         if tiles_per_px is not None:
@@ -483,6 +482,13 @@ def _agreement(model, cities: dict[str, Any], root: Path, tile: int) -> int | No
 def _quantise(prob: np.ndarray) -> np.ndarray:
     """As the pipeline stores it: × 255, rounded, 254 at most (255 is nodata)."""
     return np.clip(np.round(prob * 255), 0, 254).astype(np.uint8)
+
+
+def map_layers(prob: np.ndarray, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
+    """A float map as the pipeline writes it: (uint8 probability, damaged flag), the pair
+    ``compare_shifted`` compares."""
+    quantised = _quantise(prob)
+    return quantised, (quantised > cutoff).astype(np.uint8)
 
 
 def _iou(damage: np.ndarray, labels: np.ndarray) -> float:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_phase import _pct, _quantise, bench_cities, city_style, whole_image
+from benchmarks.bench_phase import _pct, bench_cities, city_style, map_layers, whole_image
 from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
 from stmap.bundle import open_bundle
 from stmap.io.raster import read_pixels
@@ -95,10 +95,10 @@ def sweep(name: str, images: dict[str, np.ndarray], margin: int) -> dict[str, An
     per_shift: dict[tuple[int, int], list[PhaseStats]] = {shift: [] for shift in shifts}
     per_style: dict[str, list[PhaseStats]] = {city_style(city): [] for city in images}
     for city, image in images.items():
-        full = _layers(model, image, tile, cutoff)
+        full = map_layers(whole_image(model, image, tile), cutoff)
         for dy, dx in shifts:
             crop = np.ascontiguousarray(image[:, dy:, dx:])
-            shifted = _layers(model, crop, tile, cutoff)
+            shifted = map_layers(whole_image(model, crop, tile), cutoff)
             stats = compare_shifted(full, shifted, (dy, dx), margin)
             per_shift[dy, dx].append(stats)
             per_style[city_style(city)].append(stats)
@@ -120,11 +120,6 @@ def sweep(name: str, images: dict[str, np.ndarray], margin: int) -> dict[str, An
             f"{dy},{dx}": s.as_dict()["flips_of_flagged"] for (dy, dx), s in pooled.items()
         },
     }
-
-
-def _layers(model, image: np.ndarray, tile: int, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
-    prob = _quantise(whole_image(model, image, tile))
-    return prob, (prob > cutoff).astype(np.uint8)
 
 
 def markdown(report: dict[str, Any]) -> str:

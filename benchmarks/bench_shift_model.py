@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_phase import _iou, _quantise, whole_image
+from benchmarks.bench_phase import _iou, map_layers, whole_image
 from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
 from stmap.bundle import open_bundle
 from stmap.io.raster import read_band, read_pixels
@@ -204,13 +204,11 @@ def phase_floor(bundle: Path | str, cities: dict[str, list[dict[str, Any]]]) -> 
     for entries in cities.values():
         for city in entries:
             image = read_pixels(city["image"])
-            prob = _quantise(whole_image(model, image, tile))
-            full = (prob, (prob > cutoff).astype(np.uint8))
+            full = map_layers(whole_image(model, image, tile), cutoff)
             ious[city["region"]] = round(_iou(full[1], read_band(city["labels"])), 4)
             for row, col in by_offset:
                 crop = np.ascontiguousarray(image[:, row:, col:])
-                crop_prob = _quantise(whole_image(model, crop, tile))
-                shifted = (crop_prob, (crop_prob > cutoff).astype(np.uint8))
+                shifted = map_layers(whole_image(model, crop, tile), cutoff)
                 by_offset[(row, col)].append(compare_shifted(full, shifted, (row, col), 128))
     pooled = {o: pool(s) for o, s in by_offset.items()}
     worst = max(OFFSETS, key=lambda o: pooled[o].quantile(0.99))
