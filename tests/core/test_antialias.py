@@ -79,9 +79,9 @@ def test_the_seven_tap_narrow_model_has_aa5ns_weights():
     seven.load_state_dict(five.state_dict())
 
 
-def test_the_shipped_backbone_blurs_its_first_stage_longest():
-    """tiny-aa97n: tiny-aa7n's tensors, a 9-tap blur-pool in the first stage (where odd
-    shifts flipped the most) and 7-tap ones after it."""
+def test_the_nine_tap_first_stage_candidate_has_aa7ns_tensors():
+    """tiny-aa97n (a #20 candidate, not shipped): tiny-aa7n's tensors, a 9-tap blur-pool
+    in the first stage and 7-tap ones after it, so the shipped weights run in it."""
     nine = DamageSegmenter(SegmenterConfig("tiny-aa97n", 128, 16, decoder_upsample="bilinear"))
     seven = DamageSegmenter(SegmenterConfig("tiny-aa7n", 128, 16, decoder_upsample="bilinear"))
     assert {k: v.shape for k, v in nine.state_dict().items()} == {

@@ -228,9 +228,11 @@ class TinyBackbone(nn.Module):
       Nyquist frequency is 1/8 against the 5-tap's 1/4: of the flips a sub-stride shift
       leaves, about half came from the first stage's subsampling (odd shifts flipped
       twice what even ones did, ``shift_model.md``).
-    * ``"blurpool97"`` (``tiny-aa97n``): ``"blurpool7"`` with the 9-tap binomial (gain
-      1/16 at the new Nyquist frequency) in the first stage, where odd shifts still
-      flipped the most; in every stage it cost too much accuracy.
+    * ``"blurpool97"`` (``tiny-aa97n``, a candidate, not shipped): ``"blurpool7"`` with
+      the 9-tap binomial (gain 1/16 at the new Nyquist frequency) in the first stage,
+      where odd shifts still flipped the most (9 taps everywhere cost too much accuracy).
+      The shipped weights behind it flipped less on the 768² cities and more on the
+      1024² ones and through the pipeline (``shift_model.md``, last section).
     * ``"lite"`` (``tiny-aalite``): ``"preblur"`` in the two full- and half-resolution
       stages, where Zhang's stride-1 conv costs most, ``"blurpool"`` in the last two —
       about 1.3× the plain model's multiply-adds against ``"blurpool"``'s 2.1×.
@@ -383,7 +385,7 @@ for _tiny_name, _antialias, _what, _widths in [
     (
         "tiny-aa97n",
         "blurpool97",
-        "tiny-aa7n with a 9-tap blur in its first stage: steadier at odd shifts, its weights",
+        "tiny-aa7n with a 9-tap blur in its first stage, its weights (a #20 candidate)",
         NARROW_WIDTHS,
     ),
 ]:
