@@ -24,7 +24,7 @@ def _proof(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict[str
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1900,  # past the deadline the test gives: a slow shared runner is not a failure
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "gpu_proof.json").read_text())
@@ -32,7 +32,9 @@ def _proof(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict[str
 
 
 def test_dry_run_measures_every_part_and_a_failing_one_does_not_stop_the_rest(tmp_path):
-    _, report, table = _proof(tmp_path, "--inject", "tests=fail")
+    """Every part but the failing one measured, however loaded the runner: under two
+    other benchmarks on a 2-core VM a part once overran the device run's timeouts."""
+    _, report, table = _proof(tmp_path, "--inject", "tests=fail", "--deadline-s", "1800")
     parts = report["parts"]
     assert list(parts) == [part.name for part in plan(dry_run=True)]
     assert parts["tests"]["status"] == "failed"
