@@ -25,9 +25,14 @@ arrives before its neighbour computes them itself, so no block waits for another
 the result is the same for any block size.
 
 Resampling. When the input's ground sample distance differs from the model's, the
-model runs on a virtual grid with the same origin and model-sized pixels,
-``scale`` = input pixel size / model pixel size model pixels per input pixel (per
-axis). An output pixel's probability is the bilinear interpolation, at its centre,
+model runs on a virtual grid of model-sized pixels, ``scale`` = input pixel size /
+model pixel size model pixels per input pixel (per axis, rounded to steps of 1.1 % so
+that crops of one raster, whose centres give ground sizes a hair apart, get the same
+pixels). That grid is fixed in the world too: its pixels are every model pixel
+counted from the CRS origin, so it starts ``offset`` model pixels (in [0, 1)) before the
+raster's corner, and a crop of the raster, or its neighbour on the same pixel grid,
+is resampled to the same model pixels — and so gets the same tiles and the same
+answer. An output pixel's probability is the bilinear interpolation, at its centre,
 of the model-grid probabilities (``bilinear_taps``), clamped at the edges.
 """
 
@@ -46,6 +51,9 @@ from stmap.window import Window, lattice_cell
 
 DEFAULT_BLOCK = 2048
 MAX_AUTO_BLOCK = 8192
+# A resampled grid's scale is a whole power of 2^(1/SCALE_STEPS) (steps of 1.1 %): at most
+# 0.55 % off the ground size (the model maps GSDs within 10 % of its own unresampled).
+SCALE_STEPS = 64
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,7 @@ class BlockPlan:
     height, width: the output (input raster) size.
     grid: the tile grid on the model grid (the input grid when ``scale`` is 1, 1).
     scale: (rows, cols) model pixels per output pixel.
+    offset: (rows, cols) model pixels from the model grid's corner to the output's.
     """
 
     height: int
@@ -175,6 +184,7 @@ class BlockPlan:
     block_size: int
     grid: TileGrid
     scale: tuple[float, float] = (1.0, 1.0)
+    offset: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -208,8 +218,9 @@ class BlockPlan:
             raise IndexError(f"block {index} of {len(self)}")
         row, col = divmod(index, self.block_cols)
         out = lattice_cell(row, col, self.block_size, self.height, self.width)
-        r0, r1 = model_span(out.row_off, out.row_stop, self.scale[0], self.grid.height)
-        c0, c1 = model_span(out.col_off, out.col_stop, self.scale[1], self.grid.width)
+        (sy, sx), (oy, ox), grid = self.scale, self.offset, self.grid
+        r0, r1 = model_span(out.row_off, out.row_stop, sy, grid.height, oy)
+        c0, c1 = model_span(out.col_off, out.col_stop, sx, grid.width, ox)
         tile_rows = self.grid.rows.intersecting(r0, r1)
         tile_cols = self.grid.cols.intersecting(c0, c1)
         (rr0, rr1), (rc0, rc1) = self.grid.rows.span(tile_rows), self.grid.cols.span(tile_cols)
@@ -246,26 +257,28 @@ def shared_count(first: range, second: range) -> int:
     return max(0, min(first.stop, second.stop) - max(first.start, second.start))
 
 
-def model_span(start: int, stop: int, scale: float, model_size: int) -> tuple[int, int]:
+def model_span(
+    start: int, stop: int, scale: float, model_size: int, offset: float = 0.0
+) -> tuple[int, int]:
     """Model-grid pixels [lo, hi) that output pixels [start, stop) interpolate from."""
-    if scale == 1.0:
+    if scale == 1.0 and offset == 0.0:
         return start, stop
-    lo = math.floor((start + 0.5) * scale - 0.5)
-    hi = math.floor((stop - 0.5) * scale - 0.5) + 2
+    lo = math.floor((start + 0.5) * scale + offset - 0.5)
+    hi = math.floor((stop - 0.5) * scale + offset - 0.5) + 2
     return min(max(lo, 0), model_size - 1), min(max(hi, 1), model_size)
 
 
 def bilinear_taps(
-    start: int, stop: int, scale: float, model_size: int, region_start: int
+    start: int, stop: int, scale: float, model_size: int, region_start: int, offset: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Where output pixels [start, stop) of one axis sample the model grid.
 
-    Output pixel i's centre lies at model coordinate (i + 0.5)·scale; it takes the
-    two model pixels around it, clamped to the raster (edge values repeat). Returns
+    Output pixel i's centre lies at model coordinate (i + 0.5)·scale + offset; it takes
+    the two model pixels around it, clamped to the raster (edge values repeat). Returns
     (stop − start,) int64 indices ``lo``, ``hi`` relative to ``region_start`` and
     float32 weights ``frac`` of ``hi``: value = (1 − frac)·p[lo] + frac·p[hi].
     """
-    v = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale - 0.5
+    v = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale + offset - 0.5
     below = np.floor(v)
     frac = (v - below).astype(np.float32)
     lo = np.clip(below.astype(np.int64), 0, model_size - 1)
@@ -298,11 +311,41 @@ def mirrored_span(start: int, stop: int, size: int) -> tuple[int, int]:
     return int(index.min()), int(index.max()) + 1
 
 
-def model_grid_size(height: int, width: int, scale: tuple[float, float]) -> tuple[int, int]:
-    """(rows, cols) of the model grid covering a ``height`` × ``width`` raster."""
-    if scale == (1.0, 1.0):
+def model_grid_size(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    offset: tuple[float, float] = (0.0, 0.0),
+) -> tuple[int, int]:
+    """(rows, cols) of the model grid covering a ``height`` × ``width`` raster that
+    starts ``offset`` model pixels past the grid's corner."""
+    if scale == (1.0, 1.0) and offset == (0.0, 0.0):
         return height, width
-    return max(1, math.ceil(height * scale[0])), max(1, math.ceil(width * scale[1]))
+    return (
+        max(1, math.ceil(height * scale[0] + offset[0])),
+        max(1, math.ceil(width * scale[1] + offset[1])),
+    )
+
+
+def model_scale(ratio: float) -> float:
+    """Model pixels per input pixel for an input of ``ratio`` × the model's GSD, rounded
+    to a whole power of 2^(1/SCALE_STEPS): a ratio measured at a raster's centre
+    (geographic and conformal CRSs) differs between a raster and its crop by a hair,
+    which the world's lattice, counted from the CRS origin millions of pixels away,
+    would turn into whole pixels; rounded, both get the same grid (unless the hair
+    straddles a step: about one crop in a hundred that moves its centre by a km)."""
+    return 2.0 ** (round(math.log2(ratio) * SCALE_STEPS) / SCALE_STEPS)
+
+
+def lattice_offset(crs_origin_px: tuple[float, float]) -> tuple[float, float]:
+    """(rows, cols) in [0, 1): how far past the world's lattice of model pixels (every
+    model pixel counted from the CRS origin) a raster's corner lies, given the CRS
+    origin's (row, col) in model pixels from that corner; (0, 0) without one."""
+    offsets = []
+    for origin in crs_origin_px:
+        offset = (-origin) % 1.0 if math.isfinite(origin) else 0.0
+        offsets.append(0.0 if offset >= 1.0 else offset)  # -1e-20 % 1.0 is 1.0
+    return offsets[0], offsets[1]
 
 
 @dataclass(frozen=True)

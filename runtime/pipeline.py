@@ -426,10 +426,11 @@ class Pipeline:
         return mirror_pad(x, rows, cols, row_span, col_span)
 
     def _taps(self, block: Block):
-        (sy, sx), grid, out, region = self.plan.scale, self.plan.grid, block.out, block.region
+        plan, out, region = self.plan, block.out, block.region
+        (sy, sx), (oy, ox), grid = plan.scale, plan.offset, plan.grid
         return (
-            bilinear_taps(out.row_off, out.row_stop, sy, grid.height, region.row_off),
-            bilinear_taps(out.col_off, out.col_stop, sx, grid.width, region.col_off),
+            bilinear_taps(out.row_off, out.row_stop, sy, grid.height, region.row_off, oy),
+            bilinear_taps(out.col_off, out.col_stop, sx, grid.width, region.col_off, ox),
         )
 
     def _clock(self) -> float:

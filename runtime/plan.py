@@ -46,7 +46,9 @@ from stmap.runtime.grid import (
     check_overlap,
     choose_block_size,
     default_overlap,
+    lattice_offset,
     model_grid_size,
+    model_scale,
     world_shift,
 )
 from stmap.runtime.index_page import INDEX
@@ -124,12 +126,27 @@ class InputPlan:
 
     @property
     def model_shape(self) -> tuple[int, int]:
-        return model_grid_size(self.info.height, self.info.width, self.scale)
+        return model_grid_size(self.info.height, self.info.width, self.scale, self.model_offset)
+
+    @property
+    def model_offset(self) -> tuple[float, float]:
+        """(rows, cols) model pixels from the resampled model grid's corner, on the world's
+        lattice of model pixels, to the raster's (``runtime.grid``); (0, 0) unresampled."""
+        if self.scale == (1.0, 1.0):
+            return 0.0, 0.0
+        col, row = ~self._scaled_transform @ (0.0, 0.0)
+        return lattice_offset((row, col))
 
     @property
     def model_transform(self) -> Affine | None:
         if self.scale == (1.0, 1.0):
             return None
+        rows, cols = self.model_offset
+        return self._scaled_transform @ Affine.translation(-cols, -rows)
+
+    @property
+    def _scaled_transform(self) -> Affine:
+        """The raster's transform with model-sized pixels, from the raster's corner."""
         return self.info.transform @ Affine.scale(1 / self.scale[1], 1 / self.scale[0])
 
     def world_shift(self, stride: int) -> WorldShift:
@@ -358,7 +375,7 @@ def plan_input(
                 f"{MAX_COARSER * manifest.gsd_m:g} m pixels"
             )
         off = any(abs(r - 1) > RESAMPLE_TOLERANCE for r in ratios)
-        scale = ratios if off else (1.0, 1.0)
+        scale = (model_scale(ratios[0]), model_scale(ratios[1])) if off else (1.0, 1.0)
         area = gsd[0] * gsd[1] * _skew_factor(info.transform)
         if off:
             notes.append(

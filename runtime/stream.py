@@ -140,6 +140,7 @@ def block_plan(
         block_size or plan.block_size,
         plan.tile_grid(tile, overlap, margin),
         plan.scale,
+        plan.model_offset,
     )
 
 

@@ -14,7 +14,7 @@ import torch
 from rasterio.transform import Affine, from_origin
 from rio_cogeo.cogeo import cog_validate
 
-from stmap.runtime.grid import reflect_index
+from stmap.runtime.grid import model_scale, reflect_index
 from stmap.runtime.infer import InferOptions, run_inference
 from stmap.runtime.pipeline import mirror_pad
 from tests.runtime.infer_data import make_varied_bundle, read_band, smooth_image, write_raster
@@ -208,10 +208,11 @@ def test_a_different_gsd_is_resampled_and_brought_back_on_the_input_grid(tmp_pat
         (runs[block],) = _map(tmp_path / str(block), bundle, path, block_size=block)
     s = runs[512]
     assert s["inputs"][0]["resampled"]
-    assert s["inputs"][0]["model_grid"] == [
-        int(np.ceil(height * gsd / 0.5)),
-        int(np.ceil(width * gsd / 0.5)),
-    ]
+    # model pixels of the model's GSD to a step (model_scale), on the world's lattice: the
+    # grid starts up to one model pixel before the raster's corner
+    scale = model_scale(gsd / 0.5)
+    for got, size in zip(s["inputs"][0]["model_grid"], (height, width), strict=True):
+        assert np.ceil(size * scale) <= got <= np.ceil(size * scale) + 1
     prob = read_band(tmp_path / "512" / "fine_damage_prob.tif")
     with rasterio.open(tmp_path / "512" / "fine_damage_prob.tif") as ds, rasterio.open(path) as src:
         assert (ds.transform, ds.width, ds.height) == (src.transform, src.width, src.height)
