@@ -1,0 +1,62 @@
+"""Imagery off the model's GSD is resampled onto the model grid: the model must see the
+image's detail there, wherever the grid's pixels fall between the raster's.
+
+Bilinear interpolation softens fine detail by how far a model pixel falls between two
+raster pixels (a 0.3 cycle/px pattern loses 20 of its 100 grey levels' amplitude on
+average, more half-way), so a raster moved by a fraction of a model pixel looked sharper
+or softer to the model, and its map moved with that: 2 % of the flagged pixels of a real
+0.6 m scene flipped. The reader resamples with Lanczos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine, from_origin
+
+from stmap.io.blocks import BlockReader, ReadSpec
+from stmap.window import Window
+
+SIZE = 160
+
+
+def _stripes(path: Path, cycles_per_px: float, pixel_m: float) -> Path:
+    """Vertical stripes 128 ± 100 · cos(2π f x), sampled at the pixel centres."""
+    x = np.arange(SIZE) + 0.5
+    row = 128 + 100 * np.cos(2 * np.pi * cycles_per_px * x)
+    image = np.broadcast_to(np.round(row), (1, SIZE, SIZE)).astype(np.uint8)
+    profile = dict(driver="GTiff", width=SIZE, height=SIZE, count=1, dtype="uint8",
+                   crs="EPSG:32637", transform=from_origin(500_000.0, 4_200_000.0, pixel_m,
+                                                           pixel_m))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(image)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("cycles_per_px", "scale"),
+    [(0.3, 1.25), (0.35, 1.07), (0.2, 0.6)],
+    ids=["upsampled", "barely-upsampled", "downsampled"],
+)
+@pytest.mark.parametrize("offset", [0.0, 0.25, 0.5])
+def test_the_model_grid_keeps_the_images_detail_wherever_its_pixels_fall(
+    tmp_path, cycles_per_px, scale, offset
+):
+    """RMS error of the model-grid pixels against the stripes at their centres, in grey
+    levels: bilinear 21–28 here, Lanczos 1–7 (the pattern stays below the model grid's
+    Nyquist frequency, so it can be kept)."""
+    path = _stripes(tmp_path / "stripes.tif", cycles_per_px, 0.5 / scale)
+    with rasterio.open(path) as src:
+        transform = src.transform @ Affine.scale(1 / scale) @ Affine.translation(-offset, -offset)
+    n = int(SIZE * scale)
+    spec = ReadSpec(str(path), (1,), "uint8", False, (n, n), transform)
+    with BlockReader(spec) as reader:
+        row = reader.read_pixels(Window(n // 2, 0, 1, n))[0, 0].astype(float)
+    x = (np.arange(n) + 0.5 - offset) / scale  # each model pixel's centre, in raster pixels
+    expected = 128 + 100 * np.cos(2 * np.pi * cycles_per_px * x)
+    inner = slice(12, n - 12)  # the kernel's reach from the raster's edges
+    rms = np.sqrt(np.mean((row[inner] - expected[inner]) ** 2))
+    assert rms <= 8, f"{rms:.1f} grey levels off"
