@@ -60,3 +60,29 @@ def test_the_model_grid_keeps_the_images_detail_wherever_its_pixels_fall(
     inner = slice(12, n - 12)  # the kernel's reach from the raster's edges
     rms = np.sqrt(np.mean((row[inner] - expected[inner]) ** 2))
     assert rms <= 8, f"{rms:.1f} grey levels off"
+
+
+@pytest.mark.parametrize("scale", [1.2, 0.7])
+@pytest.mark.parametrize("offset", [0.0, 0.3, 0.6, 0.9])
+def test_every_model_pixel_holds_the_image_even_past_its_edges(tmp_path, scale, offset):
+    """The model grid, on the world's lattice, starts up to a model pixel before the
+    raster and ends up to one past it; GDAL leaves a pixel whose centre falls outside
+    the raster at 0, a black line the model would see along the edge. Such pixels take
+    their in-raster neighbour's value."""
+    path = tmp_path / "flat.tif"
+    corner = from_origin(500_000.0, 4_200_000.0, 0.6, 0.6)
+    profile = dict(driver="GTiff", width=50, height=40, count=1, dtype="uint8",
+                   crs="EPSG:32637", transform=corner)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.full((1, 40, 50), 200, np.uint8))
+    rows, cols = (int(np.ceil(n * scale + offset)) for n in (40, 50))
+    transform = (
+        profile["transform"] @ Affine.scale(1 / scale) @ Affine.translation(-offset, -offset)
+    )
+    spec = ReadSpec(str(path), (1,), "uint8", False, (rows, cols), transform)
+    with BlockReader(spec) as reader:
+        whole = reader.read_pixels(Window(0, 0, rows, cols))
+        first = reader.read_pixels(Window(0, 0, 1, 1))  # a window of edge pixels alone
+        last = reader.read_pixels(Window(rows - 2, cols - 2, 2, 2))
+    assert (whole == 200).all(), np.argwhere(whole[0] != 200)[:4].tolist()
+    assert (first == 200).all() and (last == 200).all()

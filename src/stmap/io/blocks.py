@@ -20,6 +20,7 @@ grid, where the outputs live.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -172,8 +173,13 @@ class BlockReader:
         self.spec = spec
         self._dataset = open_raster(spec.path)
         self._pixels = self._dataset
+        self._inside: tuple[tuple[int, int], tuple[int, int]] | None = None
         if spec.model_transform is not None:
             rows, cols = spec.model_shape
+            to_raster = ~self._dataset.transform @ spec.model_transform
+            self._inside = centres_inside(
+                to_raster, spec.model_shape, (self._dataset.height, self._dataset.width)
+            )
             self._pixels = WarpedVRT(
                 self._dataset,
                 crs=self._dataset.crs,
@@ -219,7 +225,24 @@ class BlockReader:
         of the spec's dtype (None: a new array)."""
         window = rio_window(area)
         indexes = list(self.spec.bands)
+        if self._inside is not None and not _within(area, self._inside):
+            return self._guard(lambda: self._read_clamped(area, indexes, out), window)
         return self._guard(lambda: self._pixels.read(indexes, window=window, out=out), window)
+
+    def _read_clamped(self, area: Window, indexes: list[int], out: np.ndarray | None) -> np.ndarray:
+        """A model-grid window reaching the pixels whose centres lie past the raster:
+        those repeat their in-raster neighbour (GDAL's warper would leave them at 0)."""
+        assert self._inside is not None
+        (r_first, r_last), (c_first, c_last) = self._inside
+        rows = np.clip(np.arange(area.row_off, area.row_stop), r_first, r_last)
+        cols = np.clip(np.arange(area.col_off, area.col_stop), c_first, c_last)
+        r0, c0 = int(rows.min()), int(cols.min())
+        span = RioWindow(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
+        data = self._pixels.read(indexes, window=span)[:, rows - r0][:, :, cols - c0]
+        if out is None:
+            return data
+        out[...] = data
+        return out
 
     def _guard(self, read, window: RioWindow):
         try:
@@ -231,6 +254,38 @@ class BlockReader:
                 f"{window.row_off + window.height}, columns {window.col_off}–"
                 f"{window.col_off + window.width} (corrupted or truncated file?): {detail}"
             ) from exc
+
+
+def centres_inside(
+    to_raster: Affine, model_shape: tuple[int, int], raster_shape: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((first, last) row, (first, last) col) of the model grid whose pixel centres lie
+    inside the raster; ``to_raster`` maps model-grid pixel coordinates to the raster's
+    (an axis-aligned scale and shift: the grid is the raster's, resized and moved). The
+    grid, on the world's lattice, starts up to a model pixel before the raster and ends
+    up to one past it. An axis with no such pixel (a raster smaller than one model
+    pixel) spans the whole grid."""
+    spans = []
+    for step, start, count, size in (
+        (to_raster.e, to_raster.f, model_shape[0], raster_shape[0]),
+        (to_raster.a, to_raster.c, model_shape[1], raster_shape[1]),
+    ):
+        # model pixel u's centre lies at raster coordinate start + step · (u + 0.5); a
+        # centre on the edge, to float rounding, counts as outside
+        first = max(0, math.ceil(-start / step - 0.5 + 1e-9))
+        last = min(count - 1, math.ceil((size - start) / step - 0.5 - 1e-9) - 1)
+        spans.append((first, last) if first <= last else (0, count - 1))
+    return spans[0], spans[1]
+
+
+def _within(area: Window, inside: tuple[tuple[int, int], tuple[int, int]]) -> bool:
+    (r_first, r_last), (c_first, c_last) = inside
+    return (
+        r_first <= area.row_off
+        and area.row_stop - 1 <= r_last
+        and c_first <= area.col_off
+        and area.col_stop - 1 <= c_last
+    )
 
 
 IMAGE, VALID = "image", "valid"  # the input's pixels (C, h, w) and validity (h, w) bool
