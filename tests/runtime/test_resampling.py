@@ -5,7 +5,8 @@ Bilinear interpolation softens fine detail by how far a model pixel falls betwee
 raster pixels (a 0.3 cycle/px pattern loses 20 of its 100 grey levels' amplitude on
 average, more half-way), so a raster moved by a fraction of a model pixel looked sharper
 or softer to the model, and its map moved with that: 2 % of the flagged pixels of a real
-0.6 m scene flipped. The reader resamples with Lanczos.
+0.6 m scene flipped. The reader resamples with the cubic kernel (Lanczos keeps more,
+flipped no fewer pixels, and warps at a third of cubic's speed: ``io.blocks``).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def test_the_model_grid_keeps_the_images_detail_wherever_its_pixels_fall(
     tmp_path, cycles_per_px, scale, offset
 ):
     """RMS error of the model-grid pixels against the stripes at their centres, in grey
-    levels: bilinear 21–28 here, Lanczos 1–7 (the pattern stays below the model grid's
-    Nyquist frequency, so it can be kept)."""
+    levels: bilinear 20.5–28 here, cubic 11–19, Lanczos 1–7 (the pattern stays below the
+    model grid's Nyquist frequency, so it can be kept)."""
     path = _stripes(tmp_path / "stripes.tif", cycles_per_px, 0.5 / scale)
     with rasterio.open(path) as src:
         transform = src.transform @ Affine.scale(1 / scale) @ Affine.translation(-offset, -offset)
@@ -59,7 +60,7 @@ def test_the_model_grid_keeps_the_images_detail_wherever_its_pixels_fall(
     expected = 128 + 100 * np.cos(2 * np.pi * cycles_per_px * x)
     inner = slice(12, n - 12)  # the kernel's reach from the raster's edges
     rms = np.sqrt(np.mean((row[inner] - expected[inner]) ** 2))
-    assert rms <= 8, f"{rms:.1f} grey levels off"
+    assert rms <= 20, f"{rms:.1f} grey levels off"
 
 
 @pytest.mark.parametrize("scale", [1.2, 0.7])
