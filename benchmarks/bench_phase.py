@@ -36,6 +36,17 @@ takes about 50 s a map there):
     python -m benchmarks.bench_phase --size 1024 --models vits --overlaps 16,32 \
         --offsets '73,77;25,13;1,1;37,90' --out benchmarks/results/phase_stability_vits
 
+Imagery off the model's GSD runs on a resampled grid (most real imagery does): ``--gsd``
+writes the cities at another pixel size, ``--images`` maps given rasters instead (real
+imagery: no labels, so no IoU; the crops are placed at the raster's corner, as for the
+cities, so the content moves against the world's lattice by a fraction of a model pixel)::
+
+    python -m benchmarks.bench_phase --size 1024 --gsd 0.62 --models default \
+        --overlaps auto --out benchmarks/results/phase_stability_resampled
+    python -m benchmarks.bench_phase --images joplin_post.tif --models default \
+        --overlaps auto --offsets '73,77;1,1;8,8;16,16;409,301;37,23' \
+        --out benchmarks/results/phase_stability_real
+
 The cost of each tiling on a larger city, alone (about 5 minutes):
 
     python -m benchmarks.bench_phase --cost-only 2048 --models default@128,default \
@@ -54,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -63,7 +75,7 @@ import torch
 
 from benchmarks.peers.report import finish, markdown_table, provenance, provenance_lines
 from stmap.bundle import ANY_TILE_INFER, Tiling, open_bundle, write_retiled
-from stmap.io.raster import read_band, read_pixels
+from stmap.io.raster import describe_raster, read_band, read_pixels
 from stmap.model import InferenceModel
 from stmap.runtime.bench import random_bundle
 from stmap.runtime.blend import ramp
@@ -96,6 +108,18 @@ def main(argv: list[str] | None = None) -> int:
             "NAME@TILE maps a CNN bundle in TILE-px tiles (its training tile: no tiling)"
         ),
     )
+    parser.add_argument(
+        "--gsd",
+        type=float,
+        default=0.5,
+        help="the cities' pixel size in m: off the model's, the pipeline resamples them",
+    )
+    parser.add_argument(
+        "--images",
+        default=None,
+        metavar="PATH[,PATH]",
+        help="map these rasters (real imagery, say) in place of the synthetic cities: no IoU",
+    )
     parser.add_argument("--diagnose", action="store_true")
     parser.add_argument(
         "--cost-only",
@@ -126,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "styles": styles,
         "offsets": offsets,
         "margin": 128,
+        "gsd_m": args.gsd,
+        "images": args.images.split(",") if args.images else None,
         "runs": [],
     }
     if args.cost_only is not None:
@@ -137,13 +163,17 @@ def main(argv: list[str] | None = None) -> int:
                 args.rounds,
                 Path(tmp),
                 args.reference_python,
+                gsd=args.gsd,
             )
-        report = {"provenance": report["provenance"], **measured}  # stamped at the start
+        report = {"provenance": report["provenance"], "gsd_m": args.gsd, **measured}
         finish(report, cost_markdown(report), args.out)
         return 0
     with tempfile.TemporaryDirectory(prefix="stmap-phase-") as tmp:
         root = Path(tmp)
-        cities = bench_cities(root, args.size, styles)
+        if args.images:
+            cities = {Path(path).stem: given_image(Path(path)) for path in args.images.split(",")}
+        else:
+            cities = bench_cities(root, args.size, styles, gsd=args.gsd)
         for model in args.models.split(","):
             bundle = resolve_model(model, root)
             for overlap in overlaps:
@@ -161,15 +191,18 @@ def main(argv: list[str] | None = None) -> int:
 CITY_SEED_STEP = 100  # the k-th extra city of a style: seed + k × this
 
 
-def bench_cities(root: Path, size: int, styles: list[str], extra: int = 0) -> dict[str, Any]:
-    """The benchmark's synthetic city of each style, ``size``² px, under ``root``: the same
-    cities for every run of a size (``bench_phase_sweep`` compares on them too). ``extra``
-    more cities of each style (other seeds) are keyed ``style#k``."""
+def bench_cities(
+    root: Path, size: int, styles: list[str], extra: int = 0, gsd: float = 0.5
+) -> dict[str, Any]:
+    """The benchmark's synthetic city of each style, ``size``² px of ``gsd`` m, under
+    ``root``: the same cities for every run of a size (``bench_phase_sweep`` compares on
+    them too). ``extra`` more cities of each style (other seeds) are keyed ``style#k``."""
     return {
         style + (f"#{k}" if k else ""): generate_city(
             root / f"{style}{k or ''}" / "city.tif",
             width=size,
             height=size,
+            gsd=gsd,
             style=style,
             seed=SEED + list(STYLES).index(style) + k * CITY_SEED_STEP,
             overwrite=True,
@@ -178,6 +211,21 @@ def bench_cities(root: Path, size: int, styles: list[str], extra: int = 0) -> di
         for k in range(extra + 1)
         for style in styles
     }
+
+
+@dataclass(frozen=True)
+class GivenImage:
+    """A raster of the user's (``--images``) in place of a synthetic city: no labels."""
+
+    image: Path
+    height: int
+    width: int
+    labels: Path | None = None
+
+
+def given_image(path: Path) -> GivenImage:
+    info = describe_raster(path)
+    return GivenImage(path, info.height, info.width)
 
 
 def city_style(name: str) -> str:
@@ -214,8 +262,12 @@ def pipeline_run(
         summary = run_inference([str(city.image)], out / "full", options)[0]
         tile, overlap_used = summary["model"]["tile_size"], summary["overlap"]
         seconds, pixels = seconds + summary["seconds"], pixels + summary["pixels"]
-        full = read_layers(out / "full" / "city_damage_prob.tif", out / "full" / "city_damage.tif")
-        ious.append(_iou(full[1], read_band(city.labels)))
+        stem = Path(city.image).stem
+        full = read_layers(
+            out / "full" / f"{stem}_damage_prob.tif", out / "full" / f"{stem}_damage.tif"
+        )
+        if city.labels is not None:
+            ious.append(_iou(full[1], read_band(city.labels)))
         per_style[style] = []
         for offset in offsets:
             crop = out / f"crop_{offset[0]}_{offset[1]}.tif"
@@ -239,7 +291,7 @@ def pipeline_run(
             "compute_vs_128_16": round(compute, 3),
             "mpx_per_s": round(pixels / seconds / 1e6, 4),
         },
-        iou=float(np.mean(ious)),
+        iou=float(np.mean(ious)) if ious else None,
     )
 
 
@@ -250,6 +302,7 @@ def cost(
     rounds: int,
     root: Path,
     reference_python: str | None = None,
+    gsd: float = 0.5,
 ) -> dict[str, Any]:
     """End-to-end Mpx/s and model seconds of each model × overlap on one ``size``² city,
     the configurations interleaved ``rounds`` times (a shared machine drifts); first, with
@@ -259,7 +312,7 @@ def cost(
     options = [
         InferOptions(model=bundles[m], overlap=o, device="cpu", workers=1) for m, o in configs
     ]
-    city = generate_city(root / "city.tif", width=size, height=size, seed=SEED).image
+    city = generate_city(root / "city.tif", width=size, height=size, gsd=gsd, seed=SEED).image
     runners = [partial(map_city, option, city) for option in options]
     names = [model for model, _ in configs]
     if reference_python:
@@ -349,7 +402,8 @@ def cost_markdown(report: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             "# Cost of the tiling (#20)",
-            f"One {report['size']}² synthetic city, one torch thread, each configuration "
+            f"One {report['size']}² synthetic city of {report.get('gsd_m', 0.5)} m, one torch "
+            "thread, each configuration "
             f"{report['rounds']} times, interleaved; means. × : relative to the first row. "
             "Model Mpx: the pixels of all model tiles (tiles × tile²), what the model computes. "
             "Written by "
@@ -513,7 +567,7 @@ def _summarise(name, kind, model, per_style, offsets, cost, iou) -> dict[str, An
         "kind": kind,
         "model": model,
         "cost": cost,
-        "iou1_full_city": round(iou, 4),
+        "iou1_full_city": None if iou is None else round(iou, 4),
         "pooled": pool(every).as_dict(),
         "per_style": {style: pool(stats).as_dict() for style, stats in per_style.items()},
         "worst_offset": {"offset": list(offsets[worst]), **by_offset[worst].as_dict()},
@@ -557,7 +611,7 @@ def markdown(report: dict[str, Any]) -> str:
                 p["p99_dprob_255"],
                 f"{tuple(w['offset'])}: {_pct(w['flips_of_flagged'])}, {w['p99_dprob_255']}",
                 run.get("max_p99_dprob_255", "–"),
-                run["iou1_full_city"],
+                run["iou1_full_city"] if run["iou1_full_city"] is not None else "–",
                 ", ".join(f"{k} {v}" for k, v in run["cost"].items()),
             ]
         )
@@ -575,7 +629,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             "# Phase stability of the damage map (#20)",
-            f"Synthetic cities of {report['size']}² px (one per style), each mapped whole "
+            f"{_what_was_mapped(report)}, each mapped whole "
             f"and as crops from the offsets {', '.join(str(tuple(o)) for o in report['offsets'])}; "
             f"compared {report['margin']} px from both rasters' edges. "
             "abs Δ: |Δprob| in 1/255 steps; "
@@ -589,6 +643,13 @@ def markdown(report: dict[str, Any]) -> str:
             markdown_table(style_header, style_rows),
         ]
     )
+
+
+def _what_was_mapped(report: dict[str, Any]) -> str:
+    if report.get("images"):
+        return f"The rasters {', '.join(f'`{Path(p).name}`' for p in report['images'])}"
+    gsd = report.get("gsd_m", 0.5)
+    return f"Synthetic cities of {report['size']}² px of {gsd} m (one per style)"
 
 
 def _pct(value: float | None, digits: int = 1) -> str:

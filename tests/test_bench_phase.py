@@ -70,3 +70,25 @@ def test_the_sweep_compares_every_shift_pixel_for_pixel(monkeypatch) -> None:
     assert run["pooled"]["flagged_share"] > 0.3  # half the random pixels are "damaged"
     assert list(run["per_style"]) == ["a"]  # a style's second city pools into its figures
     assert run["per_style"]["a"]["pixels"] == run["pooled"]["pixels"]
+
+
+def test_given_rasters_are_mapped_in_place_of_the_cities(tmp_path: Path) -> None:
+    """``--images``: real imagery has no labels (no IoU) and a name of its own; here a
+    small 0.62 m raster, which the pipeline resamples."""
+    import json
+
+    from benchmarks.bench_phase import main
+    from stmap.synth import generate_city
+
+    scene = generate_city(tmp_path / "scene.tif", width=384, height=384, gsd=0.62, seed=3)
+    stem = tmp_path / "report"
+    argv = ["--images", str(scene.image), "--models", "default", "--overlaps", "auto",
+            "--offsets", "16,16;5,9", "--out", str(stem)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(stem.with_suffix(".json").read_text())
+    (run,) = report["runs"]
+    assert report["images"] == [str(scene.image)]
+    assert list(run["per_style"]) == ["scene"]
+    assert run["iou1_full_city"] is None
+    assert run["pooled"]["pixels"] > 0
+    assert "The rasters `scene.tif`" in stem.with_suffix(".md").read_text()
