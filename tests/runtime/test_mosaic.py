@@ -85,7 +85,7 @@ def test_a_tile_from_the_neighbouring_zone_is_warped_onto_the_grid(
     with rasterio.open(city) as ds:
         expected = ds.read()
     assert mosaic.grid.transform == ds.transform and valid.all()
-    inside = np.s_[:, 365:475, 365:475]  # w, resampled twice (bilinear): close, not equal
+    inside = np.s_[:, 365:475, 365:475]  # w, resampled twice (cut, then mosaicked): close
     assert np.abs(pixels[inside].astype(int) - expected[inside]).mean() < 12
     beyond = np.ones(expected.shape[1:], dtype=bool)
     beyond[355:485, 355:485] = False  # w's footprint, give or take its warped edge

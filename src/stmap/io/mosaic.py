@@ -2,7 +2,9 @@
 
 An input already on the mosaic's grid (same CRS and pixel size, origin on a grid
 corner) is placed as it is; any other is warped onto the grid by a ``WarpedVRT``
-(bilinear, with an alpha band saying where it has data), saved beside the mosaic.
+(cubic, as the block reader resamples: bilinear softens detail by where the grid's
+pixels fall between the input's, ``io.blocks``; with an alpha band saying where it
+has data), saved beside the mosaic.
 The mosaic VRT lists its sources oldest first: GDAL draws them in that order, so the
 most recent acquisition ends on top, and ``UseMaskBand`` lets a source's nodata,
 masked or transparent pixels fall through to the one below. The mosaic's mask band
@@ -324,7 +326,7 @@ def _place(
             transform=grid.transform @ Affine.translation(c0, r0),
             width=width,
             height=height,
-            resampling=Resampling.bilinear,
+            resampling=Resampling.cubic,
             add_alpha=not source.has_alpha,  # an alpha band of its own is carried over
         )
         with warped:
