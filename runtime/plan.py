@@ -378,9 +378,12 @@ def plan_input(
         scale = (model_scale(ratios[0]), model_scale(ratios[1])) if off else (1.0, 1.0)
         area = gsd[0] * gsd[1] * _skew_factor(info.transform)
         if off:
+            model_px = (gsd[0] / scale[1], gsd[1] / scale[0])
             notes.append(
                 f"GSD {gsd[0]:.3g} × {gsd[1]:.3g} m differs from the model's {manifest.gsd_m} m "
-                "by more than 10 %: the model runs on a resampled grid, outputs stay on the input's"
+                f"by more than 10 %: the model runs on a grid of {model_px[0]:.4g} × "
+                f"{model_px[1]:.4g} m pixels fixed in the world (cubic resampling), outputs "
+                "stay on the input's"
             )
     if info.is_georeferenced and not info.is_north_up:
         notes.append(

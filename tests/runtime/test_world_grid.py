@@ -172,7 +172,9 @@ def test_a_crop_of_a_resampled_city_maps_like_the_city(mapped, tmp_path, gsd, ge
         city = _geographic_copy(city, tmp_path / "geographic.tif")
     code, output = _infer(city, "-o", tmp_path / "whole", "--model", mapped["bundle"], "--json")
     assert code == 0, output
-    assert json.loads(output)["inputs"][0]["resampled"]
+    facts = json.loads(output)["inputs"][0]
+    assert facts["resampled"]
+    assert any("m pixels fixed in the world" in note for note in facts["notes"]), facts["notes"]
     whole = _prob(tmp_path / "whole", city.stem)
     row, col, size = 37, 23, 500
     crop = crop_raster(city, tmp_path / "crop.tif", (row, col, size, size))
