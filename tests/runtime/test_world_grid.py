@@ -17,6 +17,7 @@ import rasterio
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rasterio.transform import Affine
 
 from stmap.cli import main
 from stmap.io.raster import crop_raster
@@ -143,33 +144,44 @@ def test_a_mosaic_cut_to_an_aoi_maps_like_the_single_raster_inside_it(mapped, tm
     assert _interior(district, beside)[0] <= 1
 
 
-def _geographic_copy(city: Path, path: Path) -> Path:
-    """The city's pixels in EPSG:4326, 6e-6° a pixel at 37.6° N (0.53 × 0.67 m): how
-    imagery often comes, and a GSD the model resamples on both axes."""
+GEOREFERENCING = {
+    # EPSG:4326, 6e-6° a pixel at 37.6° N (0.53 × 0.67 m): how imagery often comes, and a
+    # GSD the model resamples on both axes
+    "geographic": ("EPSG:4326", rasterio.transform.from_origin(36.93, 37.6, 6e-6, 6e-6)),
+    # 0.62 m pixels turned by 20°: the model grid follows the raster's axes
+    "rotated": (
+        "EPSG:32637",
+        Affine.translation(500_123.4, 4_200_056.7)
+        @ Affine.rotation(20)
+        @ Affine.scale(0.62, -0.62),
+    ),
+}
+
+
+def _georeferenced_copy(city: Path, path: Path, kind: str) -> Path:
+    """The city's pixels under another georeferencing (``GEOREFERENCING``)."""
+    crs, transform = GEOREFERENCING[kind]
     with rasterio.open(city) as src:
-        profile = src.profile | {
-            "crs": "EPSG:4326",
-            "transform": rasterio.transform.from_origin(36.93, 37.6, 6e-6, 6e-6),
-        }
+        profile = src.profile | {"crs": crs, "transform": transform}
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(src.read())
     return path
 
 
 @pytest.mark.parametrize(
-    ("gsd", "geographic"),
-    [(0.62, False), (0.38, False), (0.5, True)],
-    ids=["upsampled", "downsampled", "geographic"],
+    ("gsd", "georeferencing"),
+    [(0.62, None), (0.38, None), (0.5, "geographic"), (0.5, "rotated")],
+    ids=["upsampled", "downsampled", "geographic", "rotated"],
 )
-def test_a_crop_of_a_resampled_city_maps_like_the_city(mapped, tmp_path, gsd, geographic):
+def test_a_crop_of_a_resampled_city_maps_like_the_city(mapped, tmp_path, gsd, georeferencing):
     """Imagery off the model's GSD runs on a resampled grid; a crop of it (georeferencing
     kept, as gdal_translate -srcwin writes it) must get the model pixels the city got and
     so its answer. Before, the model grid started at each raster's corner: a crop's model
     pixels fell a fraction of a pixel elsewhere, and 2 % of the flagged pixels of a real
     0.6 m scene flipped."""
     city = generate_city(tmp_path / "city.tif", width=560, height=560, gsd=gsd, seed=9).image
-    if geographic:
-        city = _geographic_copy(city, tmp_path / "geographic.tif")
+    if georeferencing:
+        city = _georeferenced_copy(city, tmp_path / f"{georeferencing}.tif", georeferencing)
     code, output = _infer(city, "-o", tmp_path / "whole", "--model", mapped["bundle"], "--json")
     assert code == 0, output
     facts = json.loads(output)["inputs"][0]
