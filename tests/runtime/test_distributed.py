@@ -102,6 +102,22 @@ def test_strips_and_scenes_match_a_single_process_run(cluster, data, single, tmp
     assert combined["pixels"] == sum(s["pixels"] for s in combined["runs"])
 
 
+def test_strips_of_a_resampled_scene_match_a_single_process_run(cluster, data, tmp_path):
+    """A scene off the model's GSD runs on a model grid fixed in the world, which starts
+    up to a model pixel before the raster: its strips' blocks must read the model pixels
+    a single run reads, so the outputs are the same bit for bit."""
+    coarse = write_raster(tmp_path / "coarse.tif", smooth_image(1100, 420, seed=4), gsd=0.62)
+    run_inference([str(coarse)], tmp_path / "single", _options(data))
+    options = ["--model", str(data["bundle"]), "--block-size", str(BLOCK), "--json", "-q"]
+    result = CliRunner().invoke(
+        main, ["infer", str(coarse), "-o", str(tmp_path / "ray"), "--distributed", "ray", *options]
+    )
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)  # one scene: its own summary
+    assert run["strips"] == 2 and run["inputs"][0]["resampled"]
+    assert_same_outputs(tmp_path / "single", tmp_path / "ray", ["coarse"])
+
+
 def test_a_worker_killed_mid_job_is_restarted_and_outputs_stay_identical(
     cluster, data, single, tmp_path
 ):
