@@ -5,8 +5,8 @@ Bilinear interpolation softens fine detail by how far a model pixel falls betwee
 raster pixels (a 0.3 cycle/px pattern loses 20 of its 100 grey levels' amplitude on
 average, more half-way), so a raster moved by a fraction of a model pixel looked sharper
 or softer to the model, and its map moved with that: 2 % of the flagged pixels of a real
-0.6 m scene flipped. The reader resamples with the cubic kernel (Lanczos keeps more,
-flipped no fewer pixels, and warps at a third of cubic's speed: ``io.blocks``).
+0.6 m scene flipped. The reader resamples with the cubic kernel (Lanczos keeps more
+and warps at a third of cubic's speed: ``io.blocks``).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ has one value whatever window it is read in. The kernel is cubic (widened when
 downsampling): bilinear softened fine detail by how far a model pixel fell between
 two input pixels, so the same scene moved by a fraction of a pixel looked sharper or
 softer to the model, and its map moved with it (#20: 2 % of the flagged pixels of a
-real 0.6 m scene flipped). Lanczos keeps still more of the detail and flipped no
-fewer pixels, at 2.7× cubic's warp time (9 against 25 model Mpx/s a thread when
-upsampling): the reader, not the model, would bound a GPU. Validity (nodata, alpha band,
+real 0.6 m scene flipped). Lanczos keeps still more of the detail and flipped about
+as many pixels of synthetic cities (fewer of that scene), at 2.7× cubic's warp time (9
+against 25 model Mpx/s a thread when upsampling): the reader, not the model, would
+bound a GPU. Validity (nodata, alpha band,
 internal or sidecar mask, via GDAL's dataset mask) is always read on the input
 grid, where the outputs live.
 """
