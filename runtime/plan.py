@@ -144,6 +144,15 @@ class InputPlan:
         rows, cols = self.model_offset
         return self._scaled_transform @ Affine.translation(-cols, -rows)
 
+    def model_pixel_m(self, model_gsd_m: float) -> tuple[float, float]:
+        """(down, across) ground metres of one model pixel: the input's pixel where the
+        model runs on its grid, the rounded resampled pixel where it does not, and
+        ``model_gsd_m`` for an input of unknown size."""
+        if self.gsd_m is None:
+            return model_gsd_m, model_gsd_m
+        across, down = self.gsd_m
+        return down / self.scale[0], across / self.scale[1]
+
     @property
     def _scaled_transform(self) -> Affine:
         """The raster's transform with model-sized pixels, from the raster's corner."""
@@ -171,7 +180,8 @@ class InputPlan:
         return {
             "anchor": "CRS origin" if self.info.is_georeferenced else "raster corner",
             "stride_px": stride,
-            "stride_m": stride * gsd_m,
+            # (down, across): the model pixel's ground size, not the model's nominal GSD
+            "stride_m": [round(stride * m, 3) for m in self.model_pixel_m(gsd_m)],
             "margin_px": margin,
             "shift_px": list(world.shift),
             # model pixels by which this raster's pixel grid lies off the lattice's: rasters

@@ -21,7 +21,7 @@ from rasterio.transform import Affine
 
 from stmap.cli import main
 from stmap.io.raster import crop_raster
-from stmap.runtime.grid import AxisTiles, world_shift
+from stmap.runtime.grid import AxisTiles, model_scale, world_shift
 from stmap.synth import generate_city
 from tests.runtime.infer_data import make_varied_bundle
 from tests.runtime.mosaic_data import cut_tile, make_city, write_aoi, write_item_collection
@@ -196,3 +196,20 @@ def test_a_crop_of_a_resampled_city_maps_like_the_city(mapped, tmp_path, gsd, ge
     ours = _prob(tmp_path / "crop", "crop")[edge:-edge, edge:-edge]
     theirs = whole[row + edge : row + size - edge, col + edge : col + size - edge]
     assert _interior(ours, theirs)[0] <= 1
+
+
+@pytest.mark.parametrize(
+    ("gsd", "resampled"), [(0.45, False), (0.62, True)], ids=["unresampled", "resampled"]
+)
+def test_the_tile_strides_ground_size_is_the_model_pixels(mapped, tmp_path, gsd, resampled):
+    """`tile_grid.stride_m` tells a GIS analyst how far apart the tiles lie on the ground:
+    stride × the model pixel (0.45 m imagery is mapped on its own pixels; 0.62 m on
+    pixels of the model's GSD to a 1.1 % step), not stride × the model's nominal 0.5 m."""
+    city = generate_city(tmp_path / "city.tif", width=300, height=300, gsd=gsd, seed=2).image
+    code, output = _infer(city, "-o", tmp_path / "out", "--model", mapped["bundle"], "--json")
+    assert code == 0, output
+    summary = json.loads(output)
+    assert summary["inputs"][0]["resampled"] == resampled
+    grid = summary["tile_grid"]
+    pixel = gsd / model_scale(gsd / 0.5) if resampled else gsd
+    assert grid["stride_m"] == pytest.approx([grid["stride_px"] * pixel] * 2, abs=1e-3)
