@@ -228,6 +228,11 @@ def given_image(path: Path) -> GivenImage:
     return GivenImage(path, info.height, info.width)
 
 
+def map_files(folder: Path, stem: str) -> tuple[Path, Path]:
+    """The (probability, damaged flag) rasters ``stmap infer`` writes for ``stem``."""
+    return folder / f"{stem}_damage_prob.tif", folder / f"{stem}_damage.tif"
+
+
 def city_style(name: str) -> str:
     """The style of a ``bench_cities`` key (``style`` or ``style#k``)."""
     return name.split("#")[0]
@@ -262,10 +267,7 @@ def pipeline_run(
         summary = run_inference([str(city.image)], out / "full", options)[0]
         tile, overlap_used = summary["model"]["tile_size"], summary["overlap"]
         seconds, pixels = seconds + summary["seconds"], pixels + summary["pixels"]
-        stem = Path(city.image).stem
-        full = read_layers(
-            out / "full" / f"{stem}_damage_prob.tif", out / "full" / f"{stem}_damage.tif"
-        )
+        full = read_layers(*map_files(out / "full", Path(city.image).stem))
         if city.labels is not None:
             ious.append(_iou(full[1], read_band(city.labels)))
         per_style[style] = []
@@ -273,10 +275,7 @@ def pipeline_run(
             crop = out / f"crop_{offset[0]}_{offset[1]}.tif"
             crop_at(city.image, crop, offset, (city.height, city.width))
             run_inference([str(crop)], out / crop.stem, options)
-            shifted = read_layers(
-                out / crop.stem / f"{crop.stem}_damage_prob.tif",
-                out / crop.stem / f"{crop.stem}_damage.tif",
-            )
+            shifted = read_layers(*map_files(out / crop.stem, crop.stem))
             per_style[style].append(compare_shifted(full, shifted, offset, margin=128))
     compute = (tile / (tile - overlap_used)) ** 2 / (128 / 112) ** 2
     return _summarise(
@@ -442,7 +441,8 @@ def diagnose(cities: dict[str, Any], offsets, root: Path) -> list[dict[str, Any]
             start = time.perf_counter()
             full = map_layers(mapper(model, image, tile), cutoff)
             seconds, pixels = seconds + time.perf_counter() - start, pixels + full[0].size
-            ious.append(_iou(full[1], read_band(city.labels)))
+            if city.labels is not None:
+                ious.append(_iou(full[1], read_band(city.labels)))
             per_style[style] = []
             for row, col in offsets:
                 crop = np.ascontiguousarray(image[:, row:, col:])
@@ -451,9 +451,8 @@ def diagnose(cities: dict[str, Any], offsets, root: Path) -> list[dict[str, Any]
         cost: dict[str, Any] = {"mpx_per_s_in_memory": round(pixels / seconds / 1e6, 4)}
         if tiles_per_px is not None:
             cost["compute_vs_overlap16"] = round(tiles_per_px / (tile / 112) ** 2, 3)
-        run = _summarise(
-            name, "diagnosis", "default", per_style, offsets, cost, float(np.mean(ious))
-        )
+        iou = float(np.mean(ious)) if ious else None
+        run = _summarise(name, "diagnosis", "default", per_style, offsets, cost, iou)
         if name.startswith("tiles, overlap 16"):
             run["lab_vs_pipeline_max_dprob_255"] = _agreement(model, cities, root, tile)
         runs.append(run)
@@ -525,7 +524,7 @@ def _agreement(model, cities: dict[str, Any], root: Path, tile: int) -> int | No
     """Max |Δ| (1/255) between the in-memory overlap-16 map and the pipeline's, if run."""
     worst = None
     for style, city in cities.items():
-        path = root / "default-16" / style / "full" / "city_damage_prob.tif"
+        path, _ = map_files(root / "default-16" / style / "full", Path(city.image).stem)
         if path.exists():
             ours = _quantise(_tiled(16, ((0, 0),))(model, read_pixels(city.image), tile))
             delta = int(np.abs(ours.astype(int) - read_band(path)).max())

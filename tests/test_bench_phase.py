@@ -92,3 +92,21 @@ def test_given_rasters_are_mapped_in_place_of_the_cities(tmp_path: Path) -> None
     assert run["iou1_full_city"] is None
     assert run["pooled"]["pixels"] > 0
     assert "The rasters `scene.tif`" in stem.with_suffix(".md").read_text()
+
+
+def test_the_diagnosis_of_given_rasters_has_no_iou(tmp_path: Path) -> None:
+    """``--images --diagnose``: the in-memory variants map a raster without labels too."""
+    import json
+
+    from benchmarks.bench_phase import main
+    from stmap.synth import generate_city
+
+    scene = generate_city(tmp_path / "scene.tif", width=320, height=320, seed=3)
+    stem = tmp_path / "report"
+    argv = ["--images", str(scene.image), "--models", "default", "--overlaps", "auto",
+            "--offsets", "5,9", "--diagnose", "--out", str(stem)]  # fmt: skip
+    assert main(argv) == 0
+    runs = json.loads(stem.with_suffix(".json").read_text())["runs"]
+    diagnosis = [run for run in runs if run["kind"] == "diagnosis"]
+    assert len(diagnosis) == 4
+    assert all(run["iou1_full_city"] is None for run in diagnosis)
