@@ -23,7 +23,7 @@ from stmap.budget import BlockCost, check_block, check_raster, default_budget, l
 from stmap.bundle import Bundle, Manifest, open_bundle
 from stmap.errors import InputError, OutputExistsError, RasterError, VectorError
 from stmap.io.aoi import Aoi, read_aoi
-from stmap.io.blocks import describe_bands, streaming_env
+from stmap.io.blocks import IMAGE_RESAMPLING, describe_bands, streaming_env
 from stmap.io.footprints import footprint_files, read_footprints
 from stmap.io.inputs import SceneInput, expand_inputs
 from stmap.io.mosaic import Mosaic, build_mosaic
@@ -150,8 +150,7 @@ class InputPlan:
         ``model_gsd_m`` for an input of unknown size."""
         if self.gsd_m is None:
             return model_gsd_m, model_gsd_m
-        across, down = self.gsd_m
-        return down / self.scale[0], across / self.scale[1]
+        return _model_pixel(self.gsd_m, self.scale)
 
     @property
     def _scaled_transform(self) -> Affine:
@@ -188,6 +187,13 @@ class InputPlan:
             # on one pixel grid share the figure, and with it their tiles and probabilities
             "snapped_px": [round(v, 4) + 0.0 for v in world.snapped_px],  # + 0.0: no -0.0
         }
+
+
+def _model_pixel(gsd_m: tuple[float, float], scale: tuple[float, float]) -> tuple[float, float]:
+    """(down, across) ground metres of a model pixel, for input pixels of ``gsd_m`` (along
+    a row, along a column) and ``scale`` (rows, cols) model pixels per input pixel."""
+    across, down = gsd_m
+    return down / scale[0], across / scale[1]
 
 
 @dataclass(frozen=True)
@@ -388,11 +394,11 @@ def plan_input(
         scale = (model_scale(ratios[0]), model_scale(ratios[1])) if off else (1.0, 1.0)
         area = gsd[0] * gsd[1] * _skew_factor(info.transform)
         if off:
-            model_px = (gsd[0] / scale[1], gsd[1] / scale[0])
+            down, across = _model_pixel(gsd, scale)
             notes.append(
                 f"GSD {gsd[0]:.3g} × {gsd[1]:.3g} m differs from the model's {manifest.gsd_m} m "
-                f"by more than 10 %: the model runs on a grid of {model_px[0]:.4g} × "
-                f"{model_px[1]:.4g} m pixels fixed in the world (cubic resampling), outputs "
+                f"by more than 10 %: the model runs on a grid of {across:.4g} × {down:.4g} m "
+                f"pixels fixed in the world ({IMAGE_RESAMPLING.name} resampling), outputs "
                 "stay on the input's"
             )
     if info.is_georeferenced and not info.is_north_up:

@@ -47,6 +47,8 @@ from stmap.io.raster import RasterInfo, open_raster, rio_window
 from stmap.io.sources import content_digest, dataset_files
 from stmap.window import Window
 
+# How imagery off a grid is resampled onto it, here and by io.mosaic (the docstring: why)
+IMAGE_RESAMPLING = Resampling.cubic
 READ_CACHE_BYTES = 128 << 20  # GDAL block cache: two rows of 512-px tiles of a 40k-px-wide RGB
 REMOTE_READS = {
     # Opening a remote file must not list its "directory" (one request per sidecar
@@ -189,7 +191,7 @@ class BlockReader:
                 transform=spec.model_transform,
                 height=rows,
                 width=cols,
-                resampling=Resampling.cubic,
+                resampling=IMAGE_RESAMPLING,
             )
 
     def __enter__(self) -> BlockReader:

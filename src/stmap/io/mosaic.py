@@ -34,7 +34,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.dtypes import _gdal_typename
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp
 from rasterio.errors import CRSError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
@@ -42,6 +42,7 @@ from rasterio.warp import transform_bounds
 
 from stmap.errors import InputError, RasterError
 from stmap.io.aoi import Bounds, read_aoi
+from stmap.io.blocks import IMAGE_RESAMPLING
 from stmap.io.inputs import SceneInput
 from stmap.io.paths import is_virtual
 from stmap.io.raster import open_raster
@@ -326,7 +327,7 @@ def _place(
             transform=grid.transform @ Affine.translation(c0, r0),
             width=width,
             height=height,
-            resampling=Resampling.cubic,
+            resampling=IMAGE_RESAMPLING,
             add_alpha=not source.has_alpha,  # an alpha band of its own is carried over
         )
         with warped:
