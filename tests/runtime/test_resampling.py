@@ -24,10 +24,28 @@ from stmap.window import Window
 SIZE = 160
 
 
+def _stripe(x: np.ndarray, cycles_per_px: float) -> np.ndarray:
+    """The stripes' grey level at raster coordinate ``x`` (pixel i's centre is i + 0.5)."""
+    return 128 + 100 * np.cos(2 * np.pi * cycles_per_px * x)
+
+
+def _rms_off_the_stripes(values: np.ndarray, x: np.ndarray, cycles_per_px: float) -> float:
+    """RMS grey levels of ``values`` against the stripes at ``x``, a kernel's reach
+    (12 px) from the raster's edges."""
+    inner = slice(12, len(values) - 12)
+    error = values[inner].astype(float) - _stripe(x[inner], cycles_per_px)
+    return float(np.sqrt(np.mean(error**2)))
+
+
+def _model_transform(raster: Affine, scale: float, offset: float) -> Affine:
+    """A model grid of ``scale`` model pixels per raster pixel, ``offset`` model pixels
+    before the raster's corner."""
+    return raster @ Affine.scale(1 / scale) @ Affine.translation(-offset, -offset)
+
+
 def _stripes(path: Path, cycles_per_px: float, pixel_m: float) -> Path:
     """Vertical stripes 128 ± 100 · cos(2π f x), sampled at the pixel centres."""
-    x = np.arange(SIZE) + 0.5
-    row = 128 + 100 * np.cos(2 * np.pi * cycles_per_px * x)
+    row = _stripe(np.arange(SIZE) + 0.5, cycles_per_px)
     image = np.broadcast_to(np.round(row), (1, SIZE, SIZE)).astype(np.uint8)
     profile = dict(driver="GTiff", width=SIZE, height=SIZE, count=1, dtype="uint8",
                    crs="EPSG:32637", transform=from_origin(500_000.0, 4_200_000.0, pixel_m,
@@ -51,15 +69,13 @@ def test_the_model_grid_keeps_the_images_detail_wherever_its_pixels_fall(
     model grid's Nyquist frequency, so it can be kept)."""
     path = _stripes(tmp_path / "stripes.tif", cycles_per_px, 0.5 / scale)
     with rasterio.open(path) as src:
-        transform = src.transform @ Affine.scale(1 / scale) @ Affine.translation(-offset, -offset)
+        transform = _model_transform(src.transform, scale, offset)
     n = int(SIZE * scale)
     spec = ReadSpec(str(path), (1,), "uint8", False, (n, n), transform)
     with BlockReader(spec) as reader:
-        row = reader.read_pixels(Window(n // 2, 0, 1, n))[0, 0].astype(float)
+        row = reader.read_pixels(Window(n // 2, 0, 1, n))[0, 0]
     x = (np.arange(n) + 0.5 - offset) / scale  # each model pixel's centre, in raster pixels
-    expected = 128 + 100 * np.cos(2 * np.pi * cycles_per_px * x)
-    inner = slice(12, n - 12)  # the kernel's reach from the raster's edges
-    rms = np.sqrt(np.mean((row[inner] - expected[inner]) ** 2))
+    rms = _rms_off_the_stripes(row, x, cycles_per_px)
     assert rms <= 20, f"{rms:.1f} grey levels off"
 
 
@@ -77,9 +93,7 @@ def test_every_model_pixel_holds_the_image_even_past_its_edges(tmp_path, scale, 
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(np.full((1, 40, 50), 200, np.uint8))
     rows, cols = (int(np.ceil(n * scale + offset)) for n in (40, 50))
-    transform = (
-        profile["transform"] @ Affine.scale(1 / scale) @ Affine.translation(-offset, -offset)
-    )
+    transform = _model_transform(corner, scale, offset)
     spec = ReadSpec(str(path), (1,), "uint8", False, (rows, cols), transform)
     with BlockReader(spec) as reader:
         whole = reader.read_pixels(Window(0, 0, rows, cols))
@@ -103,7 +117,5 @@ def test_a_mosaic_warps_an_off_grid_input_with_the_same_kernel(tmp_path):
         row = ds.read(1, window=rasterio.windows.Window(0, ds.height // 2, ds.width, 1))[0]
         x_of = ds.transform.c + (np.arange(ds.width) + 0.5) * ds.transform.a  # pixel centres
     x = (x_of - 500_000.0) / (0.5 / scale)  # in the stripes' pixels
-    expected = 128 + 100 * np.cos(2 * np.pi * cycles_per_px * x)
-    inner = slice(12, len(row) - 12)
-    rms = np.sqrt(np.mean((row[inner].astype(float) - expected[inner]) ** 2))
+    rms = _rms_off_the_stripes(row, x, cycles_per_px)
     assert rms <= 20, f"{rms:.1f} grey levels off"
