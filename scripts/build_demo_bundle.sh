@@ -15,8 +15,9 @@
 #   2. aa5n-ft: step 1's bundle fine-tuned 15 epochs at lr 1e-3 with the shift-consistency
 #      term (init_bundle + shift_consistency 1);
 #   3. aa7n-swap: step 2's weights, untrained, behind `tiny-aa7n`'s 7-tap blur-pools (the
-#      same tensors; every training of them undid the gain, shift_model.md), then the
-#      held-out check and --install.
+#      same tensors; every training of them undid the gain, shift_model.md), the last stage
+#      averaged over all four phases of its subsampling (architecture.last_stage_phases 4,
+#      shift_model.md's last section), then the held-out check and --install.
 # Each training step sets the quincunx on its trained bundle (the last stage run at both
 # phases of its subsampling, averaged; weights unchanged, so the epoch chosen on validation
 # is the one training chose); `stmap train` writes the CNN tiling (1024/128, margin 48).
@@ -69,7 +70,7 @@ if [[ $variant == stable ]]; then  # the shipped bundle: the three steps above
   exec bash "$repo/scripts/build_demo_bundle.sh" "${last[@]}" "$work/swap"
 fi
 swap_to=
-quincunx=
+quincunx= phases=2
 base=
 case $variant in
   # the bundle shipped from a8f0a22 until stable replaced it: tiny-aa5 + bilinear +
@@ -83,9 +84,10 @@ case $variant in
     variant_sets=(--set "backbone=${backbone:-tiny-aa5n}" --set decoder_upsample=bilinear --set shift_augment=true --set init_bundle=base_bundle --set "shift_consistency=$consistency"); quincunx=yes; epochs=${epochs:-15}; lr=${lr:-1e-3}; install=${install:-no}; min_iou=0.595
     if [[ $quincunx_term == yes ]]; then variant_sets+=(--set quincunx=true); fi ;;
   # a bundle's weights (--from, e.g. aa5n-ft's), untrained, behind the 7-tap blur-pools of
-  # tiny-aa7n (or --backbone's), whose tensors they are: stable's last step
+  # tiny-aa7n (or --backbone's), whose tensors they are, the last stage at all four phases:
+  # stable's last step
   aa7n-swap) [[ -n $from ]] || { echo "--variant aa7n-swap needs --from BUNDLE (a tiny-aa5n bundle)" >&2; exit 2; }
-    swap_to=${backbone:-tiny-aa7n}; install=${install:-no}; min_iou=0.595 ;;
+    swap_to=${backbone:-tiny-aa7n}; quincunx=yes; phases=4; install=${install:-no}; min_iou=0.595 ;;
   # tiny-aa5n (0.62x tiny-aa5's time) taught the map of the bundle shipped at a8f0a22
   # (distill_bundle: its quincunx map of each batch is a soft target next to the labels);
   # stable's first step, so its gate is low: the held-out check that counts is step 2's
@@ -149,21 +151,29 @@ else
     --set out_dir=run --set "seed=$seed" ${variant_sets[@]+"${variant_sets[@]}"}
 fi
 
-if [[ $quincunx == yes ]]; then  # the same weights, mapped with both phases of the last stage
-  python - run/bundle <<'PY'
+if [[ $quincunx == yes ]]; then  # the same weights, mapped with $phases phases of the last stage
+  python - run/bundle "$phases" <<'PY'
 import shutil, sys
 from pathlib import Path
 
-from stmap.bundle import open_bundle, write_bundle
+from stmap.bundle import Architecture, open_bundle, write_bundle
 
-path = Path(sys.argv[1])
+path, phases = Path(sys.argv[1]), int(sys.argv[2])
 bundle = open_bundle(path)
 manifest = bundle.manifest
-note = ("architecture.quincunx set on the trained bundle by scripts/build_demo_bundle.sh "
+architecture = manifest.architecture.model_dump() | {"quincunx": True, "last_stage_phases": phases}
+provenance = dict(manifest.provenance)
+if phases == 2:
+    provenance["quincunx"] = (
+        "architecture.quincunx set on the trained bundle by scripts/build_demo_bundle.sh "
         "(weights unchanged): the map averages both phases of the last stage (#20)")
+else:
+    provenance["last_stage_phases"] = (
+        f"architecture.last_stage_phases {phases} set by scripts/build_demo_bundle.sh "
+        "(weights unchanged): the map averages every phase of the last stage (#20)")
 manifest = manifest.model_copy(update={
-    "architecture": manifest.architecture.model_copy(update={"quincunx": True}),
-    "provenance": {**manifest.provenance, "quincunx": note},
+    "architecture": Architecture(**architecture),
+    "provenance": provenance,
     "files": {},
 })
 write_bundle(path.with_name("bundle.quincunx"), bundle.load_segmenter(), manifest)

@@ -255,7 +255,7 @@ def map_probabilities(
 ) -> np.ndarray:
     """(N, T, T) uint8 probabilities × 255 as the map has them: decoded from the backbone's
     features (``features`` when they are still the model's, else computed), or, for a
-    quincunx model (#20), from the whole model on the tiles, which averages the two
+    quincunx model (#20), from the whole model on the tiles, which averages the
     phases of its last stage as ``stmap infer`` does."""
     if not model.config.quincunx:
         if features is None:

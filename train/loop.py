@@ -42,7 +42,7 @@ from stmap.train.prototypes import fit_prototypes, sample_pixel_embeddings
 log = logging.getLogger(__name__)
 PROTOTYPES_PER_CLASS = 32
 SAMPLES_PER_CLASS = 512
-INFERENCE_SETTINGS = ("quincunx", "tile_size")  # init_bundle may differ in these
+INFERENCE_SETTINGS = ("quincunx", "last_stage_phases", "tile_size")  # init_bundle may differ
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,7 +92,7 @@ def bundle_state(path: Path, model: DamageSegmenter) -> tuple[dict[str, torch.Te
 
     Checked before anything is loaded or written: a bundle of another backbone,
     decoder width or upsampling would otherwise fail, or train the wrong model. The
-    quincunx and the tile size are inference settings, free to differ."""
+    quincunx (its phases) and the tile size are inference settings, free to differ."""
     from stmap.bundle import open_bundle
 
     bundle = open_bundle(path)
@@ -201,7 +201,7 @@ def predict(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Eval mode, fp32: yields (positions (B,), logits (B, 1, S, S)) batch by batch.
 
-    The logits are the map's: a quincunx model (#20) averages its two phases here as
+    The logits are the map's: a quincunx model (#20) averages its phases here as
     ``stmap infer`` does, so validation and ``stmap evaluate`` score what it maps.
     """
     model.eval()
@@ -352,7 +352,7 @@ def train_fold(
                 generator,
             )
             if config.shift_consistency:
-                # the map users get on both sides: a quincunx model's averages two phases
+                # the map users get on both sides: a quincunx model's averages its phases
                 anchor = model(pixels) if model.config.quincunx else out.logits
                 consistency = shift_consistency_loss(anchor, shifted_logits, dy, dx)
                 loss = loss + config.shift_consistency * consistency

@@ -65,21 +65,36 @@ class Architecture(_Strict):
     quincunx: bool = Field(
         False,
         description=(
-            "run a tiny-family model's last stage at both phases of its subsampling and "
+            "run a tiny-family model's last stage at several phases of its subsampling and "
             "average them (DamageSegmenter._quincunx_logits; phase stability, #20)"
         ),
     )
+    last_stage_phases: Literal[2, 4] = Field(
+        2,
+        description=(
+            "with quincunx, the phases averaged: 2 (the quincunx, lattices 8 px apart along "
+            "both axes) or 4 (every phase: nothing of the last subsampling's aliasing left)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _phases_need_the_quincunx(self) -> Architecture:
+        if self.last_stage_phases != 2 and not self.quincunx:
+            raise ValueError(f"last_stage_phases {self.last_stage_phases}: only with quincunx true")
+        return self
 
     @model_serializer(mode="wrap")
     def _omit_defaults(self, handler: Any) -> dict[str, Any]:
-        """Leave ``decoder_upsample`` out while it is ``nearest`` and ``quincunx`` while
-        false: manifests (and bundle hashes) of models without them stay exactly as they
-        were, and older stmap reads them."""
+        """Leave ``decoder_upsample`` out while it is ``nearest``, ``quincunx`` while false
+        and ``last_stage_phases`` while 2: manifests (and bundle hashes) of models without
+        them stay exactly as they were, and older stmap reads them."""
         data = handler(self)
         if data.get("decoder_upsample") == "nearest":
             del data["decoder_upsample"]
         if data.get("quincunx") is False:
             del data["quincunx"]
+        if data.get("last_stage_phases") == 2:
+            del data["last_stage_phases"]
         return data
 
 

@@ -232,6 +232,23 @@ def test_quincunx_is_carried_for_the_tiny_family_and_left_out_when_off():
         _manifest(backbone="vit_small_patch16_dinov3.lvd1689m", architecture={"quincunx": True})
 
 
+def test_four_last_stage_phases_are_carried_with_the_quincunx_and_left_out_at_two():
+    """``last_stage_phases`` (#20): written only when it is not the quincunx's 2, so the
+    two-phase manifests and their hashes stay as they were; refused without the quincunx
+    and at a count the model does not average."""
+    two = _manifest(architecture={"quincunx": True, "last_stage_phases": 2})
+    four = _manifest(architecture={"quincunx": True, "last_stage_phases": 4})
+    assert two.model_dump(mode="json") == _manifest(architecture={"quincunx": True}).model_dump(
+        mode="json"
+    )
+    assert four.model_dump(mode="json")["architecture"]["last_stage_phases"] == 4
+    assert four.segmenter_config().last_stage_phases == 4
+    with pytest.raises(ValidationError, match="only with quincunx true"):
+        _manifest(architecture={"last_stage_phases": 4})
+    with pytest.raises(ValidationError, match="last_stage_phases"):
+        _manifest(architecture={"quincunx": True, "last_stage_phases": 3})
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -134,17 +134,30 @@ def test_dinov3_vit_small_exports_with_parity(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "backbone, quincunx", [("tiny-aa", False), ("tiny-blur", False), ("tiny-aalite5", True)]
+    "backbone, quincunx, phases",
+    [
+        ("tiny-aa", False, 2),
+        ("tiny-blur", False, 2),
+        ("tiny-aalite5", True, 2),
+        ("tiny-aa7n", True, 4),
+    ],
 )
 def test_antialiased_bilinear_models_export_with_parity(
-    tmp_path: Path, backbone: str, quincunx: bool
+    tmp_path: Path, backbone: str, quincunx: bool, phases: int
 ):
     """Blur-pool (reflect padding, depthwise), bilinear upsampling and the quincunx's two
-    phases (edge padding, slices) survive the export (#20)."""
+    or four phases (edge padding, strided slices) survive the export (#20)."""
     from stmap.model.backbones import SAT_MEAN, SAT_STD
 
     torch.manual_seed(0)
-    config = SegmenterConfig(backbone, 128, 8, decoder_upsample="bilinear", quincunx=quincunx)
+    config = SegmenterConfig(
+        backbone,
+        128,
+        8,
+        decoder_upsample="bilinear",
+        quincunx=quincunx,
+        last_stage_phases=phases,
+    )
     manifest = manifest_for(
         config,
         name="aa",

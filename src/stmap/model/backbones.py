@@ -165,6 +165,15 @@ class BlurPool(nn.Module):
             self._reflect_edges(x, out, axis)
         return out
 
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The reflect-padded blur at stride 1: every phase of the subsampling at once
+        (its cells ``[a::stride, b::stride]``; ``forward``'s are the ``[0::stride]``)."""
+        return nn.functional.conv2d(
+            nn.functional.pad(x, (self.pad,) * 4, mode="reflect"),
+            self.kernel.to(x.dtype),
+            groups=self.channels,
+        )
+
     def _blur(self, x: torch.Tensor, padding: int = 0) -> torch.Tensor:
         kernel = self.kernel.to(x.dtype)
         return nn.functional.conv2d(
@@ -294,8 +303,33 @@ class TinyBackbone(nn.Module):
 
     def last(self, features: torch.Tensor) -> torch.Tensor:
         """``early``'s map → the backbone's output: the last stage, whose subsampling
-        keeps the even cells of its input (the odd ones: feed it the map shifted by one)."""
+        keeps the even cells of its input (the odd ones: ``last_at_phases``)."""
         return self.body[self.last_stage_start :](features)
+
+    def last_at_phases(
+        self, features: torch.Tensor, phases: tuple[tuple[int, int], ...]
+    ) -> torch.Tensor:
+        """``last`` at each of ``phases`` — the (row, column) cell its subsampling keeps of
+        every 2 × 2 — stacked phase by phase on the batch axis (#20).
+
+        Phase (a, b) is the stage on ``features`` moved up by a cells and left by b, the
+        far edge repeated. In a blur-pool stage the convolution and the blur before the
+        subsampling run once, at stride 1, and only what follows runs per phase (a
+        quarter of the stage's work each): equal to running the stage on each moved map,
+        but within a few cells of the far edge."""
+        stage = self.body[self.last_stage_start :]
+        rows, cols = -(-features.shape[-2] // 2), -(-features.shape[-1] // 2)
+        blurpool = stage[3] if len(stage) > 3 else None
+        if isinstance(blurpool, BlurPool) and blurpool.stride == 2:
+            dense = blurpool.dense(stage[:3](features))
+            dense = nn.functional.pad(dense, (0, 1, 0, 1), mode="replicate")  # odd sizes
+            phased = [dense[..., a::2, b::2][..., :rows, :cols] for a, b in phases]
+            return stage[4:](torch.cat(phased))
+        moved = [
+            nn.functional.pad(features[..., a:, b:], (0, b, 0, a), mode="replicate")
+            for a, b in phases
+        ]
+        return stage(torch.cat(moved))
 
 
 def _tiny_factory(

@@ -24,7 +24,8 @@ class SegmenterConfig:
     decoder_blocks: int = 4
     projection_dim: int = 50
     decoder_upsample: str = "nearest"  # or "bilinear" (#20); weights identical either way
-    quincunx: bool = False  # the last stage at both of its phases (#20); weights identical
+    quincunx: bool = False  # the last stage at several of its phases (#20); weights identical
+    last_stage_phases: int = 2  # with quincunx: 2 (the quincunx) or 4 (every phase)
 
 
 class TrainOutput(NamedTuple):
@@ -48,6 +49,11 @@ class DamageSegmenter(nn.Module):
         self.projection = ProjectionHead(spec.embed_dim, config.projection_dim)
         if config.quincunx and not isinstance(self.backbone, TinyBackbone):
             raise ValueError(f"quincunx: {spec.name} has no stages to run at two phases")
+        if config.last_stage_phases not in LAST_STAGE_PHASES:
+            raise ValueError(
+                f"last_stage_phases {config.last_stage_phases}: expected one of "
+                f"{sorted(LAST_STAGE_PHASES)}"
+            )
         if self.backbone_frozen:
             self.backbone.requires_grad_(False)
 
@@ -77,28 +83,36 @@ class DamageSegmenter(nn.Module):
         return self.decoder.logits(self.backbone(x))
 
     def _quincunx_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The map averaged over the two phases of the last subsampling (#20).
+        """The map averaged over phases of the last subsampling (#20).
 
-        A stride-16 model's map moves with where its 16-px lattice falls on the ground;
-        most of what is left after anti-aliasing repeats every 16 px and cancels between
-        lattices 8 px apart along both axes (a quincunx), as averaging the model over the
-        input and the input shifted by (8, 8) would. The first three stages (output
-        stride 8) are the same for both, so only the last stage and the first decoder
-        block run twice; their outputs meet on the stride-8 lattice, one cell apart, and
-        the rest of the decoder runs once. The odd phase has no input past the tile's far
-        edge, so within QUINCUNX_EDGE_CELLS cells (32 px) of any edge the even phase is
-        taken alone: a tile's edges (which the runtime's margin leaves out of the map)
-        score as the plain model's.
+        A stride-16 model's map moves with where its 16-px lattice falls on the ground.
+        Run the last stage at more than one phase of its stride-2 subsampling and what
+        that subsampling aliases cancels in the mean: two phases (the quincunx, lattices
+        8 px apart along both axes) take out what repeats every 16 px along one axis, as
+        averaging the model over the input and the input shifted by (8, 8) would; all
+        four leave nothing of it (the map moves with the input under any shift by 8 px).
+        The first three stages (output stride 8) run once; so do the last stage's
+        stride-1 convolution and blur (``TinyBackbone.last_at_phases``); per phase only
+        its last convolution and the first decoder block run, and the phases meet on the
+        stride-8 lattice, a cell apart, for the rest of the decoder. A phase other than
+        the first has no input past the tile's far edge, so within QUINCUNX_EDGE_CELLS
+        cells (32 px) of any edge the first is taken alone: a tile's edges (which the
+        runtime's margin leaves out of the map) score as the plain model's.
         """
         early = self.backbone.early(x)
-        odd = F.pad(early[..., 1:, 1:], (0, 1, 0, 1), mode="replicate")
-        first = self.decoder.blocks[0]
-        even_up, odd_up = first(self.backbone.last(early)), first(self.backbone.last(odd))
-        aligned = F.pad(odd_up, (1, 0, 1, 0), mode="replicate")[..., :-1, :-1]
-        mixed = torch.where(_near_edge(even_up), even_up, (even_up + aligned) / 2)
+        phases = LAST_STAGE_PHASES[self.config.last_stage_phases]
+        stacked = self.decoder.blocks[0](self.backbone.last_at_phases(early, phases))
+        first, *others = stacked.chunk(len(phases))
+        rows, cols = first.shape[-2:]
+        total = first
+        for up, (dy, dx) in zip(others, phases[1:], strict=True):
+            total = total + F.pad(up, (dx, 0, dy, 0), mode="replicate")[..., :rows, :cols]
+        mixed = torch.where(_near_edge(first), first, total / len(phases))
         return self.decoder.logits(mixed, first_block=1)
 
 
+# the last stage's phases the map averages (#20): (row, column) of the 2 × 2 cell kept
+LAST_STAGE_PHASES = {2: ((0, 0), (1, 1)), 4: ((0, 0), (0, 1), (1, 0), (1, 1))}
 QUINCUNX_EDGE_CELLS = 4  # stride-8 cells at each tile edge where the quincunx keeps one phase
 
 
