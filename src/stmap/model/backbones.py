@@ -307,20 +307,21 @@ class TinyBackbone(nn.Module):
         return self.body[self.last_stage_start :](features)
 
     def last_at_phases(
-        self, features: torch.Tensor, phases: tuple[tuple[int, int], ...]
+        self, features: torch.Tensor, phases: tuple[tuple[int, int], ...], shared: bool = True
     ) -> torch.Tensor:
         """``last`` at each of ``phases`` — the (row, column) cell its subsampling keeps of
         every 2 × 2 — stacked phase by phase on the batch axis (#20).
 
         Phase (a, b) is the stage on ``features`` moved up by a cells and left by b, the
-        far edge repeated. In a blur-pool stage the convolution and the blur before the
-        subsampling run once, at stride 1, and only what follows runs per phase (a
-        quarter of the stage's work each): equal to running the stage on each moved map,
-        but within a few cells of the far edge."""
+        far edge repeated. ``shared``: in a blur-pool stage the convolution and the blur
+        before the subsampling run once, at stride 1, and only what follows runs per phase
+        (a quarter of the stage's work each) — equal to running the stage on each moved
+        map but within a few cells of an edge, where the moved map's own padding differs.
+        Not shared (or not a blur-pool stage): the stage runs on each moved map."""
         stage = self.body[self.last_stage_start :]
         rows, cols = -(-features.shape[-2] // 2), -(-features.shape[-1] // 2)
         blurpool = stage[3] if len(stage) > 3 else None
-        if isinstance(blurpool, BlurPool) and blurpool.stride == 2:
+        if shared and isinstance(blurpool, BlurPool) and blurpool.stride == 2:
             dense = blurpool.dense(stage[:3](features))
             dense = nn.functional.pad(dense, (0, 1, 0, 1), mode="replicate")  # odd sizes
             phased = [dense[..., a::2, b::2][..., :rows, :cols] for a, b in phases]

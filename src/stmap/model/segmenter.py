@@ -91,17 +91,21 @@ class DamageSegmenter(nn.Module):
         8 px apart along both axes) take out what repeats every 16 px along one axis, as
         averaging the model over the input and the input shifted by (8, 8) would; all
         four leave nothing of it (the map moves with the input under any shift by 8 px).
-        The first three stages (output stride 8) run once; so do the last stage's
-        stride-1 convolution and blur (``TinyBackbone.last_at_phases``); per phase only
-        its last convolution and the first decoder block run, and the phases meet on the
-        stride-8 lattice, a cell apart, for the rest of the decoder. A phase other than
-        the first has no input past the tile's far edge, so within QUINCUNX_EDGE_CELLS
-        cells (32 px) of any edge the first is taken alone: a tile's edges (which the
-        runtime's margin leaves out of the map) score as the plain model's.
+        The first three stages (output stride 8) run once; with four phases so do the
+        last stage's stride-1 convolution and blur (``TinyBackbone.last_at_phases``), and
+        per phase only its last convolution and the first decoder block run, so four cost
+        what two did. The quincunx runs its stage on each moved map, as it always has:
+        its bundles, and the teacher of the demo bundle's recipe, map as they did to the
+        bit. The phases meet on the stride-8 lattice, a cell apart, for the rest of the
+        decoder. A phase other than the first has no input past the tile's far edge, so
+        within QUINCUNX_EDGE_CELLS cells (32 px) of any edge the first is taken alone: a
+        tile's edges (which the runtime's margin leaves out of the map) score as the
+        plain model's.
         """
         early = self.backbone.early(x)
         phases = LAST_STAGE_PHASES[self.config.last_stage_phases]
-        stacked = self.decoder.blocks[0](self.backbone.last_at_phases(early, phases))
+        shared = len(phases) == 4
+        stacked = self.decoder.blocks[0](self.backbone.last_at_phases(early, phases, shared))
         first, *others = stacked.chunk(len(phases))
         rows, cols = first.shape[-2:]
         total = first
