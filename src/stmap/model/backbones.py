@@ -308,29 +308,28 @@ class TinyBackbone(nn.Module):
 
     def last_at_phases(
         self, features: torch.Tensor, phases: tuple[tuple[int, int], ...], shared: bool = True
-    ) -> torch.Tensor:
+    ) -> list[torch.Tensor]:
         """``last`` at each of ``phases`` — the (row, column) cell its subsampling keeps of
-        every 2 × 2 — stacked phase by phase on the batch axis (#20).
+        every 2 × 2 — one map per phase (#20).
 
         Phase (a, b) is the stage on ``features`` moved up by a cells and left by b, the
         far edge repeated. ``shared``: in a blur-pool stage the convolution and the blur
         before the subsampling run once, at stride 1, and only what follows runs per phase
         (a quarter of the stage's work each) — equal to running the stage on each moved
         map but within a few cells of an edge, where the moved map's own padding differs.
-        Not shared (or not a blur-pool stage): the stage runs on each moved map."""
+        Not shared (or not a blur-pool stage): the stage runs on each moved map. Each
+        phase runs on its own, so batch norms in training see each phase's statistics."""
         stage = self.body[self.last_stage_start :]
-        rows, cols = -(-features.shape[-2] // 2), -(-features.shape[-1] // 2)
         blurpool = stage[3] if len(stage) > 3 else None
         if shared and isinstance(blurpool, BlurPool) and blurpool.stride == 2:
+            rows, cols = -(-features.shape[-2] // 2), -(-features.shape[-1] // 2)
             dense = blurpool.dense(stage[:3](features))
             dense = nn.functional.pad(dense, (0, 1, 0, 1), mode="replicate")  # odd sizes
-            phased = [dense[..., a::2, b::2][..., :rows, :cols] for a, b in phases]
-            return stage[4:](torch.cat(phased))
-        moved = [
-            nn.functional.pad(features[..., a:, b:], (0, b, 0, a), mode="replicate")
+            return [stage[4:](dense[..., a::2, b::2][..., :rows, :cols]) for a, b in phases]
+        return [
+            stage(nn.functional.pad(features[..., a:, b:], (0, b, 0, a), mode="replicate"))
             for a, b in phases
         ]
-        return stage(torch.cat(moved))
 
 
 def _tiny_factory(

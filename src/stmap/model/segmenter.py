@@ -105,8 +105,9 @@ class DamageSegmenter(nn.Module):
         early = self.backbone.early(x)
         phases = LAST_STAGE_PHASES[self.config.last_stage_phases]
         shared = len(phases) == 4
-        stacked = self.decoder.blocks[0](self.backbone.last_at_phases(early, phases, shared))
-        first, *others = stacked.chunk(len(phases))
+        first_block = self.decoder.blocks[0]
+        stages = self.backbone.last_at_phases(early, phases, shared)
+        first, *others = (first_block(stage) for stage in stages)
         rows, cols = first.shape[-2:]
         total = first
         for up, (dy, dx) in zip(others, phases[1:], strict=True):
