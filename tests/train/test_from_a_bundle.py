@@ -121,6 +121,29 @@ def test_a_bundle_whose_backbone_differs_only_in_its_blurs_starts_the_folds(
         assert not out.exists()
 
 
+def test_a_bundle_that_maps_with_four_phases_starts_the_folds(
+    base_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The phases a bundle averages (quincunx, last_stage_phases) are an inference
+    setting (#20): a four-phase bundle, like the shipped one, starts a fine-tune."""
+    from stmap.bundle import Architecture, write_bundle
+
+    bundle = open_bundle(base_bundle)
+    manifest = bundle.manifest
+    architecture = manifest.architecture.model_dump() | {"quincunx": True, "last_stage_phases": 4}
+    four = write_bundle(
+        tmp_path / "four",
+        bundle.load_segmenter(),
+        manifest.model_copy(update={"architecture": Architecture(**architecture), "files": {}}),
+    )
+    expected = bundle.load_segmenter().state_dict()
+    starts = _fold_starts(monkeypatch)
+    config = tiny_config(_tiles(base_bundle), tmp_path / "tuned", init_bundle=four, overlays=0)
+    run_training(config)
+    assert len(starts) == 2
+    assert all(torch.equal(start[k], expected[k]) for start in starts for k in expected)
+
+
 def test_a_missing_bundle_is_refused(tmp_path: Path):
     config = tiny_config(tmp_path, tmp_path / "run", init_bundle=tmp_path / "nowhere")
     with pytest.raises(InputError, match="nowhere"):
