@@ -41,10 +41,10 @@ def _image(seed: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _maps_under_half_stride_shift(model, x):
-    """The model's probabilities on x and on x shifted by (8, 8), over the same pixels."""
-    here = torch.sigmoid(model(x[..., :512, :512]))[0, 0, 8:, 8:]
-    there = torch.sigmoid(model(x[..., 8:520, 8:520]))[0, 0, :-8, :-8]
+def _maps_under_shift(model, x, dy: int, dx: int):
+    """The model's probabilities on x and on x shifted by (dy, dx), over the same pixels."""
+    here = torch.sigmoid(model(x[..., :512, :512]))[0, 0, dy:, dx:]
+    there = torch.sigmoid(model(x[..., dy : 512 + dy, dx : 512 + dx]))[0, 0, : 512 - dy, : 512 - dx]
     return here[CORE, CORE], there[CORE, CORE]
 
 
@@ -52,10 +52,10 @@ def _maps_under_half_stride_shift(model, x):
 def test_a_half_stride_shift_moves_the_quincunx_map_with_the_input(tmp_path, backbone):
     paired, plain = _pair(tmp_path, backbone)
     x = _image(1)
-    here, there = _maps_under_half_stride_shift(paired, x)
+    here, there = _maps_under_shift(paired, x, 8, 8)
     assert float(here.std()) > 0.01  # the map varies: equality means something
     assert torch.equal(here, there)
-    plain_here, plain_there = _maps_under_half_stride_shift(plain, x)
+    plain_here, plain_there = _maps_under_shift(plain, x, 8, 8)
     assert float((plain_here - plain_there).abs().max()) > 1e-4
 
 
@@ -66,7 +66,7 @@ def test_the_quincunx_is_the_mean_of_the_two_phases_for_antialiased_models(tmp_p
     under a stored 1/255 step (measured: 1.0–1.5e-4)."""
     paired, plain = _pair(tmp_path, backbone)
     x = _image(2)
-    first, second = _maps_under_half_stride_shift(plain, x)
+    first, second = _maps_under_shift(plain, x, 8, 8)
     with torch.inference_mode():
         averaged = torch.sigmoid(paired(x[..., :512, :512]))[0, 0, 8:, 8:][CORE, CORE]
     assert float((averaged - (first + second) / 2).abs().max()) < 1e-3
@@ -90,14 +90,6 @@ def _every_phase(paired: DamageSegmenter) -> DamageSegmenter:
     model = DamageSegmenter(replace(paired.config, last_stage_phases=4)).eval()
     model.load_state_dict(paired.state_dict())
     return model
-
-
-@torch.inference_mode()
-def _maps_under_shift(model, x, dy: int, dx: int):
-    """The model's probabilities on x and on x shifted by (dy, dx), over the same pixels."""
-    here = torch.sigmoid(model(x[..., :512, :512]))[0, 0, dy:, dx:]
-    there = torch.sigmoid(model(x[..., dy : 512 + dy, dx : 512 + dx]))[0, 0, : 512 - dy, : 512 - dx]
-    return here[CORE, CORE], there[CORE, CORE]
 
 
 @pytest.mark.parametrize("backbone", ["tiny", "tiny-aa5"])

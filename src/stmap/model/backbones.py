@@ -168,16 +168,12 @@ class BlurPool(nn.Module):
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """The reflect-padded blur at stride 1: every phase of the subsampling at once
         (its cells ``[a::stride, b::stride]``; ``forward``'s are the ``[0::stride]``)."""
-        return nn.functional.conv2d(
-            nn.functional.pad(x, (self.pad,) * 4, mode="reflect"),
-            self.kernel.to(x.dtype),
-            groups=self.channels,
-        )
+        return self._blur(nn.functional.pad(x, (self.pad,) * 4, mode="reflect"), stride=1)
 
-    def _blur(self, x: torch.Tensor, padding: int = 0) -> torch.Tensor:
+    def _blur(self, x: torch.Tensor, padding: int = 0, stride: int | None = None) -> torch.Tensor:
         kernel = self.kernel.to(x.dtype)
         return nn.functional.conv2d(
-            x, kernel, stride=self.stride, padding=padding, groups=self.channels
+            x, kernel, stride=stride or self.stride, padding=padding, groups=self.channels
         )
 
     def _reflect_edges(self, x: torch.Tensor, out: torch.Tensor, axis: int) -> None:
